@@ -1,0 +1,33 @@
+"""Redis key layout.
+
+Every key of one subject carries the subject's pseudonym as a hash tag (`{...}`), so all of them land in
+one Redis Cluster slot and any multi-key operation on a subject stays legal in a cluster. A status
+look-up, hit or negative hit, is one GET on one key: the negative cache is the status key itself
+holding `TOMBSTONE`.
+"""
+
+from __future__ import annotations
+
+from binascii import hexlify
+
+PSEUDONYM_BYTES = 16
+
+# One byte that no packed entry can equal: packed entries start with their format version (>= 1) and
+# are dozens of bytes long.
+TOMBSTONE = b"\x00"
+
+SCAN_STREAM = "hc:scans"
+
+
+def status_key(pseudonym: bytes) -> bytes:
+    """`hc:{<pseudonym hex>}:st` — the subject's status entry or tombstone."""
+    if len(pseudonym) != PSEUDONYM_BYTES:
+        raise ValueError(f"pseudonym must be {PSEUDONYM_BYTES} bytes, got {len(pseudonym)}")
+    return b"hc:{" + hexlify(pseudonym) + b"}:st"
+
+
+def rate_limit_key(client_id: str, epoch_second: int) -> str:
+    """`hc:rl:{<client>}:<epoch second>` — one fixed-window counter, hash-tagged by client."""
+    if not client_id or any(c in client_id for c in "{}: \t\r\n"):
+        raise ValueError(f"client id {client_id!r} is empty or holds a character reserved in keys")
+    return f"hc:rl:{{{client_id}}}:{epoch_second}"
