@@ -1,0 +1,219 @@
+"""Compact JWS tokens (RFC 7515) with ES256 or EdDSA: signing on the hot path, strict verification.
+
+Only this module's own token shape is accepted: a header of exactly ``alg``, ``kid`` and ``typ``, the
+algorithm the key was made for, integer ``iat``/``exp``. Anything else is refused before any claim is
+believed, so that tokens from a standard JOSE library verify here only if they look like ours.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Final, Protocol
+
+import orjson
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
+
+from signing.encoding import b64url_decode, b64url_encode
+from signing.errors import (
+    BadSignature,
+    MalformedToken,
+    TokenExpired,
+    TokenNotYetValid,
+    UnknownKey,
+    WrongIssuer,
+    WrongTokenType,
+)
+from signing.keys import PrivateKey, PublicKey
+from signing.records import ACTIVE, REVOKED, KeyRecord
+
+STATUS_TYP: Final = "hcs+jwt"
+# Well above a status token (about 300 characters) and small enough to refuse junk before decoding it.
+MAX_TOKEN_LENGTH: Final = 2048
+SIGNATURE_BYTES: Final = 64  # r||s for ES256 (RFC 7518 3.4), and an Ed25519 signature (RFC 8032)
+
+COLOURS: Final = frozenset({"G", "Y", "R"})
+_RESERVED: Final = frozenset({"iss", "iat", "exp"})
+_HEADER_MEMBERS: Final = frozenset({"alg", "kid", "typ"})
+_ECDSA_SHA256: Final = ec.ECDSA(hashes.SHA256())
+_HALF: Final = SIGNATURE_BYTES // 2
+
+
+def _sign(key: PrivateKey, data: bytes) -> bytes:
+    if isinstance(key, ed25519.Ed25519PrivateKey):
+        return key.sign(data)
+    r, s = decode_dss_signature(key.sign(data, _ECDSA_SHA256))
+    return r.to_bytes(_HALF, "big") + s.to_bytes(_HALF, "big")
+
+
+def _signature_valid(key: PublicKey, signature: bytes, data: bytes) -> bool:
+    try:
+        if isinstance(key, ed25519.Ed25519PublicKey):
+            key.verify(signature, data)
+        else:
+            r = int.from_bytes(signature[:_HALF], "big")
+            s = int.from_bytes(signature[_HALF:], "big")
+            key.verify(encode_dss_signature(r, s), data, _ECDSA_SHA256)
+    except InvalidSignature:
+        return False
+    return True
+
+
+def _check_flag(name: str, value: object) -> None:
+    if type(value) is not int or value not in (0, 1):
+        raise ValueError(f"{name} must be 0 or 1, not {value!r}")
+
+
+class TokenSigner:
+    """Signs tokens with one active key. Header and issuer are encoded once, at construction."""
+
+    __slots__ = ("_iss", "_key", "_prefix", "_ttl", "kid", "typ")
+
+    def __init__(self, record: KeyRecord, issuer: str, ttl_seconds: int, typ: str = STATUS_TYP) -> None:
+        if record.private_key is None:
+            raise ValueError(f"key {record.kid} has no private key loaded")
+        if record.state != ACTIVE:
+            raise ValueError(f"key {record.kid} is {record.state}; only the active key signs")
+        if ttl_seconds <= 0:
+            raise ValueError("ttl_seconds must be positive")
+        self._key: PrivateKey = record.private_key
+        self._iss = issuer
+        self._ttl = ttl_seconds
+        self.kid = record.kid
+        self.typ = typ
+        header = orjson.dumps({"alg": record.alg, "kid": record.kid, "typ": typ})
+        self._prefix = b64url_encode(header).encode("ascii") + b"."
+
+    def _finish(self, payload: bytes) -> str:
+        signing_input = self._prefix + b64url_encode(payload).encode("ascii")
+        return f"{signing_input.decode('ascii')}.{b64url_encode(_sign(self._key, signing_input))}"
+
+    def sign(self, claims: dict[str, object], now: int) -> str:
+        """Sign ``claims`` plus ``iss``, ``iat`` = now and ``exp`` = now + ttl."""
+        reserved = _RESERVED.intersection(claims)
+        if reserved:
+            raise ValueError(f"claims {sorted(reserved)} are set by the signer")
+        return self._finish(orjson.dumps({"iss": self._iss, **claims, "iat": now, "exp": now + self._ttl}))
+
+    def sign_status(self, sub_b64: str, st: str, pop: int, vac: int, now: int) -> str:
+        """The hot path: a status token, byte for byte what ``sign`` makes from the same claims."""
+        if st not in COLOURS:
+            raise ValueError(f"st must be one of G, Y, R, not {st!r}")
+        _check_flag("pop", pop)
+        _check_flag("vac", vac)
+        payload = orjson.dumps(
+            {
+                "iss": self._iss,
+                "sub": sub_b64,
+                "st": st,
+                "pop": pop,
+                "vac": vac,
+                "iat": now,
+                "exp": now + self._ttl,
+            }
+        )
+        return self._finish(payload)
+
+
+class CandidateSource(Protocol):
+    def candidates(self, kid: str) -> Sequence[KeyRecord]: ...
+
+
+CandidateLookup = Callable[[str], Sequence[KeyRecord]]
+
+
+def _int_claim(claims: dict[str, object], name: str) -> int:
+    value = claims.get(name)
+    if type(value) is not int:  # bool is an int subclass; true is not a time
+        raise MalformedToken(f"claim {name} missing or not an integer")
+    return value
+
+
+class TokenVerifier:
+    """Verifies tokens of one ``typ`` from one issuer against the keys a lookup returns for a ``kid``.
+
+    Every candidate with the token's kid and algorithm is tried, since short kids can collide.
+    ``leeway_seconds`` allows for clocks behind the signer's (``iat`` slightly in the future); expiry is
+    exact: a token is refused once ``exp <= now``.
+    """
+
+    __slots__ = ("_issuer", "_leeway", "_lookup", "_status", "typ")
+
+    def __init__(
+        self, keys: CandidateSource | CandidateLookup, issuer: str, typ: str, leeway_seconds: int = 0
+    ) -> None:
+        if leeway_seconds < 0:
+            raise ValueError("leeway_seconds must not be negative")
+        self._lookup: CandidateLookup = keys if callable(keys) else keys.candidates
+        self._issuer = issuer
+        self._leeway = leeway_seconds
+        self._status = typ == STATUS_TYP
+        self.typ = typ
+
+    def verify(self, token: str, now: int) -> dict[str, object]:
+        """Return the claims of a valid token; raise a ``BadToken`` subclass saying why not."""
+        if not isinstance(token, str) or len(token) > MAX_TOKEN_LENGTH:
+            raise MalformedToken("not a string or too long")
+        parts = token.split(".")
+        if len(parts) != 3:
+            raise MalformedToken("not three dot-separated segments")
+        header_seg, payload_seg, signature_seg = parts
+        try:
+            header = orjson.loads(b64url_decode(header_seg))
+            payload = b64url_decode(payload_seg)
+            signature = b64url_decode(signature_seg)
+        except ValueError as exc:  # orjson.JSONDecodeError is a ValueError
+            raise MalformedToken(f"bad base64url or JSON: {exc}") from None
+        if not isinstance(header, dict) or header.keys() != _HEADER_MEMBERS:
+            raise MalformedToken("header must have exactly alg, kid and typ")
+        alg, kid, typ = header["alg"], header["kid"], header["typ"]
+        if not (isinstance(alg, str) and isinstance(kid, str) and isinstance(typ, str)):
+            raise MalformedToken("header members must be strings")
+
+        self._check_signature(kid, alg, signature, token[: len(header_seg) + 1 + len(payload_seg)])
+        if typ != self.typ:
+            raise WrongTokenType(f"token type {typ!r}, expected {self.typ!r}")
+        try:
+            claims = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            raise MalformedToken("payload is not JSON") from None
+        if not isinstance(claims, dict):
+            raise MalformedToken("payload is not a JSON object")
+        self._check_claims(claims, now)
+        return claims
+
+    def _check_signature(self, kid: str, alg: str, signature: bytes, signing_input: str) -> None:
+        records = [r for r in self._lookup(kid) if r.state != REVOKED]
+        if not records:
+            raise UnknownKey(f"no published key with kid {kid!r}")
+        records = [r for r in records if r.alg == alg]
+        if not records:
+            raise BadSignature(f"algorithm {alg!r} is not the algorithm of key {kid!r}")
+        if len(signature) != SIGNATURE_BYTES:
+            raise BadSignature(f"signature is {len(signature)} bytes, expected {SIGNATURE_BYTES}")
+        data = signing_input.encode("ascii")  # already checked to be base64url
+        for record in records:
+            if _signature_valid(record.public_key, signature, data):
+                return
+        raise BadSignature("signature does not verify")
+
+    def _check_claims(self, claims: dict[str, object], now: int) -> None:
+        if claims.get("iss") != self._issuer:
+            raise WrongIssuer(f"issuer {claims.get('iss')!r}, expected {self._issuer!r}")
+        iat = _int_claim(claims, "iat")
+        exp = _int_claim(claims, "exp")
+        if self._status:
+            sub, st = claims.get("sub"), claims.get("st")
+            if not isinstance(sub, str) or st not in COLOURS:
+                raise MalformedToken("status claims sub and st missing or invalid")
+            try:
+                _check_flag("pop", claims.get("pop"))
+                _check_flag("vac", claims.get("vac"))
+            except ValueError as exc:
+                raise MalformedToken(str(exc)) from None
+        if exp <= now:
+            raise TokenExpired(f"expired at {exp}, now {now}")
+        if iat > now + self._leeway:
+            raise TokenNotYetValid(f"issued at {iat}, now {now}")
