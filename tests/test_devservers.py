@@ -1,0 +1,95 @@
+"""The embedded-server path of `app.devservers`, exercised for real so a fresh machine keeps working."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import stat
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+from redis.asyncio import Redis
+
+from app import devservers
+
+
+@pytest.fixture
+def state() -> Iterator[devservers.StateDir]:
+    # Not pytest's tmp_path: its parent is mode 0700, and as root the Postgres user must pass through.
+    root = Path(tempfile.mkdtemp(prefix="healthcode-devservers-"))
+    state = devservers.StateDir(root / ".healthcode")
+    try:
+        yield state
+    finally:
+        devservers.down(state)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+async def test_embedded_servers_start_answer_reuse_and_stop(state: devservers.StateDir) -> None:
+    # Forced embedded wins over configured URLs and over servers on the default ports.
+    env = {
+        "HEALTHCODE_EMBEDDED": "1",
+        "DATABASE_URL": "postgresql://postgres@192.0.2.1:5432/unused",
+        "REDIS_URL": "redis://192.0.2.1:6379/0",
+    }
+    endpoints = await asyncio.to_thread(devservers.up, state, env)
+
+    servers = state.read_servers()
+    pg_port = servers["postgres"]["port"]
+    redis_port = servers["redis"]["port"]
+    assert isinstance(pg_port, int)
+    assert isinstance(redis_port, int)
+    assert servers == {
+        "postgres": {"kind": "embedded", "port": pg_port},
+        "redis": {"kind": "embedded", "port": redis_port},
+    }
+    assert endpoints == devservers.Endpoints(
+        database_url=f"postgresql://postgres@127.0.0.1:{pg_port}/healthcode",
+        redis_url=f"redis://127.0.0.1:{redis_port}/0",
+    )
+
+    conn = await asyncpg.connect(endpoints.database_url, timeout=10)
+    try:
+        assert await conn.fetchval("SELECT current_database() || ':' || 1") == "healthcode:1"
+    finally:
+        await conn.close()
+    client = Redis.from_url(endpoints.redis_url)
+    try:
+        assert await client.ping() is True
+        # No persistence: a dev cache must not leave dump files behind.
+        assert await client.config_get("save") == {"save": ""}
+    finally:
+        await client.aclose()
+
+    # Running `up` again reuses the running servers.
+    assert await asyncio.to_thread(devservers.up, state, env) == endpoints
+
+    assert state.env_sh.read_text().splitlines()[1:] == [
+        f"export DATABASE_URL={endpoints.database_url}",
+        f"export REDIS_URL={endpoints.redis_url}",
+        f"export HEALTHCODE_PEPPER_FILE={state.root}/pepper",
+        f"export HEALTHCODE_KEYS_DIR={state.root}/keys",
+    ]
+    assert stat.S_IMODE(state.pepper_file.stat().st_mode) == 0o600
+    assert len(state.pepper_file.read_bytes()) == 32
+    assert stat.S_IMODE(state.keys_dir.stat().st_mode) == 0o700
+
+    await asyncio.to_thread(devservers.down, state)
+    assert not devservers.port_open(pg_port)
+    assert not devservers.port_open(redis_port)
+
+
+async def test_configured_urls_are_used_as_given(state: devservers.StateDir) -> None:
+    env = {
+        "DATABASE_URL": "postgresql://app@db.example:5433/hc",
+        "REDIS_URL": "redis://cache.example:6380/2",
+    }
+    endpoints = await asyncio.to_thread(devservers.up, state, env)
+
+    assert endpoints == devservers.Endpoints(env["DATABASE_URL"], env["REDIS_URL"])
+    assert state.read_servers() == {"postgres": {"kind": "external"}, "redis": {"kind": "external"}}
+    assert not state.pg_home.exists()
+    assert not state.valkey_dir.exists()
