@@ -1,0 +1,275 @@
+"""Read-through status cache: one Redis round trip per event-loop turn, one loader call per missing subject.
+
+The hot path (a hit or a negative hit) is one GET of one key, and concurrent look-ups issued in the same
+loop turn share one round trip. A miss goes to the loader (Postgres, owned by the app) once per subject
+however many callers are waiting for it, and the answer is written back with a TTL that ends at
+`valid_until`; an unknown subject is written back as a short-lived tombstone. If Redis fails, answers
+come from the loader and a circuit breaker keeps Redis out of the path for a while (no retry storm).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
+from enum import Enum
+from typing import Any, cast
+
+from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
+
+from cache.breaker import Breaker
+from cache.connection import REDIS_ERRORS
+from cache.entry import EntryFormatError, StatusEntry, UnknownVersionError, pack, unpack
+from cache.keys import TOMBSTONE, status_key
+
+log = logging.getLogger(__name__)
+
+Loader = Callable[[bytes], Awaitable[StatusEntry | None]]
+
+WRITE_CHUNK = 1000
+
+
+class _Fill(Enum):
+    IF_ABSENT = 1  # an ordinary miss: SET NX, so a concurrent put_many with fresher data wins
+    OVERWRITE = 2  # the key holds bytes we cannot read and that no newer writer produced
+    SKIP = 3  # the key holds an entry from a newer format version; leave it to the newer code
+
+
+class _Flight:
+    """One in-progress load of one subject, shared by every caller that missed it."""
+
+    __slots__ = ("future", "stale")
+
+    def __init__(self, future: asyncio.Future[StatusEntry | None]) -> None:
+        self.future = future
+        # Set when put_many/forget_many touched the subject during the load: our answer may predate
+        # theirs, so it must not be written to Redis.
+        self.stale = False
+
+
+class StatusCache:
+    def __init__(
+        self,
+        redis: Redis | RedisCluster,
+        loader: Loader,
+        *,
+        negative_ttl_seconds: float = 30,
+        breaker_seconds: float = 5.0,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if isinstance(redis, Redis) and redis.connection_pool.connection_kwargs.get("decode_responses"):
+            raise ValueError(
+                "StatusCache needs a Redis client with decode_responses=False (entries are bytes)"
+            )
+        if negative_ttl_seconds <= 0:
+            raise ValueError("negative_ttl_seconds must be positive")
+        self._redis = redis
+        self._loader = loader
+        self._negative_ttl_ms = round(negative_ttl_seconds * 1000)
+        self._clock = clock  # wall clock, epoch seconds: compared with valid_until
+        self._breaker = Breaker(
+            breaker_seconds, clock=monotonic
+        )  # monotonic: a clock step cannot stick it open
+        # A plain Redis answers one MGET far faster than a pipeline of GETs; a cluster cannot MGET keys of
+        # different slots, and its pipeline groups the GETs by node (see _fetch).
+        self._use_mget = not isinstance(redis, RedisCluster)
+
+        self._batch: dict[bytes, list[asyncio.Future[bytes | None]]] = {}
+        self._flights: dict[bytes, _Flight] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+        # Counters for metrics; plain ints, read them whenever.
+        self.hits = 0
+        self.misses = 0
+        self.negative_hits = 0
+        self.loads = 0
+        self.redis_errors = 0
+
+    @property
+    def redis_available(self) -> bool:
+        """False while the circuit breaker keeps Redis out of the path after a failure."""
+        return self._breaker.closed
+
+    async def get(self, pseudonym: bytes) -> StatusEntry | None:
+        """The subject's current status, or None if no agency knows the subject."""
+        key = status_key(pseudonym)
+        fill = _Fill.IF_ABSENT
+        if self._breaker.closed:
+            raw = await self._read(key)
+            if raw is not None:
+                if raw == TOMBSTONE:
+                    self.negative_hits += 1
+                    return None
+                try:
+                    entry = unpack(raw)
+                except UnknownVersionError:
+                    fill = _Fill.SKIP
+                except EntryFormatError:
+                    log.warning("unreadable status entry in Redis, reloading", extra={"key": key.decode()})
+                    fill = _Fill.OVERWRITE
+                else:
+                    self.hits += 1
+                    return entry
+        self.misses += 1
+        return await self._load(pseudonym, key, fill)
+
+    async def put_many(self, entries: Mapping[bytes, StatusEntry]) -> int:
+        """Write fresh entries (after a batch, or to warm the cache); returns how many were stored.
+
+        Entries whose `valid_until` has passed are deleted rather than stored, so an older entry cannot
+        outlive them. Redis errors are raised: a refresh that did not happen must not go unnoticed.
+        """
+        now_ms = int(self._clock() * 1000)
+        stored = 0
+        items = list(entries.items())
+        for start in range(0, len(items), WRITE_CHUNK):
+            chunk = items[start : start + WRITE_CHUNK]
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for pseudonym, entry in chunk:
+                    self._mark_stale(pseudonym)
+                    expire_ms = entry.valid_until * 1000
+                    if expire_ms > now_ms:
+                        pipe.set(status_key(pseudonym), pack(entry), pxat=expire_ms)
+                        stored += 1
+                    else:
+                        pipe.delete(status_key(pseudonym))
+                await self._guard(pipe.execute())
+        return stored
+
+    async def forget_many(self, pseudonyms: Iterable[bytes]) -> int:
+        """Delete cached entries and tombstones; returns how many keys existed. Redis errors are raised."""
+        keys = []
+        for pseudonym in pseudonyms:
+            self._mark_stale(pseudonym)
+            keys.append(status_key(pseudonym))
+        deleted = 0
+        for start in range(0, len(keys), WRITE_CHUNK):
+            # One DEL per key: a multi-key DEL would cross cluster slots.
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for key in keys[start : start + WRITE_CHUNK]:
+                    pipe.delete(key)
+                deleted += sum(await self._guard(pipe.execute()))
+        return deleted
+
+    async def drain(self) -> None:
+        """Wait for background round trips and cache fills; call before closing the Redis client."""
+        while self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    # -- coalesced reads --------------------------------------------------------------------------
+
+    def _read(self, key: bytes) -> asyncio.Future[bytes | None]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[bytes | None] = loop.create_future()
+        if not self._batch:
+            # The task's first step is scheduled with loop.call_soon, so it runs after every callback
+            # already due in this loop turn: all their keys join this batch, one round trip in all.
+            self._spawn(self._fetch())
+        # One future per caller, not per key: a cancelled caller must not cancel the others.
+        self._batch.setdefault(key, []).append(future)
+        return future
+
+    async def _fetch(self) -> None:
+        batch, self._batch = self._batch, {}
+        keys = list(batch)
+        values: list[bytes | None]
+        try:
+            if self._use_mget:
+                # Measured on this machine (redis-py 8.1 + hiredis, local Redis 7.0), per batch:
+                # 10 keys MGET 160 us vs pipeline of GETs 340 us; 100 keys 270 us vs 1580 us;
+                # 1 key MGET 145 us, GET 143 us, pipeline 180 us. redis-py's pipeline costs ~14 us
+                # of Python per command, MGET ~1.3 us per key.
+                values = cast("list[bytes | None]", await self._redis.mget(keys))
+            else:
+                # Cluster-safe: single-key GETs, which the cluster pipeline routes node by node.
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    for key in keys:
+                        pipe.get(key)
+                    values = await pipe.execute()
+        except REDIS_ERRORS as exc:
+            self._redis_failed(exc)
+            values = [None] * len(keys)  # read as misses; the breaker is now open, so no fill follows
+        except BaseException:
+            for futures in batch.values():  # cancelled (shutdown): nobody may wait forever
+                for future in futures:
+                    future.cancel()
+            raise
+        for key, value in zip(keys, values, strict=True):
+            for future in batch[key]:
+                if not future.done():
+                    future.set_result(value)
+
+    # -- single-flight loads ----------------------------------------------------------------------
+
+    async def _load(self, pseudonym: bytes, key: bytes, fill: _Fill) -> StatusEntry | None:
+        flight = self._flights.get(pseudonym)
+        if flight is None:
+            flight = _Flight(asyncio.get_running_loop().create_future())
+            self._flights[pseudonym] = flight
+            self._spawn(self._load_and_fill(pseudonym, key, flight, fill))
+        # shield: one waiter giving up must not cancel the load the others are waiting for.
+        return await asyncio.shield(flight.future)
+
+    async def _load_and_fill(self, pseudonym: bytes, key: bytes, flight: _Flight, fill: _Fill) -> None:
+        try:
+            self.loads += 1
+            try:
+                entry = await self._loader(pseudonym)
+            except asyncio.CancelledError:
+                flight.future.cancel()
+                raise
+            except Exception as exc:
+                flight.future.set_exception(exc)
+                return
+            flight.future.set_result(entry)
+            # The flight stays registered until the fill is done, so callers arriving meanwhile join
+            # the finished future instead of missing in Redis and loading again.
+            if fill is not _Fill.SKIP and not flight.stale and self._breaker.closed:
+                await self._fill(key, entry, if_absent=fill is _Fill.IF_ABSENT)
+        finally:
+            if self._flights.get(pseudonym) is flight:
+                del self._flights[pseudonym]
+
+    async def _fill(self, key: bytes, entry: StatusEntry | None, *, if_absent: bool) -> None:
+        try:
+            if entry is None:
+                await self._redis.set(key, TOMBSTONE, px=self._negative_ttl_ms, nx=if_absent)
+                return
+            expire_ms = entry.valid_until * 1000
+            if expire_ms <= int(self._clock() * 1000):
+                return  # already out of date: caching it would only serve it after it has changed
+            await self._redis.set(key, pack(entry), pxat=expire_ms, nx=if_absent)
+        except REDIS_ERRORS as exc:
+            self._redis_failed(exc)
+        except ValueError:
+            # The loader gave an entry the format cannot carry; the caller has its answer, only
+            # caching is lost. Logged, not raised: this runs after the answer was delivered.
+            log.exception("status entry could not be packed; not cached", extra={"key": key.decode()})
+
+    # -- helpers ----------------------------------------------------------------------------------
+
+    def _mark_stale(self, pseudonym: bytes) -> None:
+        flight = self._flights.get(pseudonym)
+        if flight is not None:
+            flight.stale = True
+
+    async def _guard(self, call: Awaitable[list[Any]]) -> list[Any]:
+        try:
+            return await call
+        except REDIS_ERRORS as exc:
+            self._redis_failed(exc)
+            raise
+
+    def _redis_failed(self, exc: BaseException) -> None:
+        self.redis_errors += 1
+        if self._breaker.closed:
+            log.warning("Redis failed, bypassing it for a while: %s", exc.__class__.__name__)
+        self._breaker.trip()
+
+    def _spawn(self, coro: Coroutine[None, None, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
