@@ -36,8 +36,9 @@ def _spki(key: PublicKey) -> bytes:
 class KeyRecord:
     """A key's metadata. The public key object is built once from ``public_jwk`` and kept.
 
-    ``retired_at`` (epoch seconds) is set for retired keys: they still verify, and stay published,
-    until every token they signed has expired. Revoked keys never verify.
+    ``kid`` is normally the short thumbprint (see ``from_private_key``); nothing relies on that, and
+    two keys may share a kid. ``retired_at`` (epoch seconds) is set for retired keys: they still verify,
+    and stay published, until every token they signed has expired. Revoked keys never verify.
     """
 
     kid: str
@@ -67,8 +68,8 @@ class KeyRecord:
         thumbprint = jwk_thumbprint(self.public_jwk)
         if thumbprint != self.thumbprint:
             raise ValueError(f"key {self.kid}: thumbprint does not match the JWK")
-        if self.kid != short_kid(thumbprint):
-            raise ValueError(f"key {self.kid}: kid is not the short thumbprint {short_kid(thumbprint)}")
+        if not self.kid:
+            raise ValueError("a key needs a kid")
         for member, expected in (("kid", self.kid), ("alg", self.alg), ("use", "sig")):
             if self.public_jwk.get(member, expected) != expected:
                 raise ValueError(f"key {self.kid}: JWK {member} is not {expected!r}")
