@@ -477,7 +477,13 @@ def choose_postgres(state: StateDir, env: dict[str, str], servers: dict[str, dic
         servers["postgres"] = {"kind": "external"}
         return env["DATABASE_URL"]
     if not embedded and port_open(DEFAULT_PG_PORT):
-        url = ensure_database(DEFAULT_PG_PORT)
+        try:
+            url = ensure_database(DEFAULT_PG_PORT)
+        except Exception as exc:  # asyncpg raises many kinds; all mean "cannot use this server as is"
+            raise DevServerError(
+                f"{LOCAL_HOST}:{DEFAULT_PG_PORT} but user postgres cannot use it: {exc!r}; "
+                "set DATABASE_URL, or HEALTHCODE_EMBEDDED=1 to start an embedded server"
+            ) from exc
         say(f"postgres: using the server on {LOCAL_HOST}:{DEFAULT_PG_PORT}, database {DATABASE_NAME}")
         servers["postgres"] = {"kind": "external"}
         return url
