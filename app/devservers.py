@@ -481,7 +481,7 @@ def choose_postgres(state: StateDir, env: dict[str, str], servers: dict[str, dic
             url = ensure_database(DEFAULT_PG_PORT)
         except Exception as exc:  # asyncpg raises many kinds; all mean "cannot use this server as is"
             raise DevServerError(
-                f"{LOCAL_HOST}:{DEFAULT_PG_PORT} but user postgres cannot use it: {exc!r}; "
+                f"the server on {LOCAL_HOST}:{DEFAULT_PG_PORT} refuses user postgres: {exc!r}; "
                 "set DATABASE_URL, or HEALTHCODE_EMBEDDED=1 to start an embedded server"
             ) from exc
         say(f"postgres: using the server on {LOCAL_HOST}:{DEFAULT_PG_PORT}, database {DATABASE_NAME}")
