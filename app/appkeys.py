@@ -1,0 +1,23 @@
+"""Typed keys for what the application holds between requests."""
+
+from __future__ import annotations
+
+import asyncpg
+from aiohttp import web
+from redis.asyncio import Redis
+
+from app.clients import ClientRegistry
+from app.middleware import LoadShedder
+from app.scans import ScanRecorder
+from app.settings import Settings
+from app.signer_state import SignerState
+from cache.status_cache import StatusCache
+
+SETTINGS = web.AppKey("settings", Settings)
+PG = web.AppKey("pg", asyncpg.Pool)
+REDIS = web.AppKey("redis", Redis)
+CLIENTS = web.AppKey("clients", ClientRegistry)
+STATUS_CACHE = web.AppKey("status_cache", StatusCache)
+SIGNER = web.AppKey("signer", SignerState)
+SCANS = web.AppKey("scans", ScanRecorder)
+SHEDDER = web.AppKey("shedder", LoadShedder)

@@ -1,0 +1,103 @@
+"""API clients: secrets issued once, stored as hashes, and an in-process registry for the hot path."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+from typing import Final
+
+import asyncpg
+
+from app.errors import Forbidden, Unauthenticated
+
+CLIENT_KINDS: Final = ("citizen-backend", "scanner", "agency")
+_SECRET_PREFIX: Final = "hc_"
+
+
+@dataclass(frozen=True, slots=True)
+class Client:
+    id: int
+    name: str
+    kind: str
+    scopes: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedClient:
+    client: Client
+    secret: str  # shown once, never stored
+
+
+def hash_secret(secret: str) -> bytes:
+    return hashlib.sha256(secret.encode()).digest()
+
+
+async def add_client(conn: asyncpg.Connection, name: str, kind: str, scopes: tuple[str, ...] = ()) -> IssuedClient:
+    if kind not in CLIENT_KINDS:
+        raise ValueError(f"kind must be one of {', '.join(CLIENT_KINDS)}")
+    secret = _SECRET_PREFIX + secrets.token_urlsafe(32)
+    row = await conn.fetchrow(
+        """INSERT INTO api_clients (name, kind, key_prefix, key_hash, scopes)
+           VALUES ($1, $2, $3, $4, $5) RETURNING id""",
+        name,
+        kind,
+        secret[:8],
+        hash_secret(secret),
+        list(scopes),
+    )
+    assert row is not None
+    await conn.execute(
+        "INSERT INTO audit_log (actor, action, detail) VALUES ('cli', 'client.add', $1)",
+        {"client_id": row["id"], "name": name, "kind": kind, "scopes": list(scopes)},
+    )
+    return IssuedClient(Client(row["id"], name, kind, scopes), secret)
+
+
+async def revoke_client(conn: asyncpg.Connection, name: str) -> bool:
+    revoked = await conn.fetchval(
+        "UPDATE api_clients SET revoked_at = now() WHERE name = $1 AND revoked_at IS NULL RETURNING id", name
+    )
+    if revoked is not None:
+        await conn.execute(
+            "INSERT INTO audit_log (actor, action, detail) VALUES ('cli', 'client.revoke', $1)",
+            {"client_id": revoked, "name": name},
+        )
+    return revoked is not None
+
+
+async def list_clients(conn: asyncpg.Connection) -> list[asyncpg.Record]:
+    return await conn.fetch(
+        "SELECT id, name, kind, key_prefix, scopes, created_at, revoked_at FROM api_clients ORDER BY id"
+    )
+
+
+class ClientRegistry:
+    """Active clients by secret hash, held in memory so authentication costs one hash and one dict look-up.
+
+    Reloaded every few seconds (`refresh`), so a new or revoked client takes effect on every process
+    without a database round trip per request.
+    """
+
+    def __init__(self) -> None:
+        self._by_hash: dict[bytes, Client] = {}
+
+    async def refresh(self, conn: asyncpg.Connection | asyncpg.Pool) -> None:
+        rows = await conn.fetch("SELECT id, name, kind, key_hash, scopes FROM api_clients WHERE revoked_at IS NULL")
+        self._by_hash = {
+            bytes(r["key_hash"]): Client(r["id"], r["name"], r["kind"], tuple(r["scopes"])) for r in rows
+        }
+
+    def authenticate(self, authorization: str | None, *, kind: str) -> Client:
+        """The client behind a `Bearer` header, which must be of `kind`."""
+        if not authorization:
+            raise Unauthenticated("send the client key as 'Authorization: Bearer <key>'")
+        scheme, _, secret = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not secret:
+            raise Unauthenticated("the Authorization header must use the Bearer scheme")
+        client = self._by_hash.get(hash_secret(secret.strip()))
+        if client is None:
+            raise Unauthenticated("the client key is unknown or revoked")
+        if client.kind != kind:
+            raise Forbidden(f"a {client.kind} client may not call this endpoint; it needs a {kind} client")
+        return client

@@ -1,0 +1,136 @@
+"""Postgres: connection pool with bounded retries, and numbered SQL migrations."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+import orjson
+
+log = logging.getLogger(__name__)
+
+SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
+_MIGRATION_NAME = re.compile(r"(\d{3})_([a-z0-9_]+)\.sql")
+# Any constant works: it only has to be the same in every process that migrates.
+_MIGRATION_LOCK = 0x4843_0001
+
+
+async def create_pool(dsn: str, *, min_size: int, max_size: int, attempts: int = 5) -> asyncpg.Pool:
+    """Connect, retrying a few times with a growing pause, then give up with the last error."""
+    delay = 0.2
+    for attempt in range(1, attempts + 1):
+        try:
+            pool = await asyncpg.create_pool(
+                dsn,
+                min_size=min_size,
+                max_size=max_size,
+                command_timeout=30,
+                max_inactive_connection_lifetime=300,
+                init=init_connection,
+            )
+        except (OSError, asyncpg.PostgresError) as exc:
+            if attempt == attempts:
+                raise
+            log.warning("postgres not reachable (%s), attempt %d of %d", exc, attempt, attempts)
+            await asyncio.sleep(delay)
+            delay *= 2
+        else:
+            assert pool is not None
+            return pool
+    raise AssertionError("unreachable")
+
+
+async def close_pool(pool: asyncpg.Pool, timeout: float = 10.0) -> None:
+    """Close gracefully, and terminate if that fails or takes too long, so shutdown cannot hang."""
+    try:
+        await asyncio.wait_for(pool.close(), timeout)
+    except (TimeoutError, asyncio.CancelledError, asyncpg.PostgresError, OSError):
+        pool.terminate()
+        raise
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+    @property
+    def checksum(self) -> str:
+        return hashlib.sha256(self.sql.encode()).hexdigest()
+
+
+class MigrationError(RuntimeError):
+    pass
+
+
+def load_migrations(directory: Path = SQL_DIR) -> list[Migration]:
+    migrations = []
+    for path in sorted(directory.glob("*.sql")):
+        match = _MIGRATION_NAME.fullmatch(path.name)
+        if not match:
+            continue  # query files live beside migrations
+        migrations.append(Migration(int(match[1]), match[2], path.read_text()))
+    versions = [m.version for m in migrations]
+    if len(set(versions)) != len(versions):
+        raise MigrationError(f"two migrations share a number in {directory}")
+    return migrations
+
+
+async def migrate(conn: asyncpg.Connection, migrations: list[Migration] | None = None) -> list[Migration]:
+    """Apply what is not yet applied, in order, each in its own transaction; return what was applied."""
+    migrations = load_migrations() if migrations is None else migrations
+    await conn.execute(
+        """CREATE TABLE IF NOT EXISTS schema_migrations (
+               version    integer PRIMARY KEY,
+               name       text        NOT NULL,
+               checksum   text        NOT NULL,
+               applied_at timestamptz NOT NULL DEFAULT now())"""
+    )
+    applied_now = []
+    await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK)
+    try:
+        done = {r["version"]: r["checksum"] for r in await conn.fetch("SELECT version, checksum FROM schema_migrations")}
+        for migration in migrations:
+            if migration.version in done:
+                if done[migration.version] != migration.checksum:
+                    raise MigrationError(
+                        f"migration {migration.version:03d}_{migration.name} changed after it was applied; "
+                        "add a new migration instead of editing an old one"
+                    )
+                continue
+            async with conn.transaction():
+                await conn.execute(migration.sql)
+                await conn.execute(
+                    "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
+                    migration.version,
+                    migration.name,
+                    migration.checksum,
+                )
+            log.info("applied migration %03d_%s", migration.version, migration.name)
+            applied_now.append(migration)
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK)
+    return applied_now
+
+
+async def init_connection(conn: asyncpg.Connection) -> None:
+    """Per-connection set-up: json and jsonb travel as Python objects through orjson."""
+    for name in ("json", "jsonb"):
+        await conn.set_type_codec(name, schema="pg_catalog", encoder=_json_dumps, decoder=orjson.loads)
+
+
+def _json_dumps(value: object) -> str:
+    return orjson.dumps(value).decode()
+
+
+async def connect(dsn: str) -> asyncpg.Connection:
+    """One connection for command-line work, set up like the pool's."""
+    conn = await asyncpg.connect(dsn)
+    await init_connection(conn)
+    return conn

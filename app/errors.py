@@ -1,0 +1,146 @@
+"""Problem details (RFC 9457): one exception class per kind of failure, one renderer."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import orjson
+from aiohttp import web
+
+PROBLEM_CONTENT_TYPE = "application/problem+json"
+# Relative type URIs resolve against the service's own address, where /problems/ documents them.
+PROBLEM_BASE = "/problems/"
+
+
+class ProblemError(Exception):
+    status: ClassVar[int] = 500
+    slug: ClassVar[str] = "internal"
+    title: ClassVar[str] = "Internal error"
+
+    def __init__(
+        self,
+        detail: str,
+        *,
+        extra: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.extra = dict(extra or {})
+        self.headers = dict(headers or {})
+
+    @property
+    def type(self) -> str:
+        return PROBLEM_BASE + self.slug
+
+    def body(self, instance: str | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {"type": self.type, "title": self.title, "status": self.status, "detail": self.detail}
+        if instance:
+            body["instance"] = instance
+        body.update(self.extra)
+        return body
+
+
+class MalformedRequest(ProblemError):
+    status = 400
+    slug = "malformed-request"
+    title = "The request body is not valid JSON of the expected shape"
+
+
+class Unauthenticated(ProblemError):
+    status = 401
+    slug = "unauthenticated"
+    title = "A valid client key is required"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail, headers={"WWW-Authenticate": 'Bearer realm="healthcode"'})
+
+
+class Forbidden(ProblemError):
+    status = 403
+    slug = "forbidden"
+    title = "This client may not use this endpoint"
+
+
+class NotFound(ProblemError):
+    status = 404
+    slug = "not-found"
+    title = "No such resource"
+
+
+class SubjectNotFound(ProblemError):
+    status = 404
+    slug = "subject-not-found"
+    title = "No status is held for this person"
+
+
+class MethodNotAllowed(ProblemError):
+    status = 405
+    slug = "method-not-allowed"
+    title = "Method not allowed"
+
+
+class PayloadTooLarge(ProblemError):
+    status = 413
+    slug = "payload-too-large"
+    title = "The request body is larger than allowed"
+
+
+class UnsupportedMediaType(ProblemError):
+    status = 415
+    slug = "unsupported-media-type"
+    title = "The request body has an unsupported content type"
+
+
+class InvalidField(ProblemError):
+    """A field is present but wrong; `field` and `code` let a client act without parsing prose."""
+
+    status = 422
+    slug = "invalid-field"
+    title = "A field of the request is invalid"
+
+    def __init__(self, field: str, code: str, detail: str) -> None:
+        super().__init__(detail, extra={"field": field, "code": code})
+
+
+class InvalidIdentityProblem(InvalidField):
+    slug = "invalid-identity"
+    title = "The identity document number is invalid"
+
+
+class Overloaded(ProblemError):
+    status = 503
+    slug = "overloaded"
+    title = "The service is at capacity"
+
+    def __init__(self, retry_after: int = 1) -> None:
+        super().__init__(
+            f"too many requests in flight; retry after {retry_after} s with jittered exponential back-off",
+            headers={"Retry-After": str(retry_after)},
+        )
+
+
+class DependencyUnavailable(ProblemError):
+    status = 503
+    slug = "dependency-unavailable"
+    title = "A storage dependency is unavailable"
+
+    def __init__(self, detail: str, retry_after: int = 2) -> None:
+        super().__init__(detail, headers={"Retry-After": str(retry_after)})
+
+
+def problem_response(problem: ProblemError, instance: str | None = None) -> web.Response:
+    return web.Response(
+        status=problem.status,
+        body=orjson.dumps(problem.body(instance)),
+        content_type=PROBLEM_CONTENT_TYPE,
+        headers=problem.headers,
+    )
+
+
+def bare_problem(status: int, title: str, detail: str | None = None) -> web.Response:
+    body: dict[str, Any] = {"type": "about:blank", "title": title, "status": status}
+    if detail:
+        body["detail"] = detail
+    return web.Response(status=status, body=orjson.dumps(body), content_type=PROBLEM_CONTENT_TYPE)

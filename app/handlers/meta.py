@@ -1,0 +1,79 @@
+"""Probes, published keys and the API description."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from app.appkeys import PG, REDIS, SIGNER
+from app.handlers.common import json_response
+from signing.jwks import jwks_document
+
+routes = web.RouteTableDef()
+_PROBE_TIMEOUT = 2.0
+# Scanners re-fetch keys at least this often; short, so a withdrawn key disappears from the field quickly.
+JWKS_MAX_AGE = 60
+
+
+@routes.get("/healthz")
+async def healthz(request: web.Request) -> web.Response:
+    return json_response({"status": "ok"})
+
+
+@routes.get("/readyz")
+async def readyz(request: web.Request) -> web.Response:
+    failing = []
+    try:
+        await asyncio.wait_for(request.app[PG].fetchval("SELECT 1"), _PROBE_TIMEOUT)
+    except Exception:
+        failing.append("postgres")
+    try:
+        await asyncio.wait_for(request.app[REDIS].ping(), _PROBE_TIMEOUT)
+    except Exception:
+        failing.append("redis")
+    if failing:
+        return web.Response(
+            status=503,
+            content_type="application/problem+json",
+            body=orjson.dumps(
+                {
+                    "type": "/problems/not-ready",
+                    "title": "A dependency is unreachable",
+                    "status": 503,
+                    "detail": f"unreachable: {', '.join(failing)}",
+                    "unreachable": failing,
+                }
+            ),
+            headers={"Retry-After": "5"},
+        )
+    return json_response({"status": "ready"})
+
+
+@routes.get("/.well-known/jwks.json")
+async def jwks(request: web.Request) -> web.Response:
+    keyring = request.app[SIGNER].keyring
+    assert keyring is not None
+    body = orjson.dumps(jwks_document(keyring.published(int(time.time()))))
+    etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
+    headers = {"Cache-Control": f"public, max-age={JWKS_MAX_AGE}", "ETag": etag}
+    if request.headers.get("If-None-Match") == etag:
+        return web.Response(status=304, headers=headers)
+    return web.Response(body=body, content_type="application/jwk-set+json", headers=headers)
+
+
+@cache
+def openapi_document() -> dict[str, Any]:
+    loaded: dict[str, Any] = orjson.loads((Path(__file__).resolve().parent.parent / "openapi.json").read_bytes())
+    return loaded
+
+
+@routes.get("/openapi.json")
+async def openapi(request: web.Request) -> web.Response:
+    return json_response(openapi_document(), headers={"Cache-Control": "public, max-age=3600"})

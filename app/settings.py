@@ -1,0 +1,92 @@
+"""Configuration: environment variables into one frozen, validated object."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class SettingsError(ValueError):
+    """A configuration variable is missing or wrong; the message names it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    database_url: str
+    redis_url: str
+    pepper: bytes
+    keys_dir: Path
+    issuer: str = "healthcode"
+    token_ttl_seconds: int = 300
+    negative_ttl_seconds: int = 30
+    max_in_flight: int = 2000
+    max_body_bytes: int = 64 * 1024
+    max_upload_bytes: int = 4 * 1024 * 1024 * 1024
+    pg_pool_min: int = 2
+    pg_pool_max: int = 10
+    ruleset: str = "default-2022"
+    # How often a process re-reads clients and keys, so a revocation takes effect everywhere.
+    refresh_seconds: float = 5.0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        return cls(
+            database_url=_required(env, "DATABASE_URL"),
+            redis_url=_required(env, "REDIS_URL"),
+            pepper=_pepper(env),
+            keys_dir=Path(_required(env, "HEALTHCODE_KEYS_DIR")),
+            issuer=env.get("HEALTHCODE_ISSUER", "healthcode"),
+            token_ttl_seconds=_int(env, "HEALTHCODE_TOKEN_TTL_SECONDS", 300, low=30, high=3600),
+            negative_ttl_seconds=_int(env, "HEALTHCODE_NEGATIVE_TTL_SECONDS", 30, low=1, high=3600),
+            max_in_flight=_int(env, "HEALTHCODE_MAX_IN_FLIGHT", 2000, low=1, high=1_000_000),
+            max_body_bytes=_int(env, "HEALTHCODE_MAX_BODY_BYTES", 64 * 1024, low=1024, high=1 << 30),
+            max_upload_bytes=_int(env, "HEALTHCODE_MAX_UPLOAD_BYTES", 4 << 30, low=1024, high=1 << 40),
+            pg_pool_min=_int(env, "HEALTHCODE_PG_POOL_MIN", 2, low=0, high=1000),
+            pg_pool_max=_int(env, "HEALTHCODE_PG_POOL_MAX", 10, low=1, high=1000),
+            ruleset=env.get("HEALTHCODE_RULESET", "default-2022"),
+            refresh_seconds=float(_int(env, "HEALTHCODE_REFRESH_SECONDS", 5, low=1, high=3600)),
+        )
+
+
+def _required(env: Mapping[str, str], name: str) -> str:
+    value = env.get(name, "").strip()
+    if not value:
+        raise SettingsError(f"{name} is not set")
+    return value
+
+
+def _int(env: Mapping[str, str], name: str, default: int, *, low: int, high: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be an integer, got {raw!r}") from None
+    if not low <= value <= high:
+        raise SettingsError(f"{name} must be between {low} and {high}, got {value}")
+    return value
+
+
+def _pepper(env: Mapping[str, str]) -> bytes:
+    """The pseudonym pepper, from HEALTHCODE_PEPPER (hex) or HEALTHCODE_PEPPER_FILE (raw bytes)."""
+    if hex_value := env.get("HEALTHCODE_PEPPER", "").strip():
+        try:
+            pepper = bytes.fromhex(hex_value)
+        except ValueError:
+            raise SettingsError("HEALTHCODE_PEPPER must be hex") from None
+        source = "HEALTHCODE_PEPPER"
+    elif path := env.get("HEALTHCODE_PEPPER_FILE", "").strip():
+        try:
+            pepper = Path(path).read_bytes()
+        except OSError as exc:
+            raise SettingsError(f"HEALTHCODE_PEPPER_FILE cannot be read: {exc.strerror}") from None
+        source = "HEALTHCODE_PEPPER_FILE"
+    else:
+        raise SettingsError("set HEALTHCODE_PEPPER (hex) or HEALTHCODE_PEPPER_FILE")
+    if len(pepper) < 16:
+        raise SettingsError(f"{source} must hold at least 16 bytes of secret")
+    return pepper

@@ -1,0 +1,62 @@
+"""Reading computed statuses from Postgres, the source of truth, on a cache miss."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import asyncpg
+
+from app.recompute import recompute_subjects
+from app.rules.ruleset import RuleSet
+from cache.entry import StatusEntry
+
+STATUS_QUERY = """
+SELECT sub.id_type, sub.masked_name, sub.masked_number,
+       st.colour, st.reasons, st.popup, st.vaccine_doses, st.vaccine_complete,
+       extract(epoch FROM st.last_test_at)::bigint AS last_test_at, st.last_test_result, st.ruleset,
+       extract(epoch FROM st.computed_at)::bigint AS computed_at,
+       extract(epoch FROM st.valid_until)::bigint AS valid_until
+FROM subjects sub LEFT JOIN statuses st ON st.pseudonym = sub.pseudonym
+WHERE sub.pseudonym = $1
+"""
+
+
+def entry_from_row(row: asyncpg.Record) -> StatusEntry:
+    return StatusEntry(
+        colour=row["colour"],
+        reasons=tuple(row["reasons"]),
+        popup=row["popup"],
+        vaccine_doses=row["vaccine_doses"],
+        vaccine_complete=row["vaccine_complete"],
+        last_test_at=row["last_test_at"],
+        last_test_result=row["last_test_result"],
+        ruleset=row["ruleset"],
+        computed_at=row["computed_at"],
+        valid_until=row["valid_until"],
+        id_type=row["id_type"],
+        masked_name=row["masked_name"],
+        masked_number=row["masked_number"],
+    )
+
+
+class StatusLoader:
+    """The cache's loader: the stored status, recomputed first when missing or past its valid_until."""
+
+    def __init__(self, pool: asyncpg.Pool, ruleset: RuleSet, clock: Callable[[], float] = time.time) -> None:
+        self.pool = pool
+        self.ruleset = ruleset
+        self.clock = clock
+        self.reads = 0  # Postgres reads, for tests and metrics
+
+    async def load(self, subject: bytes) -> StatusEntry | None:
+        now = int(self.clock())
+        self.reads += 1
+        async with self.pool.acquire() as conn:
+            row = await conn.fetchrow(STATUS_QUERY, subject)
+            if row is None:
+                return None
+            if row["colour"] is not None and row["valid_until"] > now:
+                return entry_from_row(row)
+            recomputed = await recompute_subjects(conn, [subject], self.ruleset, now)
+            return recomputed.get(subject)

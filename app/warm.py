@@ -1,0 +1,60 @@
+"""Rebuilding Redis from Postgres: every status entry, recomputed where it has expired."""
+
+from __future__ import annotations
+
+import time
+
+from tqdm import tqdm
+
+from app.db import connect
+from app.recompute import load_risk_areas, recompute_subjects
+from app.rules.ruleset import load_ruleset
+from app.settings import Settings
+from app.status_store import entry_from_row
+from cache.connection import open_redis
+from cache.status_cache import StatusCache
+
+CHUNK = 5000
+
+_PAGE = """
+SELECT sub.pseudonym, sub.id_type, sub.masked_name, sub.masked_number,
+       st.colour, st.reasons, st.popup, st.vaccine_doses, st.vaccine_complete,
+       extract(epoch FROM st.last_test_at)::bigint AS last_test_at, st.last_test_result, st.ruleset,
+       extract(epoch FROM st.computed_at)::bigint AS computed_at,
+       extract(epoch FROM st.valid_until)::bigint AS valid_until
+FROM subjects sub LEFT JOIN statuses st ON st.pseudonym = sub.pseudonym
+WHERE sub.pseudonym > $1
+ORDER BY sub.pseudonym
+LIMIT $2
+"""
+
+
+async def _never_loads(pseudonym: bytes) -> None:
+    raise AssertionError("warming writes entries; it never reads through the cache")
+
+
+async def warm_cache(settings: Settings, *, progress: bool = False) -> int:
+    """Walk every subject in pseudonym order; returns the number of entries written to Redis."""
+    ruleset = load_ruleset(settings.ruleset)
+    conn = await connect(settings.database_url)
+    redis = open_redis(settings.redis_url)
+    cache = StatusCache(redis, _never_loads)
+    written = 0
+    try:
+        total = await conn.fetchval("SELECT count(*) FROM subjects")
+        areas = await load_risk_areas(conn)
+        after = b""
+        with tqdm(total=total, unit="people", disable=not progress) as bar:
+            while rows := await conn.fetch(_PAGE, after, CHUNK):
+                now = int(time.time())
+                fresh = {bytes(r["pseudonym"]): entry_from_row(r) for r in rows if r["colour"] and r["valid_until"] > now}
+                stale = [bytes(r["pseudonym"]) for r in rows if bytes(r["pseudonym"]) not in fresh]
+                if stale:
+                    fresh.update(await recompute_subjects(conn, stale, ruleset, now, areas))
+                written += await cache.put_many(fresh)
+                after = bytes(rows[-1]["pseudonym"])
+                bar.update(len(rows))
+    finally:
+        await redis.aclose()
+        await conn.close()
+    return written

@@ -1,0 +1,107 @@
+"""The aiohttp application: factory, and the resources it holds for its lifetime."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
+
+from aiohttp import web
+
+from app.appkeys import CLIENTS, PG, REDIS, SCANS, SETTINGS, SHEDDER, SIGNER, STATUS_CACHE
+from app.clients import ClientRegistry
+from app.db import close_pool, create_pool
+from app.handlers import meta, qr, status, verify
+from app.middleware import LoadShedder, problem_middleware
+from app.scans import ScanRecorder, ScanWriter, ensure_scan_partitions
+from app.settings import Settings
+from app.signer_state import SignerState
+from app.rules.ruleset import load_ruleset
+from app.status_store import StatusLoader
+from cache.connection import open_redis
+from cache.scan_stream import ScanStream
+from cache.status_cache import StatusCache
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings, *, background: bool = True) -> web.Application:
+    """`background=False` leaves out the periodic refresh and the scan writer (tests drive them)."""
+    shedder = LoadShedder(settings.max_in_flight)
+    app = web.Application(
+        middlewares=[shedder.middleware, problem_middleware], client_max_size=settings.max_body_bytes
+    )
+    app[SETTINGS] = settings
+    app[SHEDDER] = shedder
+    app.cleanup_ctx.extend([_postgres, _redis, _services])
+    if background:
+        app.cleanup_ctx.append(_background)
+    for module in (meta, status, verify, qr):
+        app.add_routes(module.routes)
+    return app
+
+
+async def _postgres(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    app[PG] = await create_pool(settings.database_url, min_size=settings.pg_pool_min, max_size=settings.pg_pool_max)
+    yield
+    await close_pool(app[PG])
+
+
+async def _redis(app: web.Application) -> AsyncIterator[None]:
+    app[REDIS] = open_redis(app[SETTINGS].redis_url)
+    yield
+    await app[REDIS].aclose()
+
+
+async def _services(app: web.Application) -> AsyncIterator[None]:
+    settings, pool, redis = app[SETTINGS], app[PG], app[REDIS]
+    app[CLIENTS] = ClientRegistry()
+    await app[CLIENTS].refresh(pool)
+    app[SIGNER] = SignerState(settings.keys_dir, settings.issuer, settings.token_ttl_seconds)
+    await app[SIGNER].refresh(pool)
+    loader = StatusLoader(pool, load_ruleset(settings.ruleset))
+    app[STATUS_CACHE] = StatusCache(redis, loader.load, negative_ttl_seconds=settings.negative_ttl_seconds)
+    app[SCANS] = ScanRecorder(ScanStream(redis), pool)
+    await ensure_scan_partitions(pool, datetime.now(UTC).date())
+    yield
+
+
+async def _background(app: web.Application) -> AsyncIterator[None]:
+    pool, settings = app[PG], app[SETTINGS]
+    # The writer blocks on XREADGROUP, so it needs its own connection with a timeout longer than the block.
+    writer_redis = open_redis(settings.redis_url, max_connections=2, socket_timeout=10.0)
+    writer = ScanWriter(ScanStream(writer_redis), pool, consumer=f"{socket.gethostname()}-{os.getpid()}")
+
+    async def refresh() -> None:
+        await app[CLIENTS].refresh(pool)
+        await app[SIGNER].refresh(pool)
+        await ensure_scan_partitions(pool, datetime.now(UTC).date())
+
+    tasks = [
+        asyncio.create_task(writer.run(), name="scan-writer"),
+        asyncio.create_task(_every(settings.refresh_seconds, refresh), name="refresh"),
+    ]
+    yield
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    await writer_redis.aclose()
+
+
+async def _every(seconds: float, job: Callable[[], Awaitable[None]]) -> None:
+    while True:
+        await asyncio.sleep(seconds)
+        started = time.monotonic()
+        try:
+            await job()
+        except Exception:
+            log.exception("periodic refresh failed; keeping the previous clients and keys")
+        log.debug("refresh took %.3f s", time.monotonic() - started)
