@@ -1,0 +1,551 @@
+"""Status entries and the read-through status cache, against a real Redis (db 14)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from cache.connection import open_redis
+from cache.entry import (
+    FORMAT_VERSION,
+    EntryFormatError,
+    StatusEntry,
+    UnknownVersionError,
+    pack,
+    unpack,
+)
+from cache.keys import TOMBSTONE, status_key
+from cache.status_cache import StatusCache
+
+REDIS_URL = "redis://127.0.0.1:6379/14"
+DEAD_REDIS_URL = "redis://127.0.0.1:1/0"  # nothing listens on port 1
+
+
+class CountingRedis(Redis):
+    """A real client that records the round trips it starts: direct commands and pipelines."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.commands: list[str] = []
+        self.pipelines = 0
+
+    async def execute_command(self, *args: Any, **options: Any) -> Any:
+        self.commands.append(str(args[0]))
+        return await super().execute_command(*args, **options)  # type: ignore[no-untyped-call]
+
+    def pipeline(self, transaction: bool = True, shard_hint: str | None = None) -> Pipeline:
+        self.pipelines += 1
+        return super().pipeline(transaction, shard_hint)
+
+    def reset_counts(self) -> None:
+        self.commands.clear()
+        self.pipelines = 0
+
+
+class Loader:
+    """Stands in for the app's Postgres read; counts calls, can be held until released."""
+
+    def __init__(self, known: dict[bytes, StatusEntry] | None = None) -> None:
+        self.known = dict(known or {})
+        self.calls: list[bytes] = []
+        self.gate: asyncio.Event | None = None
+        self.error: Exception | None = None
+
+    async def __call__(self, pseudonym: bytes) -> StatusEntry | None:
+        self.calls.append(pseudonym)
+        if self.gate is not None:
+            await self.gate.wait()
+        if self.error is not None:
+            raise self.error
+        return self.known.get(pseudonym)
+
+
+class FakeMonotonic:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def pseudonym(n: int) -> bytes:
+    return hashlib.sha256(n.to_bytes(8, "big")).digest()[:16]
+
+
+def make_entry(**changes: Any) -> StatusEntry:
+    now = int(time.time())
+    entry = StatusEntry(
+        colour="yellow",
+        reasons=("contact.secondary", "arrival.risk_area.medium"),
+        popup=True,
+        vaccine_doses=3,
+        vaccine_complete=True,
+        last_test_at=now - 7200,
+        last_test_result="negative",
+        ruleset="cq-2022.03",
+        computed_at=now - 60,
+        valid_until=now + 3600,
+        id_type="resident",
+        masked_name="欧阳*",
+        masked_number="5***************2X",
+    )
+    return replace(entry, **changes)
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    """Yield to the loop until `condition` holds (bounded), instead of sleeping a guessed time."""
+    deadline = time.monotonic() + 5
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        await asyncio.sleep(0)
+
+
+@pytest.fixture
+async def redis() -> AsyncIterator[CountingRedis]:
+    client = open_redis(REDIS_URL, client_class=CountingRedis)
+    await client.flushdb()
+    client.reset_counts()
+    yield client
+    await client.flushdb()
+    await client.aclose()
+
+
+@pytest.fixture
+async def dead_redis() -> AsyncIterator[CountingRedis]:
+    client = open_redis(DEAD_REDIS_URL, client_class=CountingRedis)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+def loader() -> Loader:
+    return Loader()
+
+
+@pytest.fixture
+async def cache(redis: CountingRedis, loader: Loader) -> AsyncIterator[StatusCache]:
+    status_cache = StatusCache(redis, loader)
+    yield status_cache
+    await status_cache.drain()
+
+
+async def server_ms(redis: Redis) -> int:
+    seconds, micros = await redis.time()
+    return seconds * 1000 + micros // 1000
+
+
+# -- packing --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        make_entry(),
+        make_entry(
+            colour="green",
+            reasons=(),
+            popup=False,
+            vaccine_doses=0,
+            vaccine_complete=False,
+            last_test_at=None,
+            last_test_result=None,
+            masked_name="",
+            masked_number="",
+        ),
+        make_entry(
+            colour="red", reasons=("case.confirmed",), last_test_result="positive", masked_name="Ñúñez*"
+        ),
+        make_entry(masked_name="😷*", id_type="passport", masked_number="E*******9", last_test_at=0),
+    ],
+    ids=["yellow-unicode", "green-none-fields", "red-positive", "emoji-passport"],
+)
+def test_pack_round_trip(entry: StatusEntry) -> None:
+    data = pack(entry)
+    assert data[0] == FORMAT_VERSION
+    assert data != TOMBSTONE
+    assert unpack(data) == entry
+
+
+def test_pack_is_compact() -> None:
+    # Header 40 bytes plus the strings' UTF-8 bytes; no field names, no JSON.
+    entry = make_entry()
+    strings = (
+        "\x1f".join(entry.reasons) + entry.ruleset + entry.id_type + entry.masked_name + entry.masked_number
+    )
+    assert len(pack(entry)) == 40 + len(strings.encode())
+
+
+def test_unpack_unknown_version_is_a_clear_error() -> None:
+    data = bytes([FORMAT_VERSION + 1]) + pack(make_entry())[1:]
+    with pytest.raises(UnknownVersionError, match=r"format version 2 is not supported \(this code reads 1\)"):
+        unpack(data)
+
+
+@pytest.mark.parametrize(
+    "data", [b"", pack(make_entry())[:-1], pack(make_entry()) + b"x", b"\x01" + b"\x00" * 39]
+)
+def test_unpack_rejects_corrupt_bytes(data: bytes) -> None:
+    with pytest.raises(EntryFormatError):
+        unpack(data)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"colour": "blue"}, "colour"),
+        ({"last_test_result": "maybe"}, "last_test_result"),
+        ({"reasons": ("a\x1fb",)}, "separator"),
+        ({"reasons": ("",)}, "empty"),
+        ({"vaccine_doses": -1}, "out of range"),
+    ],
+)
+def test_pack_rejects_what_it_cannot_carry(changes: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        pack(make_entry(**changes))
+
+
+# -- reads ----------------------------------------------------------------------------------------
+
+
+async def test_hit_is_one_mget_and_does_not_call_loader(
+    cache: StatusCache, redis: CountingRedis, loader: Loader
+) -> None:
+    entry = make_entry()
+    await redis.set(status_key(pseudonym(1)), pack(entry))
+    redis.reset_counts()
+
+    assert await cache.get(pseudonym(1)) == entry
+
+    assert loader.calls == []
+    assert redis.commands == ["MGET"]
+    assert (cache.hits, cache.misses, cache.loads) == (1, 0, 0)
+
+
+async def test_miss_loads_once_and_fills_redis_until_valid_until(
+    cache: StatusCache, redis: CountingRedis, loader: Loader
+) -> None:
+    entry = make_entry()
+    loader.known[pseudonym(2)] = entry
+
+    assert await cache.get(pseudonym(2)) == entry
+    await cache.drain()
+
+    key = status_key(pseudonym(2))
+    assert await redis.get(key) == pack(entry)
+    expected_pttl = entry.valid_until * 1000 - await server_ms(redis)
+    assert expected_pttl - 50 <= await redis.pttl(key) <= expected_pttl
+    assert await cache.get(pseudonym(2)) == entry
+    assert loader.calls == [pseudonym(2)]
+    assert (cache.hits, cache.misses, cache.loads) == (1, 1, 1)
+
+
+async def test_entry_already_past_valid_until_is_not_cached(
+    cache: StatusCache, redis: CountingRedis, loader: Loader
+) -> None:
+    stale = make_entry(valid_until=int(time.time()) - 1)
+    loader.known[pseudonym(3)] = stale
+
+    assert await cache.get(pseudonym(3)) == stale
+    await cache.drain()
+
+    assert await redis.exists(status_key(pseudonym(3))) == 0
+
+
+async def test_concurrent_misses_of_one_subject_call_loader_once(cache: StatusCache, loader: Loader) -> None:
+    entry = make_entry()
+    loader.known[pseudonym(4)] = entry
+    loader.gate = asyncio.Event()
+
+    first_wave = [asyncio.create_task(cache.get(pseudonym(4))) for _ in range(100)]
+    await until(lambda: cache.misses == 100)
+    # A second wave arrives while the load is still running: it misses in Redis and joins the load.
+    second_wave = [asyncio.create_task(cache.get(pseudonym(4))) for _ in range(100)]
+    await until(lambda: cache.misses == 200)
+    loader.gate.set()
+
+    results = await asyncio.gather(*first_wave, *second_wave)
+    assert results == [entry] * 200
+    assert loader.calls == [pseudonym(4)]
+    assert cache.loads == 1
+
+
+async def test_unknown_subject_is_negatively_cached(
+    cache: StatusCache, redis: CountingRedis, loader: Loader
+) -> None:
+    assert await cache.get(pseudonym(5)) is None
+    await cache.drain()
+
+    key = status_key(pseudonym(5))
+    assert await redis.get(key) == TOMBSTONE
+    assert 29_000 <= await redis.pttl(key) <= 30_000
+
+    redis.reset_counts()
+    assert await cache.get(pseudonym(5)) is None
+    assert redis.commands == ["MGET"]  # a negative hit is one GET of the same key
+    assert loader.calls == [pseudonym(5)]
+    assert (cache.negative_hits, cache.misses, cache.loads) == (1, 1, 1)
+
+
+async def test_negative_ttl_is_configurable(redis: CountingRedis, loader: Loader) -> None:
+    cache = StatusCache(redis, loader, negative_ttl_seconds=2.5)
+    assert await cache.get(pseudonym(6)) is None
+    await cache.drain()
+    assert 2_400 <= await redis.pttl(status_key(pseudonym(6))) <= 2_500
+
+
+async def test_concurrent_gets_share_one_round_trip(
+    cache: StatusCache, redis: CountingRedis, loader: Loader
+) -> None:
+    entries = {pseudonym(n): make_entry(vaccine_doses=n % 4) for n in range(50)}
+    await cache.put_many(entries)
+    redis.reset_counts()
+
+    results = await asyncio.gather(*(cache.get(p) for p in entries), cache.get(pseudonym(1)))
+
+    assert results == [*entries.values(), entries[pseudonym(1)]]
+    assert redis.commands == ["MGET"]
+    assert redis.pipelines == 0
+    assert loader.calls == []
+    assert cache.hits == 51
+
+
+async def test_sequential_turns_each_get_their_own_round_trip(
+    cache: StatusCache, redis: CountingRedis, loader: Loader
+) -> None:
+    await cache.put_many({pseudonym(1): make_entry()})
+    redis.reset_counts()
+    await cache.get(pseudonym(1))
+    await cache.get(pseudonym(1))
+    assert redis.commands == ["MGET", "MGET"]
+
+
+async def test_loader_error_reaches_every_waiter_and_is_not_cached(
+    cache: StatusCache, loader: Loader
+) -> None:
+    loader.error = RuntimeError("postgres unavailable")
+    results = await asyncio.gather(*(cache.get(pseudonym(7)) for _ in range(5)), return_exceptions=True)
+    assert [str(r) for r in results] == ["postgres unavailable"] * 5
+    assert len(loader.calls) == 1
+
+    loader.error = None
+    loader.known[pseudonym(7)] = make_entry()
+    assert await cache.get(pseudonym(7)) == make_entry()
+    assert len(loader.calls) == 2
+
+
+async def test_cancelled_waiter_does_not_cancel_the_others(cache: StatusCache, loader: Loader) -> None:
+    loader.known[pseudonym(8)] = make_entry()
+    loader.gate = asyncio.Event()
+    quitter = asyncio.create_task(cache.get(pseudonym(8)))
+    stayer = asyncio.create_task(cache.get(pseudonym(8)))
+    await until(lambda: len(loader.calls) == 1)
+
+    quitter.cancel()
+    loader.gate.set()
+
+    assert await stayer == make_entry()
+    with pytest.raises(asyncio.CancelledError):
+        await quitter
+
+
+async def test_unreadable_bytes_are_reloaded_and_replaced(
+    cache: StatusCache, redis: CountingRedis, loader: Loader
+) -> None:
+    key = status_key(pseudonym(9))
+    await redis.set(key, b"\x01garbage")
+    loader.known[pseudonym(9)] = make_entry()
+
+    assert await cache.get(pseudonym(9)) == make_entry()
+    await cache.drain()
+    assert await redis.get(key) == pack(make_entry())
+
+
+async def test_newer_format_is_read_as_miss_but_left_in_place(
+    cache: StatusCache, redis: CountingRedis, loader: Loader
+) -> None:
+    key = status_key(pseudonym(10))
+    newer = bytes([FORMAT_VERSION + 1]) + b"written by the next release"
+    await redis.set(key, newer)
+    loader.known[pseudonym(10)] = make_entry()
+
+    assert await cache.get(pseudonym(10)) == make_entry()
+    await cache.drain()
+    assert await redis.get(key) == newer
+    assert cache.misses == 1
+
+
+async def test_put_many_during_a_load_wins_over_the_load(
+    cache: StatusCache, redis: CountingRedis, loader: Loader
+) -> None:
+    old, new = make_entry(colour="green", reasons=()), make_entry(colour="red", reasons=("case.confirmed",))
+    loader.known[pseudonym(11)] = old
+    loader.gate = asyncio.Event()
+    reader = asyncio.create_task(cache.get(pseudonym(11)))
+    await until(lambda: len(loader.calls) == 1)
+
+    await cache.put_many({pseudonym(11): new})  # a batch recomputed the status meanwhile
+    loader.gate.set()
+    assert await reader == old  # that reader asked first
+    await cache.drain()
+
+    assert await cache.get(pseudonym(11)) == new
+
+
+async def test_fill_does_not_overwrite_a_concurrent_writer(
+    cache: StatusCache, redis: CountingRedis, loader: Loader
+) -> None:
+    # Another process stored a fresh entry between our miss and our fill: SET NX keeps it.
+    loader.known[pseudonym(12)] = make_entry(colour="green", reasons=())
+    loader.gate = asyncio.Event()
+    reader = asyncio.create_task(cache.get(pseudonym(12)))
+    await until(lambda: len(loader.calls) == 1)
+    fresh = pack(make_entry(colour="red", reasons=("case.confirmed",)))
+    await redis.set(status_key(pseudonym(12)), fresh)
+    loader.gate.set()
+    await reader
+    await cache.drain()
+
+    assert await redis.get(status_key(pseudonym(12))) == fresh
+
+
+# -- Redis unavailable ----------------------------------------------------------------------------
+
+
+async def test_dead_redis_answers_from_loader_and_opens_breaker(
+    dead_redis: CountingRedis, loader: Loader
+) -> None:
+    monotonic = FakeMonotonic()
+    cache = StatusCache(dead_redis, loader, breaker_seconds=5.0, monotonic=monotonic)
+    entry = make_entry()
+    loader.known[pseudonym(13)] = entry
+
+    assert await cache.get(pseudonym(13)) == entry
+    assert dead_redis.commands == ["MGET"]
+    assert cache.redis_available is False
+    assert cache.redis_errors == 1
+
+    monotonic.now += 4.9
+    assert await cache.get(pseudonym(13)) == entry
+    assert dead_redis.commands == ["MGET"]  # breaker open: Redis not tried, no fill attempted
+    assert len(loader.calls) == 2
+
+    monotonic.now += 0.2  # window over: the next request tries Redis once more
+    assert cache.redis_available is True
+    assert await cache.get(pseudonym(13)) == entry
+    await cache.drain()
+    assert dead_redis.commands == ["MGET", "MGET"]
+    assert cache.redis_errors == 2
+    assert cache.redis_available is False
+
+
+async def test_dead_redis_keeps_single_flight(dead_redis: CountingRedis, loader: Loader) -> None:
+    cache = StatusCache(dead_redis, loader)
+    loader.known[pseudonym(14)] = make_entry()
+
+    results = await asyncio.gather(*(cache.get(pseudonym(14)) for _ in range(50)))
+
+    assert results == [make_entry()] * 50
+    assert len(loader.calls) == 1
+    assert dead_redis.commands == ["MGET"]
+    assert cache.redis_errors == 1
+
+
+async def test_redis_failing_during_fill_opens_breaker(loader: Loader) -> None:
+    client = open_redis(REDIS_URL, client_class=CountingRedis)
+    cache = StatusCache(client, loader)
+    loader.known[pseudonym(15)] = make_entry()
+    loader.gate = asyncio.Event()
+    try:
+        reader = asyncio.create_task(cache.get(pseudonym(15)))
+        await until(lambda: len(loader.calls) == 1)
+        # Redis goes away while Postgres is being read: drop the pool's connections, aim new ones at
+        # a closed port.
+        await client.connection_pool.disconnect()
+        client.connection_pool.connection_kwargs["port"] = 1
+        client.connection_pool.reset()  # type: ignore[no-untyped-call]
+        loader.gate.set()
+
+        assert await reader == make_entry()
+        await cache.drain()
+        assert client.commands == ["MGET", "SET"]
+        assert cache.redis_errors == 1
+        assert cache.redis_available is False
+    finally:
+        await client.aclose()
+
+
+async def test_put_many_raises_when_redis_is_down(dead_redis: CountingRedis, loader: Loader) -> None:
+    cache = StatusCache(dead_redis, loader)
+    with pytest.raises(RedisConnectionError):
+        await cache.put_many({pseudonym(16): make_entry()})
+    assert cache.redis_errors == 1
+
+
+# -- bulk writes ----------------------------------------------------------------------------------
+
+
+async def test_put_many_stores_in_chunks_with_ttl(cache: StatusCache, redis: CountingRedis) -> None:
+    now = int(time.time())
+    entries = {pseudonym(n): make_entry(valid_until=now + 600 + n) for n in range(2500)}
+    await redis.set(status_key(pseudonym(0)), TOMBSTONE, px=30_000)  # a real entry replaces a tombstone
+    redis.reset_counts()
+
+    assert await cache.put_many(entries) == 2500
+
+    assert redis.pipelines == 3  # 1000 + 1000 + 500
+    assert await redis.dbsize() == 2500
+    stored = await redis.get(status_key(pseudonym(0)))
+    assert isinstance(stored, bytes)
+    assert unpack(stored) == entries[pseudonym(0)]
+    expected = entries[pseudonym(2499)].valid_until * 1000 - await server_ms(redis)
+    assert expected - 50 <= await redis.pttl(status_key(pseudonym(2499))) <= expected
+
+
+async def test_put_many_deletes_entries_already_expired(cache: StatusCache, redis: CountingRedis) -> None:
+    await cache.put_many({pseudonym(1): make_entry()})
+    expired = make_entry(valid_until=int(time.time()) - 5)
+
+    assert await cache.put_many({pseudonym(1): expired, pseudonym(2): make_entry()}) == 1
+
+    assert await redis.exists(status_key(pseudonym(1))) == 0
+    assert await redis.exists(status_key(pseudonym(2))) == 1
+
+
+async def test_forget_many_deletes_entries_and_tombstones(
+    cache: StatusCache, redis: CountingRedis, loader: Loader
+) -> None:
+    await cache.put_many({pseudonym(1): make_entry(), pseudonym(2): make_entry()})
+    assert await cache.get(pseudonym(3)) is None  # tombstone
+    await cache.drain()
+    assert await redis.dbsize() == 3
+
+    assert await cache.forget_many([pseudonym(1), pseudonym(3), pseudonym(4)]) == 2
+
+    assert await redis.dbsize() == 1
+    loader.known[pseudonym(3)] = make_entry()
+    assert await cache.get(pseudonym(3)) == make_entry()
+
+
+def test_status_key_layout() -> None:
+    key = status_key(bytes.fromhex("00112233445566778899aabbccddeeff"))
+    assert key == b"hc:{00112233445566778899aabbccddeeff}:st"
+    with pytest.raises(ValueError, match="16 bytes"):
+        status_key(b"short")
+
+
+async def test_refuses_a_decoding_client() -> None:
+    client = Redis.from_url(REDIS_URL, decode_responses=True)
+    try:
+        with pytest.raises(ValueError, match="decode_responses"):
+            StatusCache(client, Loader())
+    finally:
+        await client.aclose()
