@@ -1,0 +1,145 @@
+"""Fixtures against the real servers: a dedicated Postgres database and a dedicated Redis db number.
+
+DATABASE_URL / REDIS_URL (as `make test` exports them) say where the servers are; the suite creates
+its own database `healthcode_test` on that server and uses Redis db 15, and cleans both per test.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+from aiohttp.test_utils import TestClient
+from redis.asyncio import Redis
+
+from app.clients import add_client
+from app.db import connect, migrate
+from app.keys import activate, new_key
+from app.settings import Settings
+from app.web import create_app
+
+TEST_DATABASE = "healthcode_test"
+TEST_REDIS_DB = 15
+# Everything but the append-only audit log, which refuses TRUNCATE by design.
+_TRUNCATE = """TRUNCATE subjects, vaccinations, nucleic_tests, travel_arrivals, designations, statuses,
+    risk_areas, api_clients, signing_keys, scan_events, status_overrides"""
+
+
+def _with_path(url: str, path: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, path, parts.query, parts.fragment))
+
+
+@pytest.fixture(scope="session")
+def server_urls() -> tuple[str, str]:
+    database = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+    redis = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+    return _with_path(database, f"/{TEST_DATABASE}"), _with_path(redis, f"/{TEST_REDIS_DB}")
+
+
+@pytest.fixture(scope="session")
+def database_url(server_urls: tuple[str, str]) -> Iterator[str]:
+    """A fresh database for the session, migrated once."""
+    import asyncio
+
+    url = server_urls[0]
+
+    async def create() -> None:
+        admin = await asyncpg.connect(_with_path(url, "/postgres"))
+        try:
+            await admin.execute(f"DROP DATABASE IF EXISTS {TEST_DATABASE} WITH (FORCE)")
+            await admin.execute(f"CREATE DATABASE {TEST_DATABASE}")
+        finally:
+            await admin.close()
+        conn = await connect(url)
+        try:
+            await migrate(conn)
+        finally:
+            await conn.close()
+
+    asyncio.run(create())
+    yield url
+
+
+@pytest.fixture
+def settings(database_url: str, server_urls: tuple[str, str], tmp_path: Path) -> Settings:
+    return Settings(
+        database_url=database_url,
+        redis_url=server_urls[1],
+        pepper=secrets.token_bytes(32),
+        keys_dir=tmp_path / "keys",
+        token_ttl_seconds=300,
+        negative_ttl_seconds=30,
+        pg_pool_min=1,
+        pg_pool_max=5,
+    )
+
+
+@pytest.fixture
+async def db(settings: Settings) -> AsyncIterator[asyncpg.Connection]:
+    """A connection to the test database, emptied before the test."""
+    conn = await connect(settings.database_url)
+    await conn.execute(_TRUNCATE)
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+async def redis(settings: Settings) -> AsyncIterator[Redis]:
+    client = Redis.from_url(settings.redis_url)
+    await client.flushdb()
+    try:
+        yield client
+    finally:
+        await client.flushdb()
+        await client.aclose()
+
+
+@pytest.fixture
+async def signing_key(db: asyncpg.Connection, settings: Settings) -> str:
+    """The thumbprint of an active ES256 key."""
+    return await activate(db, await new_key(db, settings.keys_dir))
+
+
+@pytest.fixture
+async def client_keys(db: asyncpg.Connection) -> dict[str, str]:
+    """A secret per client kind: citizen-backend, scanner, agency (with every record kind)."""
+    scopes = {"agency": ("population", "vaccination", "test", "travel", "designation", "risk_area")}
+    return {
+        kind: (await add_client(db, f"test-{kind}", kind, scopes.get(kind, ()))).secret
+        for kind in ("citizen-backend", "scanner", "agency")
+    }
+
+
+AppFactory = Callable[..., Awaitable[TestClient]]
+
+
+@pytest.fixture
+def make_client(
+    aiohttp_client: Callable[..., Awaitable[TestClient]],
+    settings: Settings,
+    db: asyncpg.Connection,
+    redis: Redis,
+    signing_key: str,
+    client_keys: dict[str, str],
+) -> AppFactory:
+    """Start the app (without background tasks) on the test servers; keyword arguments change settings."""
+
+    async def start(**overrides: object) -> TestClient:
+        app = create_app(replace(settings, **overrides), background=False)  # type: ignore[arg-type]
+        return await aiohttp_client(app)
+
+    return start
+
+
+@pytest.fixture
+async def api(make_client: AppFactory) -> TestClient:
+    return await make_client()
