@@ -1,0 +1,185 @@
+"""Scan-event stream and per-client rate limits, against a real Redis (db 14)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
+
+from cache.connection import open_redis
+from cache.keys import rate_limit_key
+from cache.rate_limit import RateLimiter
+from cache.scan_stream import ScanStream
+
+REDIS_URL = "redis://127.0.0.1:6379/14"
+DEAD_REDIS_URL = "redis://127.0.0.1:1/0"
+
+
+@pytest.fixture
+async def redis() -> AsyncIterator[Redis]:
+    client: Redis = open_redis(REDIS_URL)
+    await client.flushdb()
+    yield client
+    await client.flushdb()
+    await client.aclose()
+
+
+@pytest.fixture
+async def stream(redis: Redis) -> ScanStream:
+    scans = ScanStream(redis, maxlen=1000)
+    await scans.ensure_group()
+    return scans
+
+
+class PipelineCountingRedis(Redis):
+    pipelines = 0
+
+    def pipeline(self, transaction: bool = True, shard_hint: str | None = None) -> Pipeline:
+        self.pipelines += 1
+        return super().pipeline(transaction, shard_hint)
+
+
+class FakeClock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+# -- scan stream ----------------------------------------------------------------------------------
+
+
+async def test_add_read_ack(stream: ScanStream, redis: Redis) -> None:
+    ids = [
+        await stream.add({"checkpoint": "gate-7", "sub": b"\x00\xff" * 8, "at": 1_700_000_000 + n, "st": "G"})
+        for n in range(3)
+    ]
+
+    entries = await stream.read("writer-1", count=10, block_ms=0)
+
+    assert [entry_id for entry_id, _ in entries] == ids
+    assert entries[0][1] == {
+        b"checkpoint": b"gate-7",
+        b"sub": b"\x00\xff" * 8,
+        b"at": b"1700000000",
+        b"st": b"G",
+    }
+    assert await stream.ack(ids) == 3
+    assert await stream.read("writer-1", count=10, block_ms=0) == []
+    assert (await redis.xpending("hc:scans", "scan-writers"))["pending"] == 0
+
+
+async def test_read_respects_count_and_hands_new_entries_to_one_consumer(stream: ScanStream) -> None:
+    ids = [await stream.add({"n": n}) for n in range(5)]
+
+    first = await stream.read("writer-1", count=2, block_ms=0)
+    await stream.ack(entry_id for entry_id, _ in first)
+    second = await stream.read("writer-2", count=10, block_ms=0)
+
+    assert [entry_id for entry_id, _ in first] == ids[:2]
+    assert [entry_id for entry_id, _ in second] == ids[2:]
+
+
+async def test_unacked_entries_are_read_again_first(stream: ScanStream, redis: Redis) -> None:
+    ids = [await stream.add({"n": n}) for n in range(3)]
+    delivered = await stream.read("writer-1", count=2, block_ms=0)
+    assert [entry_id for entry_id, _ in delivered] == ids[:2]
+
+    # The write to Postgres failed, nothing acked: the same entries come back before new ones.
+    again = await stream.read("writer-1", count=10, block_ms=0)
+    assert again == delivered
+
+    await stream.ack([ids[0], ids[1]])
+    assert [entry_id for entry_id, _ in await stream.read("writer-1", count=10, block_ms=0)] == [ids[2]]
+
+
+async def test_restarted_consumer_reclaims_its_pending_entries(stream: ScanStream, redis: Redis) -> None:
+    ids = [await stream.add({"n": n}) for n in range(2)]
+    await stream.read("writer-1", count=10, block_ms=0)  # then the process dies before acking
+
+    restarted = ScanStream(redis, maxlen=1000)
+    entries = await restarted.read("writer-1", count=10, block_ms=0)
+
+    assert [entry_id for entry_id, _ in entries] == ids
+
+
+async def test_pending_entries_trimmed_away_are_acked_and_skipped(stream: ScanStream, redis: Redis) -> None:
+    ids = [await stream.add({"n": n}) for n in range(4)]
+    await stream.read("writer-1", count=10, block_ms=0)
+    await redis.xtrim("hc:scans", maxlen=1, approximate=False)  # the drain was too slow
+
+    entries = await stream.read("writer-1", count=2, block_ms=0)
+
+    assert [entry_id for entry_id, _ in entries] == [ids[3]]
+    pending = await redis.xpending("hc:scans", "scan-writers")
+    assert pending["pending"] == 1
+
+
+async def test_stream_is_bounded(redis: Redis) -> None:
+    scans = ScanStream(redis, maxlen=100)
+    for n in range(2000):
+        await scans.add({"n": n})
+    # "MAXLEN ~" trims whole nodes (100 entries each by default), so allow one node of slack.
+    assert 100 <= await redis.xlen("hc:scans") <= 200
+
+
+async def test_read_blocks_briefly_then_returns_empty(stream: ScanStream) -> None:
+    assert await stream.read("writer-1", count=10, block_ms=20) == []
+
+
+async def test_ensure_group_is_idempotent(stream: ScanStream, redis: Redis) -> None:
+    await stream.ensure_group()
+    groups = await redis.xinfo_groups("hc:scans")
+    assert [group["name"] for group in groups] == [b"scan-writers"]
+
+
+# -- rate limits ----------------------------------------------------------------------------------
+
+
+async def test_rate_limit_allows_up_to_the_limit_per_second(redis: Redis) -> None:
+    clock = FakeClock(1_700_000_000.2)
+    limiter = RateLimiter(redis, clock=clock)
+
+    assert [await limiter.allow("agency-cdc", 3) for _ in range(5)] == [True, True, True, False, False]
+    assert await limiter.allow("agency-rail", 3) is True  # clients are counted apart
+
+    clock.now += 1  # next window
+    assert await limiter.allow("agency-cdc", 3) is True
+    assert (limiter.allowed, limiter.denied) == (5, 2)
+
+
+async def test_rate_limit_key_expires(redis: Redis) -> None:
+    limiter = RateLimiter(redis, clock=FakeClock(1_700_000_000.5))
+    await limiter.allow("app-1", 10)
+    key = rate_limit_key("app-1", 1_700_000_000)
+    assert key == "hc:rl:{app-1}:1700000000"
+    assert await redis.get(key) == b"1"
+    assert 0 < await redis.ttl(key) <= 2
+
+
+async def test_rate_limit_fails_open_and_leaves_dead_redis_alone() -> None:
+    dead = open_redis(DEAD_REDIS_URL, client_class=PipelineCountingRedis)
+    monotonic = FakeClock(0.0)
+    limiter = RateLimiter(dead, breaker_seconds=5.0, monotonic=monotonic)
+    try:
+        assert await limiter.allow("app-1", 1) is True
+        assert limiter.redis_available is False
+        assert await limiter.allow("app-1", 1) is True
+        assert limiter.failed_open == 2
+        assert dead.pipelines == 1  # the second request did not touch Redis
+        monotonic.now += 5
+        assert limiter.redis_available is True
+        assert await limiter.allow("app-1", 1) is True
+        assert dead.pipelines == 2
+    finally:
+        await dead.aclose()
+
+
+async def test_rate_limit_rejects_keys_that_would_break_the_hash_tag(redis: Redis) -> None:
+    limiter = RateLimiter(redis)
+    with pytest.raises(ValueError, match="reserved"):
+        await limiter.allow("evil}client", 10)
+    assert await limiter.allow("app-1", 0) is False
