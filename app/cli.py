@@ -7,7 +7,6 @@ import asyncio
 import logging
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
-from pathlib import Path
 from typing import Any
 
 from app.settings import Settings, SettingsError
@@ -71,7 +70,8 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s"
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
     try:
         settings = Settings.from_env()
@@ -120,7 +120,10 @@ async def _keys(args: argparse.Namespace, settings: Settings) -> int:
                 print(f"{thumbprint} {'active' if args.activate else 'pending'}")
             elif args.action == "list":
                 for r in await keys.list_keys(conn):
-                    print(f"{r['kid']}  {r['alg']:5}  {r['state']:8}  {r['thumbprint']}  created {r['created_at']:%Y-%m-%d %H:%M}")
+                    print(
+                        f"{r['kid']}  {r['alg']:5}  {r['state']:8}  {r['thumbprint']}  "
+                        f"created {r['created_at']:%Y-%m-%d %H:%M}"
+                    )
             else:
                 action = {"activate": keys.activate, "retire": keys.retire, "revoke": keys.revoke}[args.action]
                 print(f"{await action(conn, args.key)} {args.action}d")

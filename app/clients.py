@@ -84,9 +84,7 @@ class ClientRegistry:
 
     async def refresh(self, conn: asyncpg.Connection | asyncpg.Pool) -> None:
         rows = await conn.fetch("SELECT id, name, kind, key_hash, scopes FROM api_clients WHERE revoked_at IS NULL")
-        self._by_hash = {
-            bytes(r["key_hash"]): Client(r["id"], r["name"], r["kind"], tuple(r["scopes"])) for r in rows
-        }
+        self._by_hash = {bytes(r["key_hash"]): Client(r["id"], r["name"], r["kind"], tuple(r["scopes"])) for r in rows}
 
     def authenticate(self, authorization: str | None, *, kind: str) -> Client:
         """The client behind a `Bearer` header, which must be of `kind`."""

@@ -45,10 +45,10 @@ async def create_pool(dsn: str, *, min_size: int, max_size: int, attempts: int =
     raise AssertionError("unreachable")
 
 
-async def close_pool(pool: asyncpg.Pool, timeout: float = 10.0) -> None:
+async def close_pool(pool: asyncpg.Pool, grace_seconds: float = 10.0) -> None:
     """Close gracefully, and terminate if that fails or takes too long, so shutdown cannot hang."""
     try:
-        await asyncio.wait_for(pool.close(), timeout)
+        await asyncio.wait_for(pool.close(), grace_seconds)
     except (TimeoutError, asyncio.CancelledError, asyncpg.PostgresError, OSError):
         pool.terminate()
         raise
@@ -95,7 +95,9 @@ async def migrate(conn: asyncpg.Connection, migrations: list[Migration] | None =
     applied_now = []
     await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK)
     try:
-        done = {r["version"]: r["checksum"] for r in await conn.fetch("SELECT version, checksum FROM schema_migrations")}
+        done = {
+            r["version"]: r["checksum"] for r in await conn.fetch("SELECT version, checksum FROM schema_migrations")
+        }
         for migration in migrations:
             if migration.version in done:
                 if done[migration.version] != migration.checksum:

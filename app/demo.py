@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import asyncpg
+from redis.asyncio import Redis
 from tqdm import tqdm
 
 from app import keys
@@ -113,7 +114,8 @@ async def load_population(conn: asyncpg.Connection, people: Iterable[Person], pe
     chunk: list[Person] = []
 
     async def flush() -> None:
-        subjects, rows = [], defaultdict(list)
+        subjects: list[tuple[Any, ...]] = []
+        rows: defaultdict[str, list[tuple[Any, ...]]] = defaultdict(list)
         for person in chunk:
             identity = Identity("resident", person.number)
             p = pseudonym(identity, pepper)
@@ -138,7 +140,9 @@ async def load_population(conn: asyncpg.Connection, people: Iterable[Person], pe
 async def _demo_clients(conn: asyncpg.Connection, path: Path) -> dict[str, str]:
     """A secret per client kind, kept in a local file beside the demo keys so a rerun reuses them."""
     saved: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
-    active = {bytes(r["key_hash"]) for r in await conn.fetch("SELECT key_hash FROM api_clients WHERE revoked_at IS NULL")}
+    active = {
+        bytes(r["key_hash"]) for r in await conn.fetch("SELECT key_hash FROM api_clients WHERE revoked_at IS NULL")
+    }
     for kind in DEMO_CLIENT_KINDS:
         if kind in saved and hash_secret(saved[kind]) in active:
             continue
@@ -161,7 +165,7 @@ async def run_demo(settings: Settings, *, people: int, seed: int, list_people: b
         return 0
 
     conn = await connect(settings.database_url)
-    redis = open_redis(settings.redis_url)
+    redis: Redis = open_redis(settings.redis_url)
     try:
         await migrate(conn)
         if await conn.fetchval("SELECT count(*) FROM signing_keys WHERE state = 'active'") == 0:
@@ -196,6 +200,6 @@ async def run_demo(settings: Settings, *, people: int, seed: int, list_people: b
     print("\ntry:")
     print(
         f"  curl -s -X POST {base_url}/v1/status -H 'Authorization: Bearer {secrets['citizen-backend']}' "
-        f"-H 'Content-Type: application/json' -d '{{\"id_type\": \"resident\", \"id_number\": \"{example}\"}}'"
+        f'-H \'Content-Type: application/json\' -d \'{{"id_type": "resident", "id_number": "{example}"}}\''
     )
     return 0

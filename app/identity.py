@@ -78,9 +78,7 @@ def _check_resident(number: str, today: date) -> None:
             "id_number", "wrong_length", f"a resident identity number has 18 characters, got {len(number)}"
         )
     if not _RESIDENT_SHAPE.fullmatch(number):
-        raise InvalidIdentity(
-            "id_number", "bad_characters", "a resident identity number is 17 digits and a digit or X"
-        )
+        raise InvalidIdentity("id_number", "bad_characters", "a resident identity number is 17 digits and a digit or X")
     if int(number[:2]) not in _PROVINCES:
         raise InvalidIdentity("id_number", "unknown_region", f"region code {number[:6]} is not a known region")
     try:
@@ -95,9 +93,7 @@ def _check_resident(number: str, today: date) -> None:
         )
     expected = resident_check_char(number[:17])
     if number[17] != expected:
-        raise InvalidIdentity(
-            "id_number", "bad_checksum", "the check character does not match the first 17 digits"
-        )
+        raise InvalidIdentity("id_number", "bad_checksum", "the check character does not match the first 17 digits")
 
 
 def pseudonym(identity: Identity, pepper: bytes) -> bytes:

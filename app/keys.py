@@ -48,9 +48,7 @@ async def new_key(conn: asyncpg.Connection, keys_dir: Path, alg: str = ES256, *,
 
 async def resolve(conn: asyncpg.Connection, ref: str) -> str:
     """The thumbprint of the one key whose thumbprint or kid starts with `ref`."""
-    rows = await conn.fetch(
-        "SELECT thumbprint FROM signing_keys WHERE thumbprint LIKE $1 || '%' OR kid = $1", ref
-    )
+    rows = await conn.fetch("SELECT thumbprint FROM signing_keys WHERE thumbprint LIKE $1 || '%' OR kid = $1", ref)
     if len(rows) != 1:
         raise KeyError_(f"{ref!r} matches {len(rows)} keys; give more of the thumbprint")
     return str(rows[0]["thumbprint"])
@@ -136,5 +134,8 @@ async def load_keyring(
 
 async def _audit(conn: asyncpg.Connection, actor: str, action: str, thumbprint: str) -> None:
     await conn.execute(
-        "INSERT INTO audit_log (actor, action, detail) VALUES ($1, $2, $3)", actor, action, {"thumbprint": thumbprint}
+        "INSERT INTO audit_log (actor, action, detail) VALUES ($1, $2, $3)",
+        actor,
+        action,
+        {"thumbprint": thumbprint},
     )

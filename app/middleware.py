@@ -34,9 +34,9 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
     except web.HTTPNotFound:
         return problem_response(NotFound(f"no route for {request.path}"), request.path)
     except web.HTTPMethodNotAllowed as exc:
-        problem = MethodNotAllowed(f"{request.method} is not allowed on {request.path}")
-        problem.headers["Allow"] = ",".join(sorted(exc.allowed_methods))
-        return problem_response(problem, request.path)
+        not_allowed = MethodNotAllowed(f"{request.method} is not allowed on {request.path}")
+        not_allowed.headers["Allow"] = ",".join(sorted(exc.allowed_methods))
+        return problem_response(not_allowed, request.path)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

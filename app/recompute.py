@@ -11,27 +11,38 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from app.rules.engine import evaluate
-from app.rules.records import Arrival, Designation, NucleicTest, Override, RiskArea, SubjectRecords, Vaccination
 from app.rules.areas import RiskAreaIndex
+from app.rules.engine import evaluate
+from app.rules.records import (
+    Arrival,
+    Designation,
+    NucleicTest,
+    Override,
+    RiskArea,
+    SubjectRecords,
+    Vaccination,
+)
 from app.rules.ruleset import RuleSet
 from cache.entry import StatusEntry
+
+# A plain connection or one lent by a pool.
+Connection = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
 
 _EPOCH = "extract(epoch FROM {})::bigint"
 _SUBJECTS = "SELECT pseudonym, id_type, masked_name, masked_number FROM subjects WHERE pseudonym = ANY($1::bytea[])"
 _VACCINATIONS = f"""SELECT pseudonym, product, dose, {_EPOCH.format("vaccinated_on::timestamptz")} AS at
     FROM vaccinations WHERE pseudonym = ANY($1::bytea[])"""
-_TESTS = f"""SELECT pseudonym, {_EPOCH.format("sampled_at")} AS sampled, result, {_EPOCH.format("reported_at")} AS reported
-    FROM nucleic_tests WHERE pseudonym = ANY($1::bytea[])"""
+_TESTS = f"""SELECT pseudonym, {_EPOCH.format("sampled_at")} AS sampled, result,
+    {_EPOCH.format("reported_at")} AS reported FROM nucleic_tests WHERE pseudonym = ANY($1::bytea[])"""
 _ARRIVALS = f"""SELECT pseudonym, area_code, {_EPOCH.format("arrived_at")} AS at, mode
     FROM travel_arrivals WHERE pseudonym = ANY($1::bytea[])"""
-_DESIGNATIONS = f"""SELECT pseudonym, kind, {_EPOCH.format("valid_from")} AS since, {_EPOCH.format("valid_until")} AS until
-    FROM designations WHERE pseudonym = ANY($1::bytea[])"""
+_DESIGNATIONS = f"""SELECT pseudonym, kind, {_EPOCH.format("valid_from")} AS since,
+    {_EPOCH.format("valid_until")} AS until FROM designations WHERE pseudonym = ANY($1::bytea[])"""
 _OVERRIDES = f"""SELECT DISTINCT ON (pseudonym) pseudonym, colour, reason, {_EPOCH.format("expires_at")} AS until
     FROM status_overrides WHERE pseudonym = ANY($1::bytea[]) AND expires_at > to_timestamp($2)
     ORDER BY pseudonym, created_at DESC"""
-_RISK_AREAS = f"""SELECT area_code, level, {_EPOCH.format("valid_from")} AS since, {_EPOCH.format("valid_until")} AS until
-    FROM risk_areas"""
+_RISK_AREAS = f"""SELECT area_code, level, {_EPOCH.format("valid_from")} AS since,
+    {_EPOCH.format("valid_until")} AS until FROM risk_areas"""
 _UPSERT = """
 INSERT INTO statuses (pseudonym, colour, reasons, popup, vaccine_doses, vaccine_complete, last_test_at,
                       last_test_result, ruleset, computed_at, valid_until)
@@ -54,13 +65,13 @@ class _Collected:
     designations: list[Designation]
 
 
-async def load_risk_areas(conn: asyncpg.Connection | asyncpg.Pool) -> RiskAreaIndex:
+async def load_risk_areas(conn: Connection | asyncpg.Pool) -> RiskAreaIndex:
     rows = await conn.fetch(_RISK_AREAS)
     return RiskAreaIndex([RiskArea(r["area_code"], r["level"], r["since"], r["until"]) for r in rows])
 
 
 async def recompute_subjects(
-    conn: asyncpg.Connection,
+    conn: Connection,
     pseudonyms: Sequence[bytes],
     ruleset: RuleSet,
     now: int,
@@ -114,9 +125,7 @@ async def recompute_subjects(
     return entries
 
 
-async def store_statuses(
-    conn: asyncpg.Connection, entries: dict[bytes, StatusEntry], ruleset_version: str, now: int
-) -> None:
+async def store_statuses(conn: Connection, entries: dict[bytes, StatusEntry], ruleset_version: str, now: int) -> None:
     values = list(entries.values())
     await conn.execute(
         _UPSERT,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uvloop
 from aiohttp import web
+from aiohttp.log import access_logger
 
 from app.settings import Settings
 from app.web import create_app
@@ -17,7 +18,7 @@ def serve(settings: Settings, *, host: str, port: int, access_log: bool = False,
         create_app(settings),
         host=host,
         port=port,
-        access_log=web.access_logger if access_log else None,
+        access_log=access_logger if access_log else None,
         reuse_port=reuse_port,
         shutdown_timeout=SHUTDOWN_GRACE_SECONDS,
         handle_signals=True,

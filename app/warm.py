@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+from redis.asyncio import Redis
 from tqdm import tqdm
 
 from app.db import connect
@@ -37,7 +38,7 @@ async def warm_cache(settings: Settings, *, progress: bool = False) -> int:
     """Walk every subject in pseudonym order; returns the number of entries written to Redis."""
     ruleset = load_ruleset(settings.ruleset)
     conn = await connect(settings.database_url)
-    redis = open_redis(settings.redis_url)
+    redis: Redis = open_redis(settings.redis_url)
     cache = StatusCache(redis, _never_loads)
     written = 0
     try:
@@ -47,7 +48,9 @@ async def warm_cache(settings: Settings, *, progress: bool = False) -> int:
         with tqdm(total=total, unit="people", disable=not progress) as bar:
             while rows := await conn.fetch(_PAGE, after, CHUNK):
                 now = int(time.time())
-                fresh = {bytes(r["pseudonym"]): entry_from_row(r) for r in rows if r["colour"] and r["valid_until"] > now}
+                fresh = {
+                    bytes(r["pseudonym"]): entry_from_row(r) for r in rows if r["colour"] and r["valid_until"] > now
+                }
                 stale = [bytes(r["pseudonym"]) for r in rows if bytes(r["pseudonym"]) not in fresh]
                 if stale:
                     fresh.update(await recompute_subjects(conn, stale, ruleset, now, areas))

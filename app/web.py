@@ -12,16 +12,17 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 
 from aiohttp import web
+from redis.asyncio import Redis
 
 from app.appkeys import CLIENTS, PG, REDIS, SCANS, SETTINGS, SHEDDER, SIGNER, STATUS_CACHE
 from app.clients import ClientRegistry
 from app.db import close_pool, create_pool
 from app.handlers import meta, qr, status, verify
 from app.middleware import LoadShedder, problem_middleware
+from app.rules.ruleset import load_ruleset
 from app.scans import ScanRecorder, ScanWriter, ensure_scan_partitions
 from app.settings import Settings
 from app.signer_state import SignerState
-from app.rules.ruleset import load_ruleset
 from app.status_store import StatusLoader
 from cache.connection import open_redis
 from cache.scan_stream import ScanStream
@@ -33,9 +34,7 @@ log = logging.getLogger(__name__)
 def create_app(settings: Settings, *, background: bool = True) -> web.Application:
     """`background=False` leaves out the periodic refresh and the scan writer (tests drive them)."""
     shedder = LoadShedder(settings.max_in_flight)
-    app = web.Application(
-        middlewares=[shedder.middleware, problem_middleware], client_max_size=settings.max_body_bytes
-    )
+    app = web.Application(middlewares=[shedder.middleware, problem_middleware], client_max_size=settings.max_body_bytes)
     app[SETTINGS] = settings
     app[SHEDDER] = shedder
     app.cleanup_ctx.extend([_postgres, _redis, _services])
@@ -75,7 +74,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
 async def _background(app: web.Application) -> AsyncIterator[None]:
     pool, settings = app[PG], app[SETTINGS]
     # The writer blocks on XREADGROUP, so it needs its own connection with a timeout longer than the block.
-    writer_redis = open_redis(settings.redis_url, max_connections=2, socket_timeout=10.0)
+    writer_redis: Redis = open_redis(settings.redis_url, max_connections=2, socket_timeout=10.0)
     writer = ScanWriter(ScanStream(writer_redis), pool, consumer=f"{socket.gethostname()}-{os.getpid()}")
 
     async def refresh() -> None:

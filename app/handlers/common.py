@@ -39,5 +39,7 @@ def required_string(body: dict[str, Any], field: str, *, max_length: int) -> str
 
 def json_response(payload: Any, *, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
     return web.Response(
-        status=status, body=orjson.dumps(payload), headers={**JSON_HEADERS, **headers} if headers else JSON_HEADERS
+        status=status,
+        body=orjson.dumps(payload),
+        headers={**JSON_HEADERS, **headers} if headers else JSON_HEADERS,
     )

@@ -37,9 +37,7 @@ async def status(request: web.Request) -> web.Response:
     signer = app[SIGNER].signer
     assert signer is not None
     sub = b64url_encode(subject)
-    token = signer.sign_status(
-        sub, COLOUR_LETTER[entry.colour], int(entry.popup), int(entry.vaccine_complete), now
-    )
+    token = signer.sign_status(sub, COLOUR_LETTER[entry.colour], int(entry.popup), int(entry.vaccine_complete), now)
     return json_response(status_payload(sub, entry, token, now + settings.token_ttl_seconds))
 
 

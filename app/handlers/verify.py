@@ -44,9 +44,7 @@ async def verify(request: web.Request) -> web.Response:
         if entry is not None:
             current_colour, name, number = entry.colour, entry.masked_name, entry.masked_number
 
-    await app[SCANS].record(
-        ScanEvent(now, checkpoint, client.id, subject, valid, reason, token_colour, current_colour)
-    )
+    await app[SCANS].record(ScanEvent(now, checkpoint, client.id, subject, valid, reason, token_colour, current_colour))
     return json_response(
         {
             "valid": valid,
