@@ -7,6 +7,7 @@ believed, so that tokens from a standard JOSE library verify here only if they l
 
 from __future__ import annotations
 
+from base64 import urlsafe_b64encode
 from collections.abc import Callable, Sequence
 from typing import Final, Protocol
 
@@ -16,7 +17,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
 
-from signing.encoding import b64url_decode, b64url_encode
+from signing.encoding import b64url_decode
 from signing.errors import (
     BadSignature,
     MalformedToken,
@@ -41,11 +42,22 @@ _ECDSA_SHA256: Final = ec.ECDSA(hashes.SHA256())
 _HALF: Final = SIGNATURE_BYTES // 2
 
 
-def _sign(key: PrivateKey, data: bytes) -> bytes:
+def _raw_signer(key: PrivateKey) -> Callable[[bytes], bytes]:
+    """A function giving the JWS signature bytes; method lookups are done here, once, not per token."""
     if isinstance(key, ed25519.Ed25519PrivateKey):
-        return key.sign(data)
-    r, s = decode_dss_signature(key.sign(data, _ECDSA_SHA256))
-    return r.to_bytes(_HALF, "big") + s.to_bytes(_HALF, "big")
+        return key.sign
+    sign, algorithm = key.sign, _ECDSA_SHA256
+
+    def es256(data: bytes) -> bytes:
+        # cryptography returns DER; JWS wants the two integers as fixed-width big-endian halves.
+        r, s = decode_dss_signature(sign(data, algorithm))
+        return r.to_bytes(_HALF, "big") + s.to_bytes(_HALF, "big")
+
+    return es256
+
+
+def _b64(data: bytes) -> bytes:
+    return urlsafe_b64encode(data).rstrip(b"=")
 
 
 def _signature_valid(key: PublicKey, signature: bytes, data: bytes) -> bool:
@@ -69,7 +81,7 @@ def _check_flag(name: str, value: object) -> None:
 class TokenSigner:
     """Signs tokens with one active key. Header and issuer are encoded once, at construction."""
 
-    __slots__ = ("_iss", "_key", "_prefix", "_ttl", "kid", "typ")
+    __slots__ = ("_iss", "_prefix", "_sign", "_ttl", "kid", "typ")
 
     def __init__(self, record: KeyRecord, issuer: str, ttl_seconds: int, typ: str = STATUS_TYP) -> None:
         if record.private_key is None:
@@ -78,17 +90,17 @@ class TokenSigner:
             raise ValueError(f"key {record.kid} is {record.state}; only the active key signs")
         if ttl_seconds <= 0:
             raise ValueError("ttl_seconds must be positive")
-        self._key: PrivateKey = record.private_key
+        self._sign = _raw_signer(record.private_key)
         self._iss = issuer
         self._ttl = ttl_seconds
         self.kid = record.kid
         self.typ = typ
         header = orjson.dumps({"alg": record.alg, "kid": record.kid, "typ": typ})
-        self._prefix = b64url_encode(header).encode("ascii") + b"."
+        self._prefix = _b64(header) + b"."
 
     def _finish(self, payload: bytes) -> str:
-        signing_input = self._prefix + b64url_encode(payload).encode("ascii")
-        return f"{signing_input.decode('ascii')}.{b64url_encode(_sign(self._key, signing_input))}"
+        signing_input = self._prefix + _b64(payload)
+        return (signing_input + b"." + _b64(self._sign(signing_input))).decode("ascii")
 
     def sign(self, claims: dict[str, object], now: int) -> str:
         """Sign ``claims`` plus ``iss``, ``iat`` = now and ``exp`` = now + ttl."""
