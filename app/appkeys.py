@@ -11,6 +11,7 @@ from app.middleware import LoadShedder
 from app.scans import ScanRecorder
 from app.settings import Settings
 from app.signer_state import SignerState
+from app.status_store import StatusLoader
 from cache.status_cache import StatusCache
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -18,6 +19,7 @@ PG = web.AppKey("pg", asyncpg.Pool)
 REDIS = web.AppKey("redis", Redis)
 CLIENTS = web.AppKey("clients", ClientRegistry)
 STATUS_CACHE = web.AppKey("status_cache", StatusCache)
+STATUS_LOADER = web.AppKey("status_loader", StatusLoader)  # its read counter is a metric
 SIGNER = web.AppKey("signer", SignerState)
 SCANS = web.AppKey("scans", ScanRecorder)
 SHEDDER = web.AppKey("shedder", LoadShedder)

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from aiohttp import web
 from redis.asyncio import Redis
 
-from app.appkeys import CLIENTS, PG, REDIS, SCANS, SETTINGS, SHEDDER, SIGNER, STATUS_CACHE
+from app.appkeys import CLIENTS, PG, REDIS, SCANS, SETTINGS, SHEDDER, SIGNER, STATUS_CACHE, STATUS_LOADER
 from app.clients import ClientRegistry
 from app.db import close_pool, create_pool
 from app.handlers import meta, qr, status, verify
@@ -64,7 +64,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     await app[CLIENTS].refresh(pool)
     app[SIGNER] = SignerState(settings.keys_dir, settings.issuer, settings.token_ttl_seconds)
     await app[SIGNER].refresh(pool)
-    loader = StatusLoader(pool, load_ruleset(settings.ruleset))
+    loader = app[STATUS_LOADER] = StatusLoader(pool, load_ruleset(settings.ruleset))
     app[STATUS_CACHE] = StatusCache(redis, loader.load, negative_ttl_seconds=settings.negative_ttl_seconds)
     app[SCANS] = ScanRecorder(ScanStream(redis), pool)
     await ensure_scan_partitions(pool, datetime.now(UTC).date())
