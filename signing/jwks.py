@@ -15,9 +15,7 @@ def jwks_document(records: Iterable[KeyRecord]) -> dict[str, list[dict[str, str]
     """``{"keys": [...]}`` with only public members; revoked keys are left out whatever the caller passes."""
     return {
         "keys": [
-            {name: r.public_jwk[name] for name in _ORDER if name in r.public_jwk}
-            for r in records
-            if r.state != REVOKED
+            {name: r.public_jwk[name] for name in _ORDER if name in r.public_jwk} for r in records if r.state != REVOKED
         ]
     }
 

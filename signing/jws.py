@@ -153,9 +153,7 @@ class TokenVerifier:
 
     __slots__ = ("_issuer", "_leeway", "_lookup", "_status", "typ")
 
-    def __init__(
-        self, keys: CandidateSource | CandidateLookup, issuer: str, typ: str, leeway_seconds: int = 0
-    ) -> None:
+    def __init__(self, keys: CandidateSource | CandidateLookup, issuer: str, typ: str, leeway_seconds: int = 0) -> None:
         if leeway_seconds < 0:
             raise ValueError("leeway_seconds must not be negative")
         self._lookup: CandidateLookup = keys if callable(keys) else keys.candidates

@@ -83,9 +83,7 @@ def load_private_key(path: str | os.PathLike[str]) -> PrivateKey:
 
 def _public_members(key: PrivateKey | PublicKey) -> dict[str, str]:
     """The RFC 7638 required members of the public JWK, in lexicographic order."""
-    public = (
-        key.public_key() if isinstance(key, ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey) else key
-    )
+    public = key.public_key() if isinstance(key, ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey) else key
     if isinstance(public, ed25519.Ed25519PublicKey):
         raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
         return {"crv": "Ed25519", "kty": "OKP", "x": b64url_encode(raw)}

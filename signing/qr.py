@@ -45,12 +45,7 @@ def _png(matrix: list[list[bool]], box: int) -> bytes:
         line = b"\x00" + int(bits, 2).to_bytes(len(bits) // 8, "big")  # filter type 0, none
         raw += line * box
     header = struct.pack(">IIBBBBB", size, size, 1, 0, 0, 0, 0)  # bit depth 1, greyscale
-    return (
-        PNG_MAGIC
-        + _chunk(b"IHDR", header)
-        + _chunk(b"IDAT", zlib.compress(bytes(raw), 9))
-        + _chunk(b"IEND", b"")
-    )
+    return PNG_MAGIC + _chunk(b"IHDR", header) + _chunk(b"IDAT", zlib.compress(bytes(raw), 9)) + _chunk(b"IEND", b"")
 
 
 def render_png(token: str) -> bytes:

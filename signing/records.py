@@ -54,9 +54,7 @@ class KeyRecord:
         if self.alg not in ALGORITHMS:
             raise ValueError(f"key {self.kid}: unsupported algorithm {self.alg!r}")
         if self.state not in STATES:
-            raise ValueError(
-                f"key {self.kid}: unknown state {self.state!r}; expected one of {sorted(STATES)}"
-            )
+            raise ValueError(f"key {self.kid}: unknown state {self.state!r}; expected one of {sorted(STATES)}")
         if self.state == RETIRED and self.retired_at is None:
             raise ValueError(f"key {self.kid}: a retired key needs retired_at")
         extra = self.public_jwk.keys() - _JWK_MEMBERS
@@ -82,9 +80,7 @@ class KeyRecord:
         object.__setattr__(self, "public_key", public)
 
     @classmethod
-    def from_private_key(
-        cls, key: PrivateKey, state: str = ACTIVE, retired_at: int | None = None
-    ) -> KeyRecord:
+    def from_private_key(cls, key: PrivateKey, state: str = ACTIVE, retired_at: int | None = None) -> KeyRecord:
         jwk = keys.public_jwk(key)
         return cls(
             kid=jwk["kid"],

@@ -120,9 +120,7 @@ def test_round_trip(token: str, verifier: TokenVerifier, record: KeyRecord, alg:
 
 
 @pytest.mark.parametrize(("st", "pop", "vac"), [("G", 0, 1), ("R", 0, 0), ("Y", 1, 1)])
-def test_every_status_round_trips(
-    ring: KeyRing, verifier: TokenVerifier, st: str, pop: int, vac: int
-) -> None:
+def test_every_status_round_trips(ring: KeyRing, verifier: TokenVerifier, st: str, pop: int, vac: int) -> None:
     token = ring.signer.sign_status(SUB, st, pop, vac, NOW)
     assert verifier.verify(token, NOW + TTL - 1) == status_claims(st, pop, vac)
 
@@ -167,9 +165,7 @@ def test_pyjwt_reads_our_jwks(ring: KeyRing, record: KeyRecord, alg: str) -> Non
     assert jwt.decode(token, key=key, algorithms=[alg], issuer=ISS) == status_claims("R", 1, 1, now)
 
 
-def test_we_verify_pyjwt_tokens(
-    key: PrivateKey, record: KeyRecord, verifier: TokenVerifier, alg: str
-) -> None:
+def test_we_verify_pyjwt_tokens(key: PrivateKey, record: KeyRecord, verifier: TokenVerifier, alg: str) -> None:
     token = jwt.encode(status_claims(), key, algorithm=alg, headers={"kid": record.kid, "typ": STATUS_TYP})
     assert verifier.verify(token, NOW) == status_claims()
 
@@ -264,9 +260,7 @@ def test_alg_none(token: str, verifier: TokenVerifier, record: KeyRecord) -> Non
 def test_hs256_with_public_key_as_secret(token: str, verifier: TokenVerifier, record: KeyRecord) -> None:
     _, p, _ = token.split(".")
     header = b64({"alg": "HS256", "kid": record.kid, "typ": STATUS_TYP})
-    pem = record.public_key.public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
+    pem = record.public_key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     for secret in (pem, orjson.dumps(record.public_jwk), record.public_jwk["x"].encode()):
         mac = hmac.new(secret, f"{header}.{p}".encode(), hashlib.sha256).digest()
         forged = f"{header}.{p}.{b64url_encode(mac)}"
@@ -389,9 +383,7 @@ def test_two_keys_sharing_a_kid(es_key: PrivateKey, ed_key: PrivateKey) -> None:
         assert segments(token)[0]["kid"] == "samekid"
         assert verifier.verify(token, NOW)["sub"] == SUB
     stranger = colliding(generate_private_key(ES256), "samekid")
-    assert (
-        reason(verifier, TokenSigner(stranger, ISS, TTL).sign_status(SUB, "G", 0, 0, NOW)) == "bad_signature"
-    )
+    assert reason(verifier, TokenSigner(stranger, ISS, TTL).sign_status(SUB, "G", 0, 0, NOW)) == "bad_signature"
 
 
 def test_rotation(es_key: PrivateKey, ed_key: PrivateKey) -> None:

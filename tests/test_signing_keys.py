@@ -96,12 +96,8 @@ def test_save_never_overwrites(tmp_path: Path) -> None:
 def test_load_refuses_other_key_types(tmp_path: Path) -> None:
     encoding, fmt = serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8
     others = {
-        "rsa.pem": rsa.generate_private_key(65537, 2048).private_bytes(
-            encoding, fmt, serialization.NoEncryption()
-        ),
-        "p384.pem": ec.generate_private_key(ec.SECP384R1()).private_bytes(
-            encoding, fmt, serialization.NoEncryption()
-        ),
+        "rsa.pem": rsa.generate_private_key(65537, 2048).private_bytes(encoding, fmt, serialization.NoEncryption()),
+        "p384.pem": ec.generate_private_key(ec.SECP384R1()).private_bytes(encoding, fmt, serialization.NoEncryption()),
     }
     for name, pem in others.items():
         (tmp_path / name).write_bytes(pem)
