@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import FrozenInstanceError, dataclass, field
 from pathlib import Path
 
 import pytest
@@ -92,9 +92,7 @@ SCENARIOS = {
     # --- nothing known
     "no records": Case(recs(), "green", (), False, TTL),
     # --- designations
-    "confirmed, open-ended": Case(
-        recs(des=(Designation("confirmed", T0 - D),)), "red", ("confirmed",), False, TTL
-    ),
+    "confirmed, open-ended": Case(recs(des=(Designation("confirmed", T0 - D),)), "red", ("confirmed",), False, TTL),
     "close contact ending in 5 h": Case(
         recs(des=(Designation("close_contact", T0 - 3 * D, T0 + 5 * H),)),
         "red",
@@ -223,9 +221,7 @@ SCENARIOS = {
         recs(arr=(arrival(HIGH, T0 - 7 * D + 3 * H),)), "yellow", RED_ARRIVAL, True, T0 + 3 * H
     ),
     "arrival exactly 7 days ago": Case(recs(arr=(arrival(HIGH, T0 - 7 * D),)), "green", (), False, TTL),
-    "arrival in the future is not counted yet": Case(
-        recs(arr=(arrival(HIGH, T0 + 60),)), "green", (), False, T0 + 60
-    ),
+    "arrival in the future is not counted yet": Case(recs(arr=(arrival(HIGH, T0 + 60),)), "green", (), False, T0 + 60),
     "arrival from a low-risk area": Case(recs(arr=(arrival(LOW, T0 - H),)), "green", (), False, TTL),
     "arrival from an area never at risk": Case(recs(arr=(arrival(QUIET, T0 - H),)), "green", (), False, TTL),
     "city-level risk area matches its districts, until it ends": Case(
@@ -430,9 +426,7 @@ def test_nothing_changes_before_valid_until(case: Case) -> None:
     assert (later.colour, later.reasons, later.popup) == (before.colour, before.reasons, before.popup)
 
 
-@pytest.mark.parametrize(
-    ("vaccinations", "doses", "complete"), VACCINATIONS.values(), ids=VACCINATIONS.keys()
-)
+@pytest.mark.parametrize(("vaccinations", "doses", "complete"), VACCINATIONS.values(), ids=VACCINATIONS.keys())
 def test_vaccination(vaccinations: tuple[Vaccination, ...], doses: int, complete: bool) -> None:
     result = evaluate(recs(vac=vaccinations), AREAS, RULES, T0)
     assert (result.vaccine_doses, result.vaccine_complete) == (doses, complete)
@@ -531,3 +525,23 @@ def test_default_rule_set_thresholds() -> None:
     assert rules.vaccine_courses["cansino-ad5-ncov"] == 1
     assert rules.vaccine_courses["zhifei-zf2001"] == 3
     assert rules.error_colour in {"yellow", "red"}
+
+
+def test_results_are_ordinary_frozen_evaluations() -> None:
+    case = SCENARIOS["every reason at once, in code order"]
+    result = evaluate(case.records, AREAS, RULES, case.now)
+    rebuilt = Evaluation(
+        result.colour,
+        result.reasons,
+        result.popup,
+        result.vaccine_doses,
+        result.vaccine_complete,
+        result.last_test_at,
+        result.last_test_result,
+        result.ruleset,
+        result.valid_until,
+    )
+    assert result == rebuilt
+    assert type(result) is Evaluation
+    with pytest.raises(FrozenInstanceError):
+        result.colour = "green"  # type: ignore[misc]

@@ -27,6 +27,7 @@ _FOREVER: Final = 1 << 62
 # A timeline: segment start moments (ascending) and the level from each start until the next.
 Timeline = tuple[tuple[int, ...], tuple[str | None, ...]]
 _EMPTY: Final[Timeline] = ((), ())
+_MEMO_CAP: Final = 200_000
 
 
 def _check_code(code: str) -> None:
@@ -125,10 +126,14 @@ class RiskAreaIndex:
         _check_code(arrival_code)
         found = [self._by_code[k] for k in _match_keys(arrival_code) if k in self._by_code]
         if not found:
-            # Not cached: unmatched codes could be many, and three dict misses are already cheap.
-            return _EMPTY
-        merged = found[0] if len(found) == 1 else _merge(found)
-        self._merged[arrival_code] = merged
+            merged = _EMPTY
+        elif len(found) == 1:
+            merged = found[0]
+        else:
+            merged = _merge(found)
+        # Six-digit codes bound the memo; the cap keeps a flood of odd codes from growing it further.
+        if len(self._merged) < _MEMO_CAP:
+            self._merged[arrival_code] = merged
         return merged
 
     def level_at(self, arrival_code: str, at: int) -> str | None:
