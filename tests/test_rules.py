@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import FrozenInstanceError, dataclass, field
+from dataclasses import FrozenInstanceError, dataclass, field, replace
 from pathlib import Path
 
 import pytest
@@ -545,3 +545,13 @@ def test_results_are_ordinary_frozen_evaluations() -> None:
     assert type(result) is Evaluation
     with pytest.raises(FrozenInstanceError):
         result.colour = "green"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("case", SCENARIOS.values(), ids=SCENARIOS.keys())
+def test_something_changes_at_valid_until(case: Case) -> None:
+    """valid_until is tight: unless it is the max-TTL refresh, the outcome differs at that moment."""
+    before = evaluate(case.records, AREAS, RULES, case.now)
+    if before.valid_until == case.now + RULES.max_ttl:
+        return
+    after = evaluate(case.records, AREAS, RULES, before.valid_until)
+    assert replace(after, valid_until=0) != replace(before, valid_until=0)
