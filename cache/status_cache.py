@@ -50,6 +50,14 @@ class _Flight:
 
 
 class StatusCache:
+    """Read-through cache of computed statuses keyed by pseudonym.
+
+    Counters: `hits` and `negative_hits` answered from Redis; `misses` went to the loader path
+    (including requests that bypassed Redis while the breaker was open); `loads` is how many loader
+    calls actually ran (misses minus the ones that joined a load in flight); `redis_errors` counts
+    failed round trips. Call `drain()` before closing the Redis client.
+    """
+
     def __init__(
         self,
         redis: Redis | RedisCluster,
@@ -61,18 +69,14 @@ class StatusCache:
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         if isinstance(redis, Redis) and redis.connection_pool.connection_kwargs.get("decode_responses"):
-            raise ValueError(
-                "StatusCache needs a Redis client with decode_responses=False (entries are bytes)"
-            )
+            raise ValueError("StatusCache needs a Redis client with decode_responses=False (entries are bytes)")
         if negative_ttl_seconds <= 0:
             raise ValueError("negative_ttl_seconds must be positive")
         self._redis = redis
         self._loader = loader
         self._negative_ttl_ms = round(negative_ttl_seconds * 1000)
         self._clock = clock  # wall clock, epoch seconds: compared with valid_until
-        self._breaker = Breaker(
-            breaker_seconds, clock=monotonic
-        )  # monotonic: a clock step cannot stick it open
+        self._breaker = Breaker(breaker_seconds, clock=monotonic)  # monotonic: a clock step cannot stick it open
         # A plain Redis answers one MGET far faster than a pipeline of GETs; a cluster cannot MGET keys of
         # different slots, and its pipeline groups the GETs by node (see _fetch).
         self._use_mget = not isinstance(redis, RedisCluster)
