@@ -463,7 +463,7 @@ def test_evaluation_error_is_conservative_and_counted(records: SubjectRecords) -
 def test_clock_must_be_epoch_int() -> None:
     errors = EVALUATION_ERRORS.value
     result = evaluate(recs(), AREAS, RULES, float(T0))  # type: ignore[arg-type]
-    assert result.reasons == ("evaluation_error",)
+    assert (result.reasons, result.valid_until) == (("evaluation_error",), T0 + 300)
     assert EVALUATION_ERRORS.value == errors + 1
 
 

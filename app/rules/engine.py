@@ -10,7 +10,8 @@ Decisions the policy text leaves open:
 - Records dated after ``now`` (a clock a few seconds ahead at an agency) have not happened yet: they are
   ignored and their date bounds ``valid_until``, so the status is recomputed when they take effect.
 - A ``cleared`` designation ends every red/yellow designation that started strictly before it and clears
-  every arrival strictly before it. It does not clear a positive test: that ages out on its own.
+  every arrival strictly before it, from its ``valid_from`` on (its ``valid_until`` is ignored: clearing
+  is not undone by time). It does not clear a positive test: that ages out on its own.
 - An arrival is judged by its area's level now, not when the person left: an area raised after someone
   left it flags them (what risk-area announcements asked for), and an area lowered or ended unflags them.
 - Clearing by tests (Chongqing's rule): a negative test sampled in ``[arrival - 48 h, arrival)`` plus one
@@ -157,7 +158,7 @@ def _error_outcome(exc: Exception, ruleset: RuleSet, now: int) -> Evaluation:
             None,
             None,
             ruleset.version,
-            now + ruleset.error_ttl,
+            int(now) + ruleset.error_ttl,
         )
     except Exception:
         until = int(time.time()) + _FALLBACK_ERROR_TTL
@@ -184,9 +185,7 @@ def _evaluate(records: SubjectRecords, areas: RiskAreaIndex, rs: RuleSet, now: i
         if override.colour not in SEVERITY:
             raise ValueError(f"override colour {override.colour!r}")
         nxt = min(nxt, override.expires_at)
-        return _result(
-            override.colour, _OVERRIDE, False, doses, complete, last_at, last_result, rs.version, nxt
-        )
+        return _result(override.colour, _OVERRIDE, False, doses, complete, last_at, last_result, rs.version, nxt)
 
     clears: list[int] = []
     spans: dict[str, list[tuple[int, int]]] = {}
@@ -230,9 +229,7 @@ def _rule_colour(code: str, rs: RuleSet) -> str:
     return rs.designation_colours[code]
 
 
-def _vaccination(
-    vaccinations: tuple[Vaccination, ...], rs: RuleSet, now: int, nxt: int
-) -> tuple[int, bool, int]:
+def _vaccination(vaccinations: tuple[Vaccination, ...], rs: RuleSet, now: int, nxt: int) -> tuple[int, bool, int]:
     doses = 0
     complete = False
     courses = rs.vaccine_courses
