@@ -29,9 +29,7 @@ def test_exact_city_and_province_matching() -> None:
 
 
 def test_highest_of_district_and_city_applies() -> None:
-    index = RiskAreaIndex(
-        [RiskArea("510104", "medium", T0, T0 + 10 * H), RiskArea("510100", "high", T0 + 5 * H)]
-    )
+    index = RiskAreaIndex([RiskArea("510104", "medium", T0, T0 + 10 * H), RiskArea("510100", "high", T0 + 5 * H)])
     assert [index.level_at("510104", T0 + h * H) for h in (0, 5, 10)] == ["medium", "high", "high"]
     assert index.level_at("510105", T0) is None
     assert index.timeline("510104") == ((T0, T0 + 5 * H), ("medium", "high"))

@@ -119,8 +119,6 @@ def test_file_errors(tmp_path: Path) -> None:
     with pytest.raises(RuleSetError, match=r"not a rule set name"):
         load_ruleset("..")
     typo = tmp_path / "typo.toml"
-    typo.write_text(
-        (RULESETS_DIR / "default-2022.toml").read_text().replace("window_days = 7", "window_day = 7")
-    )
+    typo.write_text((RULESETS_DIR / "default-2022.toml").read_text().replace("window_days = 7", "window_day = 7"))
     with pytest.raises(RuleSetError, match=r"^typo\.toml: arrival\.window_days: missing$"):
         load_ruleset(typo)
