@@ -37,9 +37,7 @@ class UnknownVersionError(EntryFormatError):
     """The entry was packed by another format version (e.g. during a rolling deploy)."""
 
     def __init__(self, version: int) -> None:
-        super().__init__(
-            f"status entry format version {version} is not supported (this code reads {FORMAT_VERSION})"
-        )
+        super().__init__(f"status entry format version {version} is not supported (this code reads {FORMAT_VERSION})")
         self.version = version
 
 

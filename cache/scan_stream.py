@@ -90,9 +90,7 @@ class ScanStream:
         acked: int = await self._redis.xack(self.stream, self.group, *id_list)
         return acked
 
-    async def _read(
-        self, consumer: str, start: str, count: int, block_ms: int | None
-    ) -> tuple[list[Entry], int]:
+    async def _read(self, consumer: str, start: str, count: int, block_ms: int | None) -> tuple[list[Entry], int]:
         """The readable entries, and how many ids Redis returned including trimmed ones."""
         response: Any = await self._redis.xreadgroup(
             self.group, consumer, {self.stream: start}, count=count, block=block_ms

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 from redis.asyncio import Redis
@@ -26,7 +28,8 @@ from cache.entry import (
 from cache.keys import TOMBSTONE, status_key
 from cache.status_cache import StatusCache
 
-REDIS_URL = "redis://127.0.0.1:6379/14"
+# Same server as the rest of the suite (REDIS_URL, as `make test` exports it), db 14 for these tests.
+REDIS_URL = urlunsplit(urlsplit(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))._replace(path="/14"))
 DEAD_REDIS_URL = "redis://127.0.0.1:1/0"  # nothing listens on port 1
 
 
@@ -161,9 +164,7 @@ async def server_ms(redis: Redis) -> int:
             masked_name="",
             masked_number="",
         ),
-        make_entry(
-            colour="red", reasons=("case.confirmed",), last_test_result="positive", masked_name="Ñúñez*"
-        ),
+        make_entry(colour="red", reasons=("case.confirmed",), last_test_result="positive", masked_name="Ñúñez*"),
         make_entry(masked_name="😷*", id_type="passport", masked_number="E*******9", last_test_at=0),
     ],
     ids=["yellow-unicode", "green-none-fields", "red-positive", "emoji-passport"],
@@ -178,9 +179,7 @@ def test_pack_round_trip(entry: StatusEntry) -> None:
 def test_pack_is_compact() -> None:
     # Header 40 bytes plus the strings' UTF-8 bytes; no field names, no JSON.
     entry = make_entry()
-    strings = (
-        "\x1f".join(entry.reasons) + entry.ruleset + entry.id_type + entry.masked_name + entry.masked_number
-    )
+    strings = "\x1f".join(entry.reasons) + entry.ruleset + entry.id_type + entry.masked_name + entry.masked_number
     assert len(pack(entry)) == 40 + len(strings.encode())
 
 
@@ -190,9 +189,7 @@ def test_unpack_unknown_version_is_a_clear_error() -> None:
         unpack(data)
 
 
-@pytest.mark.parametrize(
-    "data", [b"", pack(make_entry())[:-1], pack(make_entry()) + b"x", b"\x01" + b"\x00" * 39]
-)
+@pytest.mark.parametrize("data", [b"", pack(make_entry())[:-1], pack(make_entry()) + b"x", b"\x01" + b"\x00" * 39])
 def test_unpack_rejects_corrupt_bytes(data: bytes) -> None:
     with pytest.raises(EntryFormatError):
         unpack(data)
@@ -278,9 +275,7 @@ async def test_concurrent_misses_of_one_subject_call_loader_once(cache: StatusCa
     assert cache.loads == 1
 
 
-async def test_unknown_subject_is_negatively_cached(
-    cache: StatusCache, redis: CountingRedis, loader: Loader
-) -> None:
+async def test_unknown_subject_is_negatively_cached(cache: StatusCache, redis: CountingRedis, loader: Loader) -> None:
     assert await cache.get(pseudonym(5)) is None
     await cache.drain()
 
@@ -302,9 +297,7 @@ async def test_negative_ttl_is_configurable(redis: CountingRedis, loader: Loader
     assert 2_400 <= await redis.pttl(status_key(pseudonym(6))) <= 2_500
 
 
-async def test_concurrent_gets_share_one_round_trip(
-    cache: StatusCache, redis: CountingRedis, loader: Loader
-) -> None:
+async def test_concurrent_gets_share_one_round_trip(cache: StatusCache, redis: CountingRedis, loader: Loader) -> None:
     entries = {pseudonym(n): make_entry(vaccine_doses=n % 4) for n in range(50)}
     await cache.put_many(entries)
     redis.reset_counts()
@@ -328,9 +321,7 @@ async def test_sequential_turns_each_get_their_own_round_trip(
     assert redis.commands == ["MGET", "MGET"]
 
 
-async def test_loader_error_reaches_every_waiter_and_is_not_cached(
-    cache: StatusCache, loader: Loader
-) -> None:
+async def test_loader_error_reaches_every_waiter_and_is_not_cached(cache: StatusCache, loader: Loader) -> None:
     loader.error = RuntimeError("postgres unavailable")
     results = await asyncio.gather(*(cache.get(pseudonym(7)) for _ in range(5)), return_exceptions=True)
     assert [str(r) for r in results] == ["postgres unavailable"] * 5
@@ -420,9 +411,7 @@ async def test_fill_does_not_overwrite_a_concurrent_writer(
 # -- Redis unavailable ----------------------------------------------------------------------------
 
 
-async def test_dead_redis_answers_from_loader_and_opens_breaker(
-    dead_redis: CountingRedis, loader: Loader
-) -> None:
+async def test_dead_redis_answers_from_loader_and_opens_breaker(dead_redis: CountingRedis, loader: Loader) -> None:
     monotonic = FakeMonotonic()
     cache = StatusCache(dead_redis, loader, breaker_seconds=5.0, monotonic=monotonic)
     entry = make_entry()

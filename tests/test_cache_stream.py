@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 from redis.asyncio import Redis
@@ -13,7 +15,8 @@ from cache.keys import rate_limit_key
 from cache.rate_limit import RateLimiter
 from cache.scan_stream import ScanStream
 
-REDIS_URL = "redis://127.0.0.1:6379/14"
+# Same server as the rest of the suite (REDIS_URL, as `make test` exports it), db 14 for these tests.
+REDIS_URL = urlunsplit(urlsplit(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))._replace(path="/14"))
 DEAD_REDIS_URL = "redis://127.0.0.1:1/0"
 
 
