@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -69,13 +68,16 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     app[SCANS] = ScanRecorder(ScanStream(redis), pool)
     await ensure_scan_partitions(pool, datetime.now(UTC).date())
     yield
+    await app[STATUS_CACHE].drain()  # pending cache fills finish before the Redis client closes
 
 
 async def _background(app: web.Application) -> AsyncIterator[None]:
     pool, settings = app[PG], app[SETTINGS]
     # The writer blocks on XREADGROUP, so it needs its own connection with a timeout longer than the block.
     writer_redis: Redis = open_redis(settings.redis_url, max_connections=2, socket_timeout=10.0)
-    writer = ScanWriter(ScanStream(writer_redis), pool, consumer=f"{socket.gethostname()}-{os.getpid()}")
+    # One consumer name per host: a restarted process picks up what its predecessor read but did not
+    # acknowledge (inserts are idempotent on the stream id, so sharing the name is safe).
+    writer = ScanWriter(ScanStream(writer_redis), pool, consumer=socket.gethostname())
 
     async def refresh() -> None:
         await app[CLIENTS].refresh(pool)
