@@ -17,6 +17,7 @@ from app.appkeys import CLIENTS, PG, REDIS, SCANS, SETTINGS, SHEDDER, SIGNER, ST
 from app.clients import ClientRegistry
 from app.db import close_pool, create_pool
 from app.handlers import meta, qr, status, verify
+from app.handlers.metrics import install_metrics
 from app.middleware import LoadShedder, problem_middleware
 from app.rules.ruleset import load_ruleset
 from app.scans import ScanRecorder, ScanWriter, ensure_scan_partitions
@@ -41,6 +42,7 @@ def create_app(settings: Settings, *, background: bool = True) -> web.Applicatio
         app.cleanup_ctx.append(_background)
     for module in (meta, status, verify, qr):
         app.add_routes(module.routes)
+    install_metrics(app)
     return app
 
 
