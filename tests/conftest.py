@@ -1,7 +1,8 @@
 """Fixtures against the real servers: a dedicated Postgres database and a dedicated Redis db number.
 
-DATABASE_URL / REDIS_URL (as `make test` exports them) say where the servers are; the suite creates
-its own database `healthcode_test` on that server and uses Redis db 15, and cleans both per test.
+DATABASE_URL / REDIS_URL (as `make test` exports them) say where the servers are. Each run creates its
+own database on that server (dropped at the end) and picks a Redis db number from its process id, so two
+runs on one machine do not clean each other's data; both are cleaned per test.
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ from app.keys import activate, new_key
 from app.settings import Settings
 from app.web import create_app
 
-TEST_DATABASE = "healthcode_test"
-TEST_REDIS_DB = 15
+TEST_DATABASE = f"healthcode_test_{os.getpid()}"
+# Db 0 is the demo's and 14 the cache tests'; the rest are spread over runs.
+TEST_REDIS_DB = 1 + os.getpid() % 13
 # Everything but the append-only audit log, which refuses TRUNCATE by design.
 _TRUNCATE = """TRUNCATE subjects, vaccinations, nucleic_tests, travel_arrivals, designations, statuses,
     risk_areas, api_clients, signing_keys, scan_events, status_overrides"""
@@ -63,8 +65,16 @@ def database_url(server_urls: tuple[str, str]) -> Iterator[str]:
         finally:
             await conn.close()
 
+    async def drop() -> None:
+        admin = await asyncpg.connect(_with_path(url, "/postgres"))
+        try:
+            await admin.execute(f"DROP DATABASE IF EXISTS {TEST_DATABASE} WITH (FORCE)")
+        finally:
+            await admin.close()
+
     asyncio.run(create())
     yield url
+    asyncio.run(drop())
 
 
 @pytest.fixture
