@@ -38,10 +38,10 @@ async def status(request: web.Request) -> web.Response:
     assert signer is not None
     sub = b64url_encode(subject)
     token = signer.sign_status(sub, COLOUR_LETTER[entry.colour], int(entry.popup), int(entry.vaccine_complete), now)
-    return json_response(status_payload(sub, entry, token, now + settings.token_ttl_seconds))
+    return json_response(status_payload(sub, entry, token, now, now + settings.token_ttl_seconds))
 
 
-def status_payload(sub: str, entry: StatusEntry, token: str, token_expires_at: int) -> dict[str, Any]:
+def status_payload(sub: str, entry: StatusEntry, token: str, now: int, token_expires_at: int) -> dict[str, Any]:
     return {
         "subject": sub,
         "id_type": entry.id_type,
@@ -53,7 +53,11 @@ def status_payload(sub: str, entry: StatusEntry, token: str, token_expires_at: i
         "vaccination": {"doses": entry.vaccine_doses, "complete": entry.vaccine_complete},
         "last_test": None
         if entry.last_test_at is None
-        else {"sampled_at": entry.last_test_at, "result": entry.last_test_result},
+        else {
+            "sampled_at": entry.last_test_at,
+            "result": entry.last_test_result,
+            "hours_ago": (now - entry.last_test_at) // 3600,
+        },
         "ruleset": entry.ruleset,
         "computed_at": entry.computed_at,
         "valid_until": entry.valid_until,
