@@ -1,0 +1,411 @@
+"""POST /v1/verify against the real app: every kind of token, every refusal, and the recorded scan."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import asyncpg
+import orjson
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+from redis.asyncio import Redis
+
+from app.appkeys import PG, SIGNER, STATUS_LOADER
+from app.identity import Identity, mask_name, mask_number, pseudonym
+from app.scans import ScanWriter
+from app.settings import Settings
+from cache.connection import open_redis
+from cache.scan_stream import ScanStream
+from signing.encoding import b64url_decode, b64url_encode
+from signing.jws import TokenSigner
+from signing.keys import generate_private_key
+from signing.records import KeyRecord
+from tests.conftest import AppFactory
+from tests.support import bearer
+
+Api = TestClient[web.Request, web.Application]
+PROBLEM = "application/problem+json"
+NUMBER = "500103199003071239"
+CHECKPOINT = "cq-jiefangbei-gate-3"
+
+
+async def insert_person(
+    db: asyncpg.Connection, pepper: bytes, *, colour: str = "green", reasons: tuple[str, ...] = ()
+) -> bytes:
+    subject = pseudonym(Identity("resident", NUMBER), pepper)
+    await db.execute(
+        "INSERT INTO subjects (pseudonym, id_type, masked_name, masked_number) VALUES ($1, 'resident', $2, $3)",
+        subject,
+        mask_name("王五"),
+        mask_number(NUMBER),
+    )
+    await db.execute(
+        """INSERT INTO statuses (pseudonym, colour, reasons, ruleset, computed_at, valid_until)
+           VALUES ($1, $2, $3, 'default-2022', now(), now() + interval '1 hour')""",
+        subject,
+        colour,
+        list(reasons),
+    )
+    return subject
+
+
+def signer(api: Api) -> TokenSigner:
+    state = api.app[SIGNER].signer
+    assert state is not None
+    return state
+
+
+def token_for(api: Api, subject: bytes, st: str = "G", *, now: int | None = None) -> str:
+    return signer(api).sign_status(b64url_encode(subject), st, 0, 1, int(time.time()) if now is None else now)
+
+
+async def post_verify(api: Api, key: str, body: object) -> Any:
+    return await api.post(
+        "/v1/verify", data=orjson.dumps(body), headers={**bearer(key), "Content-Type": "application/json"}
+    )
+
+
+async def verify_ok(api: Api, key: str, token: str) -> dict[str, Any]:
+    r = await post_verify(api, key, {"token": token, "checkpoint": CHECKPOINT})
+    assert r.status == 200, await r.text()
+    assert r.content_type == "application/json"
+    body: dict[str, Any] = await r.json()
+    scanned_at = body.pop("scanned_at")
+    assert abs(scanned_at - time.time()) < 5
+    return body
+
+
+def refused(reason: str) -> dict[str, Any]:
+    return {
+        "valid": False,
+        "reason": reason,
+        "checkpoint": CHECKPOINT,
+        "token_colour": None,
+        "current_colour": None,
+        "name": None,
+        "id_number": None,
+    }
+
+
+async def drain_scans(api: Api, settings: Settings) -> int:
+    redis: Redis = open_redis(settings.redis_url)
+    try:
+        writer = ScanWriter(ScanStream(redis), api.app[PG], consumer="test")
+        await writer.stream.ensure_group()
+        return await writer.drain_once(block_ms=0)
+    finally:
+        await redis.aclose()
+
+
+async def scan_rows(db: asyncpg.Connection) -> list[dict[str, Any]]:
+    rows = await db.fetch(
+        """SELECT extract(epoch FROM scanned_at)::bigint AS at, checkpoint, client_id, pseudonym, valid, reason,
+                  token_colour, current_colour
+           FROM scan_events ORDER BY scanned_at, stream_id"""
+    )
+    return [dict(r) for r in rows]
+
+
+async def scanner_id(db: asyncpg.Connection) -> int:
+    value = await db.fetchval("SELECT id FROM api_clients WHERE name = 'test-scanner'")
+    assert isinstance(value, int)
+    return value
+
+
+# --- valid tokens and the recorded scan ------------------------------------------------------------------
+
+
+async def test_a_valid_token_shows_both_colours_and_the_masked_person(
+    api: Api, db: asyncpg.Connection, settings: Settings, client_keys: dict[str, str]
+) -> None:
+    subject = await insert_person(db, settings.pepper, colour="red", reasons=("close_contact",))
+    body = await verify_ok(api, client_keys["scanner"], token_for(api, subject, "G"))
+    assert body == {
+        "valid": True,
+        "reason": "ok",
+        "checkpoint": CHECKPOINT,
+        "token_colour": "green",
+        "current_colour": "red",
+        "name": "王*",
+        "id_number": "50**************39",
+    }
+
+
+async def test_a_token_from_the_status_endpoint_verifies(
+    api: Api, db: asyncpg.Connection, settings: Settings, client_keys: dict[str, str]
+) -> None:
+    await insert_person(db, settings.pepper, colour="yellow", reasons=("secondary_contact",))
+    r = await api.post("/v1/status", json={"id_number": NUMBER}, headers=bearer(client_keys["citizen-backend"]))
+    assert r.status == 200, await r.text()
+    body = await verify_ok(api, client_keys["scanner"], (await r.json())["token"])
+    assert (body["valid"], body["token_colour"], body["current_colour"]) == (True, "yellow", "yellow")
+
+
+async def test_a_valid_token_for_someone_no_longer_known(
+    api: Api, db: asyncpg.Connection, settings: Settings, client_keys: dict[str, str]
+) -> None:
+    subject = pseudonym(Identity("resident", NUMBER), settings.pepper)
+    body = await verify_ok(api, client_keys["scanner"], token_for(api, subject, "Y"))
+    assert body == {**refused("ok"), "valid": True, "token_colour": "yellow"}
+
+
+async def test_the_scan_is_recorded_against_the_checkpoint(
+    api: Api, db: asyncpg.Connection, settings: Settings, client_keys: dict[str, str]
+) -> None:
+    subject = await insert_person(db, settings.pepper, colour="yellow", reasons=("secondary_contact",))
+    key = client_keys["scanner"]
+    await verify_ok(api, key, token_for(api, subject, "G"))
+    await verify_ok(api, key, "not-a-token")
+    assert await scan_rows(db) == []  # on the stream, not yet in Postgres
+    assert await drain_scans(api, settings) == 2
+    rows = await scan_rows(db)
+    for row in rows:
+        assert abs(row.pop("at") - time.time()) < 5
+    client_id = await scanner_id(db)
+    assert rows == [
+        {
+            "checkpoint": CHECKPOINT,
+            "client_id": client_id,
+            "pseudonym": subject,
+            "valid": True,
+            "reason": "ok",
+            "token_colour": "green",
+            "current_colour": "yellow",
+        },
+        {
+            "checkpoint": CHECKPOINT,
+            "client_id": client_id,
+            "pseudonym": None,
+            "valid": False,
+            "reason": "malformed",
+            "token_colour": None,
+            "current_colour": None,
+        },
+    ]
+
+
+async def test_redis_down_writes_the_scan_straight_to_postgres(
+    make_client: AppFactory, db: asyncpg.Connection, settings: Settings, client_keys: dict[str, str]
+) -> None:
+    subject = await insert_person(db, settings.pepper, colour="red", reasons=("confirmed",))
+    api = await make_client(redis_url="redis://127.0.0.1:1/0")
+    body = await verify_ok(api, client_keys["scanner"], token_for(api, subject, "R"))
+    assert (body["valid"], body["token_colour"], body["current_colour"]) == (True, "red", "red")
+    assert api.app[STATUS_LOADER].reads == 1
+    rows = await scan_rows(db)
+    assert [(r["checkpoint"], r["pseudonym"], r["valid"], r["reason"], r["current_colour"]) for r in rows] == [
+        (CHECKPOINT, subject, True, "ok", "red")
+    ]
+
+
+# --- tokens refused (200, valid false, with the reason) --------------------------------------------------
+
+
+def _resign(token: str, header: dict[str, Any] | None = None, claims: dict[str, Any] | None = None) -> str:
+    h, p, s = token.split(".")
+    if header is not None:
+        h = b64url_encode(orjson.dumps({**orjson.loads(b64url_decode(h)), **header}))
+    if claims is not None:
+        p = b64url_encode(orjson.dumps({**orjson.loads(b64url_decode(p)), **claims}))
+    return f"{h}.{p}.{s}"
+
+
+async def test_an_expired_token_is_refused(api: Api, settings: Settings, client_keys: dict[str, str]) -> None:
+    subject = pseudonym(Identity("resident", NUMBER), settings.pepper)
+    token = token_for(api, subject, now=int(time.time()) - settings.token_ttl_seconds - 1)
+    assert await verify_ok(api, client_keys["scanner"], token) == refused("expired")
+
+
+async def test_a_token_past_a_short_ttl_is_refused(make_client: AppFactory, client_keys: dict[str, str]) -> None:
+    api = await make_client(token_ttl_seconds=30)
+    token = token_for(api, bytes(16), now=int(time.time()) - 31)
+    assert await verify_ok(api, client_keys["scanner"], token) == refused("expired")
+
+
+async def test_a_token_from_the_future_is_not_yet_valid(api: Api, client_keys: dict[str, str]) -> None:
+    token = token_for(api, bytes(16), now=int(time.time()) + 120)
+    assert await verify_ok(api, client_keys["scanner"], token) == refused("not_yet_valid")
+
+
+async def test_a_tampered_payload_is_a_bad_signature(api: Api, client_keys: dict[str, str]) -> None:
+    token = _resign(token_for(api, bytes(16), "R"), claims={"st": "G"})
+    assert await verify_ok(api, client_keys["scanner"], token) == refused("bad_signature")
+
+
+async def test_a_swapped_signature_is_a_bad_signature(api: Api, client_keys: dict[str, str]) -> None:
+    mine = token_for(api, bytes(16), "R")
+    other = token_for(api, bytes(range(16)), "G")
+    swapped = ".".join(mine.split(".")[:2] + other.split(".")[2:])
+    assert await verify_ok(api, client_keys["scanner"], swapped) == refused("bad_signature")
+
+
+async def test_a_damaged_signature_is_a_bad_signature(api: Api, client_keys: dict[str, str]) -> None:
+    h, p, s = token_for(api, bytes(16)).split(".")
+    flipped = bytearray(b64url_decode(s))
+    flipped[10] ^= 0x01
+    assert await verify_ok(api, client_keys["scanner"], f"{h}.{p}.{b64url_encode(bytes(flipped))}") == refused(
+        "bad_signature"
+    )
+
+
+async def test_a_token_signed_by_an_unknown_key_is_refused(api: Api, client_keys: dict[str, str]) -> None:
+    stranger = TokenSigner(KeyRecord.from_private_key(generate_private_key()), "healthcode", 300)
+    token = stranger.sign_status(b64url_encode(bytes(16)), "G", 0, 1, int(time.time()))
+    assert await verify_ok(api, client_keys["scanner"], token) == refused("unknown_key")
+
+
+async def test_a_stranger_using_our_kid_is_a_bad_signature(api: Api, client_keys: dict[str, str]) -> None:
+    record = KeyRecord.from_private_key(generate_private_key())
+    forged = KeyRecord(
+        kid=signer(api).kid,
+        thumbprint=record.thumbprint,
+        alg=record.alg,
+        public_jwk={**record.public_jwk, "kid": signer(api).kid},
+        state="active",
+        private_key=record.private_key,
+    )
+    token = TokenSigner(forged, "healthcode", 300).sign_status(b64url_encode(bytes(16)), "G", 0, 1, int(time.time()))
+    assert await verify_ok(api, client_keys["scanner"], token) == refused("bad_signature")
+
+
+async def test_alg_none_is_refused(api: Api, client_keys: dict[str, str]) -> None:
+    h, p, _ = _resign(token_for(api, bytes(16)), header={"alg": "none"}).split(".")
+    for token in (f"{h}.{p}.", f"{h}.{p}"):
+        body = await verify_ok(api, client_keys["scanner"], token)
+        assert body["valid"] is False
+        assert body["reason"] in {"bad_signature", "malformed"}
+        assert body == refused(body["reason"])
+    assert (await verify_ok(api, client_keys["scanner"], f"{h}.{p}."))["reason"] == "bad_signature"
+
+
+@pytest.mark.parametrize(
+    "token",
+    ["not-a-token", "a.b.c", "....", "eyJhbGciOiJFUzI1NiJ9.e30.AAAA", "x" * 2048],
+)
+async def test_malformed_tokens_are_refused(api: Api, client_keys: dict[str, str], token: str) -> None:
+    assert await verify_ok(api, client_keys["scanner"], token) == refused("malformed")
+
+
+# --- requests refused (problem+json) ---------------------------------------------------------------------
+
+
+def invalid_field(field: str, code: str, detail: str) -> dict[str, Any]:
+    return {
+        "type": "/problems/invalid-field",
+        "title": "A field of the request is invalid",
+        "status": 422,
+        "detail": detail,
+        "instance": "/v1/verify",
+        "field": field,
+        "code": code,
+    }
+
+
+@pytest.mark.parametrize(
+    ("body", "problem"),
+    [
+        ({"checkpoint": CHECKPOINT}, invalid_field("token", "missing", "token is required")),
+        ({"token": None, "checkpoint": CHECKPOINT}, invalid_field("token", "missing", "token is required")),
+        (
+            {"token": "", "checkpoint": CHECKPOINT},
+            invalid_field("token", "wrong_type", "token must be a non-empty string"),
+        ),
+        (
+            {"token": 12, "checkpoint": CHECKPOINT},
+            invalid_field("token", "wrong_type", "token must be a non-empty string"),
+        ),
+        (
+            {"token": "x" * 2049, "checkpoint": CHECKPOINT},
+            invalid_field("token", "too_long", "token must be at most 2048 characters"),
+        ),
+        ({"token": "a.b.c"}, invalid_field("checkpoint", "missing", "checkpoint is required")),
+        (
+            {"token": "a.b.c", "checkpoint": " "},
+            invalid_field("checkpoint", "wrong_type", "checkpoint must be a non-empty string"),
+        ),
+        (
+            {"token": "a.b.c", "checkpoint": "c" * 65},
+            invalid_field("checkpoint", "too_long", "checkpoint must be at most 64 characters"),
+        ),
+    ],
+)
+async def test_missing_or_wrong_fields_are_422(
+    api: Api, settings: Settings, client_keys: dict[str, str], body: dict[str, Any], problem: dict[str, Any]
+) -> None:
+    r = await post_verify(api, client_keys["scanner"], body)
+    assert r.status == 422, await r.text()
+    assert r.content_type == PROBLEM
+    assert await r.json(content_type=PROBLEM) == problem
+    assert await drain_scans(api, settings) == 0  # nothing recorded for a request that was refused
+
+
+@pytest.mark.parametrize(
+    ("headers", "detail"),
+    [
+        ({}, "send the client key as 'Authorization: Bearer <key>'"),
+        ({"Authorization": "Bearer hc_wrong"}, "the client key is unknown or revoked"),
+    ],
+)
+async def test_missing_or_wrong_key_is_401(api: Api, headers: dict[str, str], detail: str) -> None:
+    r = await api.post("/v1/verify", json={"token": "a.b.c", "checkpoint": CHECKPOINT}, headers=headers)
+    assert r.status == 401, await r.text()
+    assert r.headers["WWW-Authenticate"] == 'Bearer realm="healthcode"'
+    assert await r.json(content_type=PROBLEM) == {
+        "type": "/problems/unauthenticated",
+        "title": "A valid client key is required",
+        "status": 401,
+        "detail": detail,
+        "instance": "/v1/verify",
+    }
+
+
+@pytest.mark.parametrize("kind", ["citizen-backend", "agency"])
+async def test_a_non_scanner_key_is_403(api: Api, client_keys: dict[str, str], kind: str) -> None:
+    r = await post_verify(api, client_keys[kind], {"token": "a.b.c", "checkpoint": CHECKPOINT})
+    assert r.status == 403, await r.text()
+    assert await r.json(content_type=PROBLEM) == {
+        "type": "/problems/forbidden",
+        "title": "This client may not use this endpoint",
+        "status": 403,
+        "detail": f"a {kind} client may not call this endpoint; it needs a scanner client",
+        "instance": "/v1/verify",
+    }
+
+
+async def test_wrong_content_type_is_415(api: Api, client_keys: dict[str, str]) -> None:
+    r = await api.post(
+        "/v1/verify", data="token=a.b.c", headers={**bearer(client_keys["scanner"]), "Content-Type": "text/plain"}
+    )
+    assert r.status == 415, await r.text()
+    assert (await r.json(content_type=PROBLEM))["type"] == "/problems/unsupported-media-type"
+
+
+async def test_invalid_json_is_400(api: Api, client_keys: dict[str, str]) -> None:
+    r = await api.post(
+        "/v1/verify", data=b"{token", headers={**bearer(client_keys["scanner"]), "Content-Type": "application/json"}
+    )
+    assert r.status == 400, await r.text()
+    assert (await r.json(content_type=PROBLEM))["type"] == "/problems/malformed-request"
+
+
+async def test_oversized_body_is_413(make_client: AppFactory, client_keys: dict[str, str]) -> None:
+    api = await make_client(max_body_bytes=1024)
+    r = await post_verify(api, client_keys["scanner"], {"token": "x" * 1500, "checkpoint": CHECKPOINT})
+    assert r.status == 413, await r.text()
+    body = await r.json(content_type=PROBLEM)
+    assert (body["type"], body["status"]) == ("/problems/payload-too-large", 413)
+
+
+async def test_wrong_method_is_405(api: Api) -> None:
+    r = await api.get("/v1/verify")
+    assert r.status == 405, await r.text()
+    assert r.headers["Allow"] == "POST"
+    assert await r.json(content_type=PROBLEM) == {
+        "type": "/problems/method-not-allowed",
+        "title": "Method not allowed",
+        "status": 405,
+        "detail": "GET is not allowed on /v1/verify",
+        "instance": "/v1/verify",
+    }
