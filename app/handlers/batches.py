@@ -1,0 +1,130 @@
+"""Agency uploads: POST /v1/batches, GET /v1/batches/{id}, GET /v1/batches/{id}/rejections."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Final
+
+import orjson
+from aiohttp import web
+from aiohttp.http_exceptions import ContentEncodingError, DecompressSizeError
+
+from app.appkeys import CLIENTS, INGEST, PG, SETTINGS
+from app.clients import Client
+from app.errors import InvalidField, NotFound, UnsupportedMediaType
+from app.handlers.common import json_response
+from app.ingest.problems import BadBatch, BatchTooLarge, KindNotAllowed
+from app.ingest.store import batch_by_id, batch_view, rejections
+from app.ingest.upload import kind_named, receive_batch
+
+routes = web.RouteTableDef()
+
+FORMATS: Final = {"text/csv": "csv", "application/x-ndjson": "ndjson", "application/ndjson": "ndjson"}
+READ_CHUNK: Final = 256 * 1024
+MAX_KEY_LENGTH: Final = 200
+
+
+def _agency(request: web.Request) -> Client:
+    return request.app[CLIENTS].authenticate(request.headers.get("Authorization"), kind="agency")
+
+
+async def _body(request: web.Request) -> AsyncIterator[bytes]:
+    """The request body in pieces as they arrive. aiohttp may already have gunzipped it (its default);
+    the reader recognises gzip by its magic bytes, so both paths work."""
+    try:
+        async for chunk in request.content.iter_chunked(READ_CHUNK):
+            yield chunk
+    except DecompressSizeError:
+        raise BatchTooLarge(request.app[SETTINGS].max_upload_bytes, "decompressed") from None
+    except ContentEncodingError:
+        raise BadBatch("bad_gzip", "the gzip body cannot be decompressed; send valid gzip") from None
+
+
+@routes.post("/v1/batches")
+async def upload(request: web.Request) -> web.Response:
+    app = request.app
+    client = _agency(request)
+    kind = kind_named(request.query.get("kind"))
+    if kind.name not in client.scopes:
+        raise KindNotAllowed(
+            f"agency {client.name} may upload {', '.join(client.scopes) or 'nothing'}, not {kind.name}"
+        )
+    fmt = FORMATS.get(request.content_type)
+    if fmt is None:
+        raise UnsupportedMediaType(
+            f"send text/csv (with a header row) or application/x-ndjson, not {request.content_type or 'nothing'}"
+        )
+    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding not in ("identity", "gzip", "x-gzip"):
+        raise UnsupportedMediaType(f"Content-Encoding {encoding} is not supported; use gzip or none")
+    limit = app[SETTINGS].max_upload_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise BatchTooLarge(limit, "uploaded")
+    key = request.headers.get("Idempotency-Key")
+    if key is not None and not (0 < len(key.strip()) <= MAX_KEY_LENGTH and key.isprintable()):
+        raise InvalidField(
+            "Idempotency-Key", "bad_key", f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} printable characters"
+        )
+    processor = app[INGEST]
+    received = await receive_batch(
+        app[PG],
+        client_id=client.id,
+        kind=kind,
+        fmt=fmt,
+        body=_body(request),
+        key=key.strip() if key else None,
+        pepper=app[SETTINGS].pepper,
+        ruleset=processor.ruleset,
+        now=datetime.now(UTC),
+        max_bytes=limit,
+    )
+    row = await batch_by_id(app[PG], received.batch_id)
+    assert row is not None
+    location = f"/v1/batches/{received.batch_id}"
+    if not received.created:
+        # The same batch again: answer with the first one, changing nothing.
+        return json_response(batch_view(row), headers={"Location": location})
+    processor.submit(received.batch_id)
+    return json_response(batch_view(row), status=202, headers={"Location": location})
+
+
+async def _own_batch(request: web.Request) -> int:
+    client = _agency(request)
+    try:
+        batch_id = int(request.match_info["batch_id"])
+    except ValueError:
+        raise NotFound("no such batch") from None
+    row = await batch_by_id(request.app[PG], batch_id)
+    # Another agency's batch is answered like a missing one: its existence is not ours to reveal.
+    if row is None or row["client_id"] != client.id:
+        raise NotFound(f"no batch {batch_id} for this agency")
+    return batch_id
+
+
+@routes.get("/v1/batches/{batch_id}")
+async def get_batch(request: web.Request) -> web.Response:
+    batch_id = await _own_batch(request)
+    row = await batch_by_id(request.app[PG], batch_id)
+    assert row is not None
+    return json_response(batch_view(row))
+
+
+@routes.get("/v1/batches/{batch_id}/rejections")
+async def get_rejections(request: web.Request) -> web.StreamResponse:
+    batch_id = await _own_batch(request)
+    response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+    await response.prepare(request)
+    async with request.app[PG].acquire() as conn:
+        lines: list[bytes] = []
+        async for r in rejections(conn, batch_id):
+            lines.append(
+                orjson.dumps({"row": r["row_no"], "field": r["field"], "code": r["code"], "message": r["message"]})
+            )
+            if len(lines) >= 1000:
+                await response.write(b"\n".join(lines) + b"\n")
+                lines = []
+        if lines:
+            await response.write(b"\n".join(lines) + b"\n")
+    await response.write_eof()
+    return response

@@ -1,0 +1,96 @@
+"""The nucleic-acid test-registration code and sample registration.
+
+POST /v1/test-code (citizen backend): a signed token of type ``hct+jwt`` carrying only the subject and a
+code id. It holds no health status, and its ``typ`` makes every status verifier refuse it, so it can
+never pass as a health code. POST /v1/samples (an agency allowed to upload tests): a collector's device
+scans the code and registers a sample id against it; a lab may then report the result by sample id.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from typing import Final
+
+from aiohttp import web
+
+from app.appkeys import CLIENTS, PG, SETTINGS, SIGNER
+from app.errors import InvalidField, InvalidIdentityProblem
+from app.handlers.common import json_response, read_json_object, required_string
+from app.identity import InvalidIdentity, mask_number, parse_identity, pseudonym
+from app.ingest.problems import Conflict, KindNotAllowed
+from signing.encoding import b64url_decode, b64url_encode
+from signing.errors import BadToken
+from signing.jws import TokenVerifier
+
+routes = web.RouteTableDef()
+
+TEST_CODE_TYP: Final = "hct+jwt"
+MAX_TOKEN_LENGTH: Final = 2048
+MAX_SAMPLE_ID: Final = 64
+
+
+@routes.post("/v1/test-code")
+async def test_code(request: web.Request) -> web.Response:
+    app = request.app
+    settings = app[SETTINGS]
+    app[CLIENTS].authenticate(request.headers.get("Authorization"), kind="citizen-backend")
+    body = await read_json_object(request)
+    try:
+        identity = parse_identity(body.get("id_type", "resident"), body.get("id_number"))
+    except InvalidIdentity as exc:
+        raise InvalidIdentityProblem(exc.field, exc.code, exc.message) from None
+    subject = pseudonym(identity, settings.pepper)
+    # The person may not be registered yet; a sample result must still reach a subject.
+    await app[PG].execute(
+        """INSERT INTO subjects (pseudonym, id_type, masked_number) VALUES ($1, $2, $3)
+           ON CONFLICT (pseudonym) DO NOTHING""",
+        subject,
+        identity.id_type,
+        mask_number(identity.number),
+    )
+    keyring = app[SIGNER].keyring
+    assert keyring is not None
+    ttl = settings.token_ttl_seconds
+    now = int(time.time())
+    code_id = secrets.token_urlsafe(9)
+    token = keyring.signer_for(TEST_CODE_TYP, ttl).sign({"sub": b64url_encode(subject), "cid": code_id}, now)
+    return json_response({"token": token, "typ": TEST_CODE_TYP, "code_id": code_id, "expires_at": now + ttl})
+
+
+@routes.post("/v1/samples")
+async def register_sample(request: web.Request) -> web.Response:
+    app = request.app
+    client = app[CLIENTS].authenticate(request.headers.get("Authorization"), kind="agency")
+    if "test" not in client.scopes:
+        raise KindNotAllowed(f"agency {client.name} may not register samples; it needs the test scope")
+    body = await read_json_object(request)
+    token = required_string(body, "token", max_length=MAX_TOKEN_LENGTH)
+    sample_id = required_string(body, "sample_id", max_length=MAX_SAMPLE_ID).strip()
+    keyring = app[SIGNER].keyring
+    assert keyring is not None
+    verifier = TokenVerifier(keyring, app[SETTINGS].issuer, typ=TEST_CODE_TYP)
+    try:
+        claims = verifier.verify(token, int(time.time()))
+        subject = b64url_decode(str(claims["sub"]))
+        code_id = claims["cid"]
+    except BadToken as exc:
+        raise InvalidField("token", exc.reason, f"the test-registration code is not valid: {exc}") from None
+    except (KeyError, ValueError):
+        raise InvalidField("token", "malformed", "the test-registration code lacks its claims") from None
+    if len(subject) != 16 or not isinstance(code_id, str):
+        raise InvalidField("token", "malformed", "the test-registration code lacks its claims")
+    pool = app[PG]
+    inserted = await pool.fetchval(
+        """INSERT INTO samples (sample_id, pseudonym, code_id, client_id) VALUES ($1, $2, $3, $4)
+           ON CONFLICT (sample_id) DO NOTHING RETURNING sample_id""",
+        sample_id,
+        subject,
+        code_id,
+        client.id,
+    )
+    if inserted is None:
+        owner = await pool.fetchval("SELECT pseudonym FROM samples WHERE sample_id = $1", sample_id)
+        if owner is None or bytes(owner) != subject:
+            raise Conflict(f"sample {sample_id} is already registered for another person")
+    return json_response({"sample_id": sample_id, "registered": inserted is not None}, status=201 if inserted else 200)

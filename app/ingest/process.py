@@ -1,0 +1,196 @@
+"""Processing received batches: merge, recompute the people they touch, refresh the cache.
+
+Steps, each safe to repeat after a crash:
+
+1. ``received`` -> ``loading``: the merge into the record tables runs in one transaction that also
+   stores the counts and sets ``merged_at``. A crash before it commits leaves nothing merged.
+2. With ``merged_at`` set, the touched subjects (read from staging) are recomputed in chunks and
+   written to Postgres and Redis. Recomputing twice gives the same statuses.
+3. ``done``: staging rows deleted, in one transaction.
+
+Batches are processed one at a time across every process (a Postgres advisory lock), so two batches
+touching one person cannot interleave their recomputes and leave the older status last.
+A batch that cannot be merged is marked ``failed`` with nothing applied, and can be sent again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Final
+
+import asyncpg
+
+from app.ingest.merge import affected_subjects, merge_batch
+from app.ingest.store import Conn, mark_failed
+from app.recompute import load_risk_areas, recompute_subjects
+from app.rules.areas import RiskAreaIndex
+from app.rules.ruleset import RuleSet
+from cache.status_cache import StatusCache
+
+log = logging.getLogger(__name__)
+
+RECOMPUTE_CHUNK: Final = 5000
+# Any constant works; it only has to be the same in every process.
+_PROCESSING_LOCK: Final = 0x4843_0003
+
+
+class BatchProcessor:
+    """Runs batch processing as tasks of this process; `wait`/`drain` let callers (and tests) join them."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        ruleset: RuleSet,
+        cache: StatusCache,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.pool = pool
+        self.ruleset = ruleset
+        self.cache = cache
+        self.clock = clock
+        self._lock = asyncio.Lock()
+        self._tasks: dict[int, asyncio.Task[None]] = {}
+
+    def submit(self, batch_id: int) -> asyncio.Task[None]:
+        task = self._tasks.get(batch_id)
+        if task is None or task.done():
+            task = asyncio.get_running_loop().create_task(self._run(batch_id), name=f"batch-{batch_id}")
+            self._tasks[batch_id] = task
+            task.add_done_callback(lambda t: self._forget(batch_id, t))
+        return task
+
+    def _forget(self, batch_id: int, task: asyncio.Task[None]) -> None:
+        if self._tasks.get(batch_id) is task:
+            del self._tasks[batch_id]
+
+    async def wait(self, batch_id: int) -> None:
+        task = self._tasks.get(batch_id)
+        if task is not None:
+            await asyncio.shield(task)
+
+    async def drain(self) -> None:
+        while self._tasks:
+            await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+
+    async def close(self) -> None:
+        for task in list(self._tasks.values()):
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+
+    async def _run(self, batch_id: int) -> None:
+        try:
+            await self.process(batch_id)
+        except Exception:
+            # Logged, not raised: the batch stays where it stopped and recovery picks it up again.
+            log.exception("processing batch %d failed; it will be retried", batch_id)
+
+    async def process(self, batch_id: int) -> None:
+        async with self._lock, self.pool.acquire() as conn:
+            await conn.execute("SELECT pg_advisory_lock($1)", _PROCESSING_LOCK)
+            try:
+                await process_batch(conn, batch_id, self.ruleset, self.cache, int(self.clock()))
+            finally:
+                await conn.execute("SELECT pg_advisory_unlock($1)", _PROCESSING_LOCK)
+
+    async def recover(self) -> list[int]:
+        """Finish every batch left ``received`` or ``loading`` (by a crash, or by another process)."""
+        rows = await self.pool.fetch("SELECT id FROM batches WHERE state IN ('received', 'loading') ORDER BY id")
+        ids = [r["id"] for r in rows]
+        for batch_id in ids:
+            await self.process(batch_id)
+        return ids
+
+    async def sweep(self) -> int:
+        """Recompute every status whose valid_until has passed; returns how many."""
+        async with self._lock, self.pool.acquire() as conn:
+            await conn.execute("SELECT pg_advisory_lock($1)", _PROCESSING_LOCK)
+            try:
+                return await sweep_expired(conn, self.ruleset, self.cache, int(self.clock()))
+            finally:
+                await conn.execute("SELECT pg_advisory_unlock($1)", _PROCESSING_LOCK)
+
+
+async def process_batch(conn: Conn, batch_id: int, ruleset: RuleSet, cache: StatusCache, now: int) -> None:
+    """Take one batch as far as it can go; the caller holds the processing lock."""
+    batch = await conn.fetchrow("SELECT kind, state, merged_at FROM batches WHERE id = $1", batch_id)
+    if batch is None or batch["state"] in ("done", "failed"):
+        return
+    kind = batch["kind"]
+    if batch["merged_at"] is None:
+        try:
+            async with conn.transaction():
+                await conn.execute(
+                    "UPDATE batches SET state = 'loading', started_at = coalesce(started_at, now()) WHERE id = $1",
+                    batch_id,
+                )
+                merged = await merge_batch(conn, batch_id, kind)
+                await conn.execute(
+                    """UPDATE batches SET accepted = $2, rejected = rejected + $3, duplicates = $4, merged_at = now()
+                       WHERE id = $1""",
+                    batch_id,
+                    merged.accepted,
+                    merged.rejected,
+                    merged.duplicates,
+                )
+        except asyncpg.PostgresError as exc:
+            # The data itself cannot be merged (a constraint the row checks missed): fail it cleanly.
+            log.error("batch %d cannot be merged: %s", batch_id, exc)
+            await mark_failed(conn, batch_id, f"merge failed: {exc.__class__.__name__}: {exc}")
+            return
+    subjects = await affected_subjects(conn, batch_id, kind, ruleset.arrival_window)
+    areas = await load_risk_areas(conn)
+    await refresh_subjects(conn, subjects, ruleset, cache, now, areas)
+    async with conn.transaction():
+        await conn.execute(f"DELETE FROM staging_{kind} WHERE batch_id = $1", batch_id)
+        await conn.execute(
+            "UPDATE batches SET state = 'done', subjects = $2, finished_at = now() WHERE id = $1",
+            batch_id,
+            len(subjects),
+        )
+
+
+async def refresh_subjects(
+    conn: Conn,
+    subjects: Sequence[bytes],
+    ruleset: RuleSet,
+    cache: StatusCache,
+    now: int,
+    areas: RiskAreaIndex | None = None,
+) -> int:
+    """Recompute statuses in chunks, store them, and write them to Redis (pipelined)."""
+    if areas is None:
+        areas = await load_risk_areas(conn)
+    done = 0
+    for start in range(0, len(subjects), RECOMPUTE_CHUNK):
+        entries = await recompute_subjects(conn, subjects[start : start + RECOMPUTE_CHUNK], ruleset, now, areas)
+        await cache.put_many(entries)
+        done += len(entries)
+    return done
+
+
+async def sweep_expired(conn: Conn, ruleset: RuleSet, cache: StatusCache, now: int) -> int:
+    """Recompute statuses whose valid_until is at or before ``now``, a chunk at a time."""
+    areas = await load_risk_areas(conn)
+    total = 0
+    while True:
+        rows = await conn.fetch(
+            "SELECT pseudonym FROM statuses WHERE valid_until <= to_timestamp($1) ORDER BY valid_until LIMIT $2",
+            now,
+            RECOMPUTE_CHUNK,
+        )
+        if not rows:
+            return total
+        count = await refresh_subjects(conn, [bytes(r["pseudonym"]) for r in rows], ruleset, cache, now, areas)
+        total += len(rows)
+        if count < len(rows):
+            # Statuses of people no longer in subjects: drop them, or they would be swept forever.
+            await conn.execute(
+                """DELETE FROM statuses st WHERE st.pseudonym = ANY($1::bytea[])
+                   AND NOT EXISTS (SELECT 1 FROM subjects s WHERE s.pseudonym = st.pseudonym)""",
+                [bytes(r["pseudonym"]) for r in rows],
+            )

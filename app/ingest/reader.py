@@ -1,0 +1,208 @@
+"""Incremental reading of an upload: bytes (maybe gzip) to text to rows, never the whole body at once.
+
+`BodyDecoder` counts bytes before and after decompression against the limit and decompresses with a
+bounded output per step, so a small gzip bomb cannot expand in memory. `CsvRows` and `NdjsonRows`
+turn text pieces into complete rows, keeping an incomplete tail (a line, or a quoted CSV field with a
+newline in it) for the next piece. Row numbers count data rows from 1 (a CSV header is not counted).
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import hashlib
+import io
+import zlib
+from collections.abc import Iterator
+from typing import Final
+
+import orjson
+
+from app.ingest.fields import RowError
+from app.ingest.kinds import Kind, Row, header_problems
+from app.ingest.problems import BadBatch, BatchTooLarge
+
+GZIP_MAGIC: Final = b"\x1f\x8b"
+_STEP: Final = 1 << 20  # most decompressed bytes produced per step
+_MAX_LINE: Final = 1 << 20  # a single row longer than this is not a record, it is a broken file
+
+csv.field_size_limit(_MAX_LINE)
+
+
+class BodyDecoder:
+    """Raw body pieces in, UTF-8 text pieces out; gzip is recognised by its magic bytes."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.raw_bytes = 0
+        self.bytes = 0  # after decompression
+        self.digest = hashlib.sha256()
+        self.gzip: bool | None = None
+        self._inflate = zlib.decompressobj(wbits=31)
+        self._text = codecs.getincrementaldecoder("utf-8-sig")()
+
+    def feed(self, data: bytes) -> Iterator[str]:
+        self.raw_bytes += len(data)
+        if self.raw_bytes > self.max_bytes:
+            raise BatchTooLarge(self.max_bytes, "uploaded")
+        if self.gzip is None and data:
+            self.gzip = data[:2] == GZIP_MAGIC
+        if not self.gzip:
+            yield self._decode(data)
+            return
+        try:
+            chunk = self._inflate.decompress(data, _STEP)
+            yield self._decode(chunk)
+            while self._inflate.unconsumed_tail:
+                chunk = self._inflate.decompress(self._inflate.unconsumed_tail, _STEP)
+                yield self._decode(chunk)
+        except zlib.error as exc:
+            raise BadBatch("bad_gzip", f"the gzip body cannot be decompressed ({exc}); send valid gzip") from None
+
+    def finish(self) -> str:
+        if self.gzip and not self._inflate.eof:
+            raise BadBatch("bad_gzip", "the gzip body ends early; send the complete file")
+        return self._decode(b"", final=True)
+
+    def _decode(self, data: bytes, *, final: bool = False) -> str:
+        self.bytes += len(data)
+        if self.bytes > self.max_bytes:
+            raise BatchTooLarge(self.max_bytes, "decompressed")
+        self.digest.update(data)
+        try:
+            return self._text.decode(data, final)
+        except UnicodeDecodeError as exc:
+            raise BadBatch(
+                "not_utf8",
+                f"the body is not UTF-8 text (byte {self.bytes - len(data) + exc.start}); "
+                "send UTF-8, and gzip only with Content-Encoding: gzip",
+            ) from None
+
+
+# A parsed row: (row number, mapping of column to text) or (row number, RowError).
+Parsed = tuple[int, Row | RowError]
+
+
+class CsvRows:
+    """CSV with a header row naming the kind's columns, in any order."""
+
+    def __init__(self, kind: Kind) -> None:
+        self.kind = kind
+        self.header: list[str] | None = None
+        self.rows = 0
+        self._tail = ""
+
+    def feed(self, text: str) -> list[Parsed]:
+        data = self._tail + text
+        cut = data.rfind("\n") + 1
+        # A newline inside a quoted field is not a record boundary: back off while quotes are unbalanced.
+        while cut and data.count('"', 0, cut) % 2:
+            cut = data.rfind("\n", 0, cut - 1) + 1
+        self._tail = data[cut:]
+        if len(self._tail) > _MAX_LINE:
+            raise BadBatch("bad_csv", f"a record is longer than {_MAX_LINE} characters (unbalanced quotes?)")
+        return self._parse(data[:cut]) if cut else []
+
+    def finish(self) -> list[Parsed]:
+        data, self._tail = self._tail, ""
+        parsed = self._parse(data) if data.strip() else []
+        if self.header is None:
+            raise BadBatch("missing_header", f"the CSV has no header row; start with: {self._example()}")
+        return parsed
+
+    def _example(self) -> str:
+        return ",".join(sorted(self.kind.required | self.kind.one_of))
+
+    def _parse(self, data: str) -> list[Parsed]:
+        out: list[Parsed] = []
+        try:
+            records = list(csv.reader(io.StringIO(data, newline="")))
+        except csv.Error as exc:
+            raise BadBatch("bad_csv", f"the CSV cannot be parsed: {exc}") from None
+        header = self.header
+        for record in records:
+            if not record:
+                continue  # blank line
+            if header is None:
+                header = self._set_header(record)
+                continue
+            self.rows += 1
+            if len(record) != len(header):
+                out.append(
+                    (self.rows, RowError("", "bad_row", f"the row has {len(record)} fields, the header {len(header)}"))
+                )
+            else:
+                out.append((self.rows, dict(zip(header, record, strict=True))))
+        return out
+
+    def _set_header(self, record: list[str]) -> list[str]:
+        header = [c.strip().lower() for c in record]
+        missing, unknown = header_problems(self.kind, header)
+        if missing or unknown:
+            parts = []
+            if missing:
+                parts.append(f"missing column(s) {', '.join(missing)}")
+            if unknown:
+                parts.append(f"unknown column(s) {', '.join(unknown)}")
+            raise BadBatch(
+                "bad_columns",
+                f"the header of a {self.kind.name} batch has {' and '.join(parts)}; "
+                f"columns are {', '.join(sorted(self.kind.columns))}",
+                missing=missing,
+                unknown=unknown,
+            )
+        if len(set(header)) != len(header):
+            raise BadBatch("bad_columns", "the header names a column twice")
+        self.header = header
+        return header
+
+
+class NdjsonRows:
+    """One JSON object per line; keys are the kind's columns, values strings or numbers."""
+
+    def __init__(self, kind: Kind) -> None:
+        self.kind = kind
+        self.rows = 0
+        self._tail = ""
+
+    def feed(self, text: str) -> list[Parsed]:
+        data = self._tail + text
+        cut = data.rfind("\n") + 1
+        self._tail = data[cut:]
+        if len(self._tail) > _MAX_LINE:
+            raise BadBatch("bad_ndjson", f"a line is longer than {_MAX_LINE} characters")
+        return self._parse(data[:cut]) if cut else []
+
+    def finish(self) -> list[Parsed]:
+        data, self._tail = self._tail, ""
+        return self._parse(data)
+
+    def _parse(self, data: str) -> list[Parsed]:
+        out: list[Parsed] = []
+        columns = self.kind.columns
+        for line in data.split("\n"):
+            if not line.strip():
+                continue
+            self.rows += 1
+            out.append((self.rows, self._row(line, columns)))
+        return out
+
+    @staticmethod
+    def _row(line: str, columns: frozenset[str]) -> Row | RowError:
+        try:
+            value = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            return RowError("", "bad_json", "the line is not valid JSON")
+        if not isinstance(value, dict):
+            return RowError("", "bad_json", "each line must be a JSON object")
+        row: dict[str, str | None] = {}
+        for key, item in value.items():
+            if key not in columns:
+                return RowError(key, "unknown_field", f"{key} is not a field of this kind")
+            if item is None or isinstance(item, str):
+                row[key] = item
+            elif isinstance(item, int | float) and not isinstance(item, bool):
+                row[key] = str(item)
+            else:
+                return RowError(key, "bad_type", f"{key} must be a string or a number")
+        return row

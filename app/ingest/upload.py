@@ -1,0 +1,199 @@
+"""Receiving a batch: stream the body into staging, one transaction, durable before it is acknowledged.
+
+The batch row and every staged row and row rejection are committed together, so a batch either exists
+in full (state ``received``) or not at all: a client that lost the connection simply sends it again.
+Row validation and pseudonymisation happen here, while streaming, so staging never holds a raw
+identity number.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+from collections.abc import AsyncIterable, AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Final
+
+import asyncpg
+
+from app.ingest.fields import Pseudonymiser, RowError
+from app.ingest.kinds import KINDS, Context, Kind
+from app.ingest.problems import UnknownKind
+from app.ingest.reader import BodyDecoder, CsvRows, NdjsonRows, Parsed
+from app.ingest.store import Conn, batch_by_key
+from app.rules.ruleset import RuleSet
+
+FORMATS: Final = ("csv", "ndjson")
+# Rows per COPY: large enough that per-call overhead vanishes, small enough to bound memory.
+COPY_CHUNK: Final = 20_000
+Progress = Callable[[int, int], None]  # (raw bytes read, rows read)
+
+
+def kind_named(name: str | None) -> Kind:
+    kind = KINDS.get(name or "")
+    if kind is None:
+        raise UnknownKind(f"kind must be one of {', '.join(KINDS)}, not {name!r}")
+    return kind
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    batch_id: int
+    created: bool  # False: an earlier upload with the same key or content; nothing was changed
+
+
+class _SameBatch(Exception):
+    def __init__(self, batch_id: int) -> None:
+        self.batch_id = batch_id
+
+
+class Stager:
+    """Validated rows to the kind's staging table and rejected ones to batch_rejections, by COPY."""
+
+    def __init__(self, conn: Conn, kind: Kind, batch_id: int, ctx: Context) -> None:
+        self.conn = conn
+        self.kind = kind
+        self.batch_id = batch_id
+        self.ctx = ctx
+        self.read = 0
+        self.rejected = 0
+        self._staged: list[tuple[object, ...]] = []
+        self._rejections: list[tuple[object, ...]] = []
+        self._columns = ("batch_id", "row_no", *kind.staging_columns)
+
+    async def add(self, parsed: list[Parsed]) -> None:
+        parse, ctx, batch_id = self.kind.parse, self.ctx, self.batch_id
+        staged, rejections = self._staged, self._rejections
+        for row_no, row in parsed:
+            if isinstance(row, RowError):
+                rejections.append((batch_id, row_no, row.field, row.code, row.message))
+                continue
+            try:
+                staged.append((batch_id, row_no, *parse(row, ctx)))
+            except RowError as exc:
+                rejections.append((batch_id, row_no, exc.field, exc.code, exc.message))
+        self.read += len(parsed)
+        if len(staged) >= COPY_CHUNK or len(rejections) >= COPY_CHUNK:
+            await self.flush()
+
+    async def flush(self) -> None:
+        if self._staged:
+            await self.conn.copy_records_to_table(self.kind.staging_table, records=self._staged, columns=self._columns)
+            self._staged = []
+        if self._rejections:
+            self.rejected += len(self._rejections)
+            await self.conn.copy_records_to_table(
+                "batch_rejections",
+                records=self._rejections,
+                columns=("batch_id", "row_no", "field", "code", "message"),
+            )
+            self._rejections = []
+
+
+async def receive_batch(
+    pool: asyncpg.Pool | Conn,
+    *,
+    client_id: int,
+    kind: Kind,
+    fmt: str,
+    body: AsyncIterable[bytes],
+    key: str | None,
+    pepper: bytes,
+    ruleset: RuleSet,
+    now: datetime,
+    max_bytes: int,
+    progress: Progress | None = None,
+) -> Received:
+    """Stream ``body`` into staging; an upload seen before (same key, or same content) returns its batch."""
+    if fmt not in FORMATS:
+        raise ValueError(f"format must be one of {FORMATS}")
+    if key is not None and (found := await batch_by_key(pool, client_id, key)) is not None:
+        return Received(found["id"], created=False)
+    ctx = Context(Pseudonymiser(pepper, now.date()), now, now.date(), frozenset(ruleset.vaccine_courses))
+    async with _connection(pool) as conn:
+        return await _receive(conn, client_id, kind, fmt, body, key, ctx, max_bytes, progress)
+
+
+@contextlib.asynccontextmanager
+async def _connection(pool: asyncpg.Pool | Conn) -> AsyncIterator[Conn]:
+    if isinstance(pool, asyncpg.Pool):
+        async with pool.acquire() as conn:
+            yield conn
+    else:
+        yield pool
+
+
+async def _receive(
+    conn: Conn,
+    client_id: int,
+    kind: Kind,
+    fmt: str,
+    body: AsyncIterable[bytes],
+    key: str | None,
+    ctx: Context,
+    max_bytes: int,
+    progress: Progress | None,
+) -> Received:
+    final_key = key
+    try:
+        async with conn.transaction():
+            batch_id = await conn.fetchval(
+                "INSERT INTO batches (client_id, kind, format, idempotency_key) VALUES ($1, $2, $3, $4) RETURNING id",
+                client_id,
+                kind.name,
+                fmt,
+                key or f"pending:{secrets.token_hex(16)}",
+            )
+            stager, digest = await _stream(conn, kind, fmt, body, batch_id, ctx, max_bytes, progress)
+            if final_key is None:
+                # No Idempotency-Key: the content (and kind) is the key.
+                final_key = f"sha256:{kind.name}:{digest}"
+                found = await batch_by_key(conn, client_id, final_key)
+                if found is not None:
+                    raise _SameBatch(found["id"])  # rolls back this copy: the upload changes nothing
+            await conn.execute(
+                "UPDATE batches SET idempotency_key = $2, rows_read = $3, rejected = $4 WHERE id = $1",
+                batch_id,
+                final_key,
+                stager.read,
+                stager.rejected,
+            )
+    except _SameBatch as same:
+        return Received(same.batch_id, created=False)
+    except asyncpg.UniqueViolationError:
+        # A concurrent upload with the same key committed first; it is the batch.
+        found = await batch_by_key(conn, client_id, final_key) if final_key else None
+        if found is None:
+            raise
+        return Received(found["id"], created=False)
+    return Received(batch_id, created=True)
+
+
+async def _stream(
+    conn: Conn,
+    kind: Kind,
+    fmt: str,
+    body: AsyncIterable[bytes],
+    batch_id: int,
+    ctx: Context,
+    max_bytes: int,
+    progress: Progress | None,
+) -> tuple[Stager, str]:
+    """Returns the stager (with its counts) and the SHA-256 of the decompressed body."""
+    decoder = BodyDecoder(max_bytes)
+    rows = CsvRows(kind) if fmt == "csv" else NdjsonRows(kind)
+    stager = Stager(conn, kind, batch_id, ctx)
+    async for chunk in body:
+        for text in decoder.feed(chunk):
+            if text:
+                await stager.add(rows.feed(text))
+        if progress is not None:
+            progress(decoder.raw_bytes, stager.read)
+    tail = decoder.finish()
+    await stager.add(rows.feed(tail) if tail else [])
+    await stager.add(rows.finish())
+    await stager.flush()
+    if progress is not None:
+        progress(decoder.raw_bytes, stager.read)
+    return stager, decoder.digest.hexdigest()
