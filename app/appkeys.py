@@ -7,6 +7,7 @@ from aiohttp import web
 from redis.asyncio import Redis
 
 from app.clients import ClientRegistry
+from app.ingest.process import BatchProcessor
 from app.middleware import LoadShedder
 from app.scans import ScanRecorder
 from app.settings import Settings
@@ -23,3 +24,4 @@ STATUS_LOADER = web.AppKey("status_loader", StatusLoader)  # its read counter is
 SIGNER = web.AppKey("signer", SignerState)
 SCANS = web.AppKey("scans", ScanRecorder)
 SHEDDER = web.AppKey("shedder", LoadShedder)
+INGEST = web.AppKey("ingest", BatchProcessor)

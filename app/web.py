@@ -13,11 +13,12 @@ from datetime import UTC, datetime
 from aiohttp import web
 from redis.asyncio import Redis
 
-from app.appkeys import CLIENTS, PG, REDIS, SCANS, SETTINGS, SHEDDER, SIGNER, STATUS_CACHE, STATUS_LOADER
+from app.appkeys import CLIENTS, INGEST, PG, REDIS, SCANS, SETTINGS, SHEDDER, SIGNER, STATUS_CACHE, STATUS_LOADER
 from app.clients import ClientRegistry
 from app.db import close_pool, create_pool
-from app.handlers import meta, qr, status, verify
+from app.handlers import batches, meta, qr, samples, status, verify
 from app.handlers.metrics import install_metrics
+from app.ingest.process import BatchProcessor
 from app.middleware import LoadShedder, problem_middleware
 from app.rules.ruleset import load_ruleset
 from app.scans import ScanRecorder, ScanWriter, ensure_scan_partitions
@@ -40,7 +41,7 @@ def create_app(settings: Settings, *, background: bool = True) -> web.Applicatio
     app.cleanup_ctx.extend([_postgres, _redis, _services])
     if background:
         app.cleanup_ctx.append(_background)
-    for module in (meta, status, verify, qr):
+    for module in (meta, status, verify, qr, batches, samples):
         app.add_routes(module.routes)
     install_metrics(app)
     return app
@@ -69,7 +70,9 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     app[STATUS_CACHE] = StatusCache(redis, loader.load, negative_ttl_seconds=settings.negative_ttl_seconds)
     app[SCANS] = ScanRecorder(ScanStream(redis), pool)
     await ensure_scan_partitions(pool, datetime.now(UTC).date())
+    app[INGEST] = BatchProcessor(pool, loader.ruleset, app[STATUS_CACHE])
     yield
+    await app[INGEST].close()
     await app[STATUS_CACHE].drain()  # pending cache fills finish before the Redis client closes
 
 
@@ -89,6 +92,8 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
     tasks = [
         asyncio.create_task(writer.run(), name="scan-writer"),
         asyncio.create_task(_every(settings.refresh_seconds, refresh), name="refresh"),
+        # Batches left unfinished by a crash or another process, then statuses past valid_until.
+        asyncio.create_task(_ingest_upkeep(app[INGEST]), name="ingest-upkeep"),
     ]
     yield
     for task in tasks:
@@ -97,6 +102,20 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
         with contextlib.suppress(asyncio.CancelledError):
             await task
     await writer_redis.aclose()
+
+
+SWEEP_SECONDS = 60.0
+
+
+async def _ingest_upkeep(processor: BatchProcessor) -> None:
+    """At start-up and then every SWEEP_SECONDS: finish stuck batches, recompute expired statuses."""
+    while True:
+        try:
+            await processor.recover()
+            await processor.sweep()
+        except Exception:
+            log.exception("batch recovery or status sweep failed; retrying later")
+        await asyncio.sleep(SWEEP_SECONDS)
 
 
 async def _every(seconds: float, job: Callable[[], Awaitable[None]]) -> None:
