@@ -30,7 +30,8 @@ TEST_DATABASE = f"healthcode_test_{os.getpid()}"
 TEST_REDIS_DB = 1 + os.getpid() % 13
 # Everything but the append-only audit log, which refuses TRUNCATE by design.
 _TRUNCATE = """TRUNCATE subjects, vaccinations, nucleic_tests, travel_arrivals, designations, statuses,
-    risk_areas, api_clients, signing_keys, scan_events, status_overrides"""
+    risk_areas, api_clients, signing_keys, scan_events, status_overrides, batches, batch_rejections, samples,
+    staging_population, staging_vaccination, staging_test, staging_travel, staging_designation, staging_risk_area"""
 
 
 def _with_path(url: str, path: str) -> str:
