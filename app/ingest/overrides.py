@@ -1,0 +1,65 @@
+"""An authority's manual status override: stored with who, why and until when, audited, applied at once."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from app.ingest.process import refresh_subjects
+from app.ingest.store import Conn
+from app.rules.records import COLOURS
+from app.rules.ruleset import RuleSet
+from cache.status_cache import StatusCache
+
+MIN_REASON = 3
+
+
+class OverrideError(ValueError):
+    pass
+
+
+async def override_status(
+    conn: Conn,
+    subject: bytes,
+    *,
+    colour: str,
+    reason: str,
+    expires_at: datetime,
+    actor: str,
+    ruleset: RuleSet,
+    cache: StatusCache,
+    now: int,
+) -> int:
+    """Record the override and its audit entry in one transaction, then recompute; returns its id."""
+    if colour not in COLOURS:
+        raise OverrideError(f"colour must be one of {', '.join(COLOURS)}")
+    if len(reason.strip()) < MIN_REASON:
+        raise OverrideError("give a reason of at least three characters")
+    if not actor.strip():
+        raise OverrideError("name the actor (the authority making the change)")
+    if expires_at.timestamp() <= now:
+        raise OverrideError("the override must expire in the future")
+    async with conn.transaction():
+        if await conn.fetchval("SELECT 1 FROM subjects WHERE pseudonym = $1", subject) is None:
+            raise OverrideError("no such person is registered")
+        override_id = await conn.fetchval(
+            """INSERT INTO status_overrides (pseudonym, colour, reason, actor, expires_at)
+               VALUES ($1, $2, $3, $4, $5) RETURNING id""",
+            subject,
+            colour,
+            reason.strip(),
+            actor.strip(),
+            expires_at,
+        )
+        await conn.execute(
+            "INSERT INTO audit_log (actor, action, pseudonym, detail) VALUES ($1, 'status.override', $2, $3)",
+            actor.strip(),
+            subject,
+            {
+                "override_id": override_id,
+                "colour": colour,
+                "reason": reason.strip(),
+                "expires_at": expires_at.isoformat(),
+            },
+        )
+    await refresh_subjects(conn, [subject], ruleset, cache, now)
+    return int(override_id)
