@@ -9,6 +9,7 @@ import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
+from app.ingest import commands as ingest_commands
 from app.settings import Settings, SettingsError
 
 Command = Callable[[argparse.Namespace, Settings], Coroutine[Any, Any, int]]
@@ -64,6 +65,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=2022)
     demo.add_argument("--list", action="store_true", help="print some synthetic identity numbers per colour")
     demo.add_argument("--base-url", default="http://127.0.0.1:8080")
+    ingest_commands.add_parsers(sub)
     return parser
 
 
@@ -198,6 +200,7 @@ _COMMANDS: dict[str, Command] = {
     "clients revoke": _clients_revoke,
     "cache warm": _cache_warm,
     "demo": _demo,
+    **ingest_commands.COMMANDS,
 }
 
 
