@@ -35,7 +35,13 @@ log = logging.getLogger(__name__)
 def create_app(settings: Settings, *, background: bool = True) -> web.Application:
     """`background=False` leaves out the periodic refresh and the scan writer (tests drive them)."""
     shedder = LoadShedder(settings.max_in_flight)
-    app = web.Application(middlewares=[shedder.middleware, problem_middleware], client_max_size=settings.max_body_bytes)
+    app = web.Application(
+        middlewares=[shedder.middleware, problem_middleware],
+        client_max_size=settings.max_body_bytes,
+        # Uploads are gunzipped by the batch reader, which bounds the output and refuses a truncated
+        # stream; aiohttp's own decompression would accept a cut-off gzip body as a shorter batch.
+        handler_args={"auto_decompress": False},
+    )
     app[SETTINGS] = settings
     app[SHEDDER] = shedder
     app.cleanup_ctx.extend([_postgres, _redis, _services])
