@@ -32,12 +32,13 @@ csv.field_size_limit(_MAX_LINE)
 class BodyDecoder:
     """Raw body pieces in, UTF-8 text pieces out; gzip is recognised by its magic bytes."""
 
-    def __init__(self, max_bytes: int) -> None:
+    def __init__(self, max_bytes: int, *, gzip: bool | None = None) -> None:
+        """``gzip`` None: recognise it by its magic bytes (files); True: it must be gzip (Content-Encoding)."""
         self.max_bytes = max_bytes
         self.raw_bytes = 0
         self.bytes = 0  # after decompression
         self.digest = hashlib.sha256()
-        self.gzip: bool | None = None
+        self.gzip = gzip
         self._inflate = zlib.decompressobj(wbits=31)
         self._text = codecs.getincrementaldecoder("utf-8-sig")()
 

@@ -103,6 +103,7 @@ async def receive_batch(
     ruleset: RuleSet,
     now: datetime,
     max_bytes: int,
+    gzip: bool | None = None,
     progress: Progress | None = None,
 ) -> Received:
     """Stream ``body`` into staging; an upload seen before (same key, or same content) returns its batch."""
@@ -112,7 +113,7 @@ async def receive_batch(
         return Received(found["id"], created=False)
     ctx = Context(Pseudonymiser(pepper, now.date()), now, now.date(), frozenset(ruleset.vaccine_courses))
     async with _connection(pool) as conn:
-        return await _receive(conn, client_id, kind, fmt, body, key, ctx, max_bytes, progress)
+        return await _receive(conn, client_id, kind, fmt, body, key, ctx, BodyDecoder(max_bytes, gzip=gzip), progress)
 
 
 @contextlib.asynccontextmanager
@@ -132,7 +133,7 @@ async def _receive(
     body: AsyncIterable[bytes],
     key: str | None,
     ctx: Context,
-    max_bytes: int,
+    decoder: BodyDecoder,
     progress: Progress | None,
 ) -> Received:
     final_key = key
@@ -145,7 +146,7 @@ async def _receive(
                 fmt,
                 key or f"pending:{secrets.token_hex(16)}",
             )
-            stager, digest = await _stream(conn, kind, fmt, body, batch_id, ctx, max_bytes, progress)
+            stager, digest = await _stream(conn, kind, fmt, body, batch_id, ctx, decoder, progress)
             if final_key is None:
                 # No Idempotency-Key: the content (and kind) is the key.
                 final_key = f"sha256:{kind.name}:{digest}"
@@ -177,11 +178,10 @@ async def _stream(
     body: AsyncIterable[bytes],
     batch_id: int,
     ctx: Context,
-    max_bytes: int,
+    decoder: BodyDecoder,
     progress: Progress | None,
 ) -> tuple[Stager, str]:
     """Returns the stager (with its counts) and the SHA-256 of the decompressed body."""
-    decoder = BodyDecoder(max_bytes)
     rows = CsvRows(kind) if fmt == "csv" else NdjsonRows(kind)
     stager = Stager(conn, kind, batch_id, ctx)
     async for chunk in body:

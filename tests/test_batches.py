@@ -1,0 +1,337 @@
+"""Uploads of every record kind through POST /v1/batches, against real Postgres and Redis."""
+
+from __future__ import annotations
+
+import gzip
+
+import asyncpg
+
+from app.clients import add_client
+from tests.conftest import AppFactory
+from tests.support import bearer
+from tests.test_ingest_helpers import (
+    Api,
+    ago,
+    bad_checksum,
+    csv_body,
+    ndjson_body,
+    number,
+    rejections,
+    status_of,
+    upload,
+)
+
+POPULATION = "id_type,id_number,name"
+
+
+def people(*indexes: int) -> bytes:
+    return csv_body(POPULATION, *(f"resident,{number(i)},张{i}" for i in indexes))
+
+
+async def test_population_good_and_bad_rows(api: Api, client_keys: dict[str, str], db: asyncpg.Connection) -> None:
+    body = csv_body(
+        POPULATION,
+        f"resident,{number(1)},张三",
+        f"resident,{number(2)},李四",
+        f"resident,{bad_checksum(3)},王五",
+        f"resident,{number(4)},",
+        f"resident,{number(1)[:10]},赵六",
+        "passport,E1234567,Smith",
+    )
+    status, batch = await upload(api, client_keys["agency"], "population", body)
+    assert status == 202
+    assert batch["state"] == "done"
+    assert batch["counts"] == {"read": 6, "accepted": 3, "rejected": 3, "duplicates": 0}
+    assert batch["subjects_recomputed"] == 3
+    assert batch["timings"]["finished_at"] is not None
+    assert await rejections(api, client_keys["agency"], batch["id"]) == [
+        {
+            "row": 3,
+            "field": "id_number",
+            "code": "bad_checksum",
+            "message": "the check character does not match the first 17 digits",
+        },
+        {"row": 4, "field": "name", "code": "missing_field", "message": "name is required"},
+        {
+            "row": 5,
+            "field": "id_number",
+            "code": "wrong_length",
+            "message": "a resident identity number has 18 characters, got 10",
+        },
+    ]
+    rows = await db.fetch("SELECT id_type, masked_name, masked_number FROM subjects ORDER BY masked_name")
+    assert sorted((r["id_type"], r["masked_name"]) for r in rows) == [
+        ("passport", "S*"),
+        ("resident", "张*"),
+        ("resident", "李*"),
+    ]
+    assert {r["masked_number"] for r in rows} == {
+        "50**************" + number(1)[-2:],
+        "50**************" + number(2)[-2:],
+        "E1****67",
+    }
+    # Staging is emptied once done, and no raw number is stored anywhere we wrote.
+    assert await db.fetchval("SELECT count(*) FROM staging_population") == 0
+    dump = str(await db.fetch("SELECT * FROM subjects")) + str(await db.fetch("SELECT * FROM batch_rejections"))
+    assert number(1) not in dump and bad_checksum(3) not in dump
+    assert (await status_of(api, client_keys["citizen-backend"], number(1)))["colour"] == "green"
+
+
+async def test_repeated_upload_returns_the_first_batch(
+    api: Api, client_keys: dict[str, str], db: asyncpg.Connection
+) -> None:
+    secret = client_keys["agency"]
+    status, first = await upload(api, secret, "population", people(1, 2))
+    assert status == 202
+    status, again = await upload(api, secret, "population", people(1, 2))
+    assert (status, again["id"]) == (200, first["id"])
+    assert again["counts"] == first["counts"]
+    assert await db.fetchval("SELECT count(*) FROM batches") == 1
+    # With an Idempotency-Key, the key decides, whatever the body.
+    key = {"Idempotency-Key": "upload-7"}
+    status, keyed = await upload(api, secret, "population", people(3), headers=key)
+    assert status == 202
+    status, keyed_again = await upload(api, secret, "population", people(4), headers=key)
+    assert (status, keyed_again["id"]) == (200, keyed["id"])
+    assert await db.fetchval("SELECT count(*) FROM subjects") == 3
+
+
+async def test_same_record_twice_is_stored_once(api: Api, client_keys: dict[str, str], db: asyncpg.Connection) -> None:
+    secret = client_keys["agency"]
+    header = "id_number,sampled_at,result,lab"
+    row = f"{number(1)},{ago(hours=3)},negative,lab-a"
+    _, batch = await upload(
+        api, secret, "test", csv_body(header, row, row, f"{number(2)},{ago(hours=2)},negative,lab-a")
+    )
+    assert batch["counts"] == {"read": 3, "accepted": 2, "rejected": 0, "duplicates": 1}
+    _, batch = await upload(api, secret, "test", csv_body(header, row, f"{number(3)},{ago(hours=2)},negative,lab-b"))
+    assert batch["counts"] == {"read": 2, "accepted": 1, "rejected": 0, "duplicates": 1}
+    assert await db.fetchval("SELECT count(*) FROM nucleic_tests") == 3
+
+
+async def test_positive_test_turns_the_status_red(api: Api, client_keys: dict[str, str]) -> None:
+    secret, citizen = client_keys["agency"], client_keys["citizen-backend"]
+    await upload(api, secret, "population", people(1, 2))
+    assert (await status_of(api, citizen, number(1)))["colour"] == "green"
+    body = csv_body(
+        "id_type,id_number,sampled_at,result,lab,reported_at",
+        f"resident,{number(1)},{ago(hours=30)},positive,lab-a,{ago(hours=20)}",
+        f"resident,{number(2)},{ago(hours=30)},negative,lab-a,",
+        f"resident,{number(3)},{ago(hours=-30)},negative,lab-a,",
+        f"resident,{number(4)},{ago(hours=3)},unclear,lab-a,",
+        f"resident,{number(5)},{ago(hours=3)},negative,lab-a,{ago(hours=4)}",
+        f"resident,{number(6)},yesterday,negative,lab-a,",
+        f"resident,{bad_checksum(7)},{ago(hours=3)},negative,lab-a,",
+    )
+    _, batch = await upload(api, secret, "test", body)
+    assert batch["counts"] == {"read": 7, "accepted": 2, "rejected": 5, "duplicates": 0}
+    assert [(r["row"], r["field"], r["code"]) for r in await rejections(api, secret, batch["id"])] == [
+        (3, "sampled_at", "date_in_future"),
+        (4, "result", "bad_result"),
+        (5, "reported_at", "bad_interval"),
+        (6, "sampled_at", "bad_time"),
+        (7, "id_number", "bad_checksum"),
+    ]
+    red = await status_of(api, citizen, number(1))
+    assert (red["colour"], red["reasons"]) == ("red", ["positive_test"])
+    green = await status_of(api, citizen, number(2))
+    assert (green["colour"], green["last_test"]["result"]) == ("green", "negative")
+
+
+async def test_vaccination_rows(api: Api, client_keys: dict[str, str]) -> None:
+    secret = client_keys["agency"]
+    await upload(api, secret, "population", people(1))
+    body = csv_body(
+        "id_number,product,dose,vaccinated_on,site",
+        f"{number(1)},sinovac-coronavac,1,2021-05-01,site-1",
+        f"{number(1)},sinovac-coronavac,2,2021-06-01,",
+        f"{number(1)},made-up-vaccine,1,2021-05-01,",
+        f"{number(1)},sinovac-coronavac,0,2021-05-01,",
+        f"{number(1)},sinovac-coronavac,3,2999-01-01,",
+        f"{number(1)},sinovac-coronavac,3,01/05/2021,",
+    )
+    _, batch = await upload(api, secret, "vaccination", body)
+    assert batch["counts"] == {"read": 6, "accepted": 2, "rejected": 4, "duplicates": 0}
+    assert [(r["row"], r["code"]) for r in await rejections(api, secret, batch["id"])] == [
+        (3, "unknown_product"),
+        (4, "bad_dose"),
+        (5, "date_in_future"),
+        (6, "bad_date"),
+    ]
+    status = await status_of(api, client_keys["citizen-backend"], number(1))
+    assert status["vaccination"] == {"doses": 2, "complete": True}
+
+
+async def test_travel_and_a_new_risk_area_recompute_arrivals(
+    api: Api, client_keys: dict[str, str], db: asyncpg.Connection
+) -> None:
+    secret, citizen = client_keys["agency"], client_keys["citizen-backend"]
+    body = csv_body(
+        "id_number,area_code,arrived_at,mode",
+        f"{number(1)},420102,{ago(hours=5)},rail",
+        f"{number(2)},110105,{ago(hours=5)},air",
+        f"{number(3)},999999,{ago(hours=5)},air",
+        f"{number(3)},42010,{ago(hours=5)},air",
+        f"{number(3)},420102,{ago(hours=5)},bicycle",
+    )
+    _, batch = await upload(api, secret, "travel", body)
+    assert batch["counts"] == {"read": 5, "accepted": 2, "rejected": 3, "duplicates": 0}
+    assert [r["code"] for r in await rejections(api, secret, batch["id"])] == [
+        "unknown_area_code",
+        "unknown_area_code",
+        "bad_mode",
+    ]
+    assert (await status_of(api, citizen, number(1)))["colour"] == "green"
+    # Wuhan (4201xx) becomes high-risk: everyone who arrived from there is recomputed, nobody else.
+    since = ago(days=2)
+    areas = csv_body("area_code,level,valid_from,valid_until", f"420100,high,{since},", f"420100,severe,{since},")
+    _, batch = await upload(api, secret, "risk_area", areas)
+    assert batch["counts"] == {"read": 2, "accepted": 1, "rejected": 1, "duplicates": 0}
+    assert batch["subjects_recomputed"] == 1
+    flagged = await status_of(api, citizen, number(1))
+    assert (flagged["colour"], flagged["popup"], flagged["reasons"]) == ("yellow", True, ["risk_area_arrival"])
+    assert (await status_of(api, citizen, number(2)))["colour"] == "green"
+    # The same area sent again with another level is a change, and lowers the person again.
+    _, batch = await upload(api, secret, "risk_area", csv_body("area_code,level,valid_from", f"420100,low,{since}"))
+    assert batch["counts"]["accepted"] == 1
+    assert (await status_of(api, citizen, number(1)))["colour"] == "green"
+    assert await db.fetchval("SELECT count(*) FROM risk_areas") == 1
+
+
+async def test_designations(api: Api, client_keys: dict[str, str]) -> None:
+    secret, citizen = client_keys["agency"], client_keys["citizen-backend"]
+    body = csv_body(
+        "id_number,kind,valid_from,valid_until,authority,reason",
+        f"{number(1)},confirmed,{ago(days=1)},,cdc,case 17",
+        f"{number(2)},secondary_contact,{ago(days=1)},{ago(days=-3)},cdc,",
+        f"{number(3)},suspicious,{ago(days=1)},,cdc,",
+        f"{number(3)},quarantine,{ago(days=1)},{ago(days=2)},cdc,",
+        f"{number(3)},quarantine,{ago(days=1)},,,",
+    )
+    _, batch = await upload(api, secret, "designation", body)
+    assert batch["counts"] == {"read": 5, "accepted": 2, "rejected": 3, "duplicates": 0}
+    assert [(r["field"], r["code"]) for r in await rejections(api, secret, batch["id"])] == [
+        ("kind", "bad_kind"),
+        ("valid_until", "bad_interval"),
+        ("authority", "missing_field"),
+    ]
+    assert (await status_of(api, citizen, number(1)))["colour"] == "red"
+    assert (await status_of(api, citizen, number(2)))["colour"] == "yellow"
+
+
+async def test_ndjson_and_gzip(api: Api, client_keys: dict[str, str]) -> None:
+    secret = client_keys["agency"]
+    body = (
+        ndjson_body(
+            {"id_number": number(1), "name": "张三"},
+            {"id_type": "resident", "id_number": number(2), "name": "李四", "age": 30},
+            {"id_number": number(3), "name": ["x"]},
+        )
+        + b"not json\n[1, 2]\n"
+    )
+    status, batch = await upload(
+        api,
+        secret,
+        "population",
+        gzip.compress(body),
+        content_type="application/x-ndjson",
+        headers={"Content-Encoding": "gzip"},
+    )
+    assert status == 202
+    assert batch["format"] == "ndjson"
+    assert batch["counts"] == {"read": 5, "accepted": 1, "rejected": 4, "duplicates": 0}
+    assert [(r["row"], r["field"], r["code"]) for r in await rejections(api, secret, batch["id"])] == [
+        (2, "age", "unknown_field"),
+        (3, "name", "bad_type"),
+        (4, "", "bad_json"),
+        (5, "", "bad_json"),
+    ]
+    # gzip CSV, with a quoted field holding a comma, a header in another order and a BOM.
+    csv_gz = gzip.compress(f'\ufeffname,id_number\n"张,三",{number(9)}\n'.encode())
+    status, batch = await upload(api, secret, "population", csv_gz, headers={"Content-Encoding": "gzip"})
+    assert (status, batch["counts"]["accepted"]) == (202, 1)
+
+
+async def test_batch_level_problems(api: Api, client_keys: dict[str, str], db: asyncpg.Connection) -> None:
+    secret = client_keys["agency"]
+
+    async def refused(kind: str, body: bytes, **kw: object) -> dict[str, object]:
+        status, problem = await upload(api, secret, kind, body, **kw)  # type: ignore[arg-type]
+        problem["status_code"] = status
+        return problem
+
+    problem = await refused("population", csv_body("id_number,nickname", f"{number(1)},x"))
+    assert problem["status_code"] == 422
+    assert (problem["code"], problem["missing"], problem["unknown"]) == ("bad_columns", ["name"], ["nickname"])
+    problem = await refused("test", csv_body("sampled_at,result,lab", f"{ago(hours=1)},negative,x"))
+    assert (problem["code"], problem["missing"]) == ("bad_columns", ["id_number or sample_id"])
+    problem = await refused("population", b"\x1f\x8b\x08\x00garbage", headers={"Content-Encoding": "gzip"})
+    assert (problem["status_code"], problem["code"]) == (422, "bad_gzip")
+    problem = await refused("population", gzip.compress(people(1))[:-12], headers={"Content-Encoding": "gzip"})
+    assert (problem["status_code"], problem["code"]) == (422, "bad_gzip")
+    problem = await refused("population", b"")
+    assert (problem["status_code"], problem["code"]) == (422, "missing_header")
+    problem = await refused("population", f"id_number,name\n{number(1)},\xff".encode("latin-1"))
+    assert (problem["status_code"], problem["code"]) == (422, "not_utf8")
+    problem = await refused("vaccinations", people(1))
+    assert problem["status_code"] == 422 and problem["type"] == "/problems/unknown-kind"
+    problem = await refused("population", people(1), content_type="application/json")
+    assert problem["status_code"] == 415
+    problem = await refused("population", people(1), headers={"Content-Encoding": "br"})
+    assert problem["status_code"] == 415
+    # Nothing of any refused batch was kept.
+    assert await db.fetchval("SELECT count(*) FROM batches") == 0
+    assert await db.fetchval("SELECT count(*) FROM staging_population") == 0
+
+
+async def test_over_the_size_limit(
+    make_client: AppFactory, client_keys: dict[str, str], db: asyncpg.Connection
+) -> None:
+    api = await make_client(max_upload_bytes=4096)
+    secret = client_keys["agency"]
+    big = people(*range(200))
+    assert len(big) > 4096
+    status, problem = await upload(api, secret, "population", big)
+    assert (status, problem["type"]) == (413, "/problems/batch-too-large")
+
+    async def chunks() -> object:
+        for start in range(0, len(big), 1000):
+            yield big[start : start + 1000]
+
+    # Streamed without a Content-Length: refused while reading.
+    r = await api.post(
+        "/v1/batches?kind=population", data=chunks(), headers={**bearer(secret), "Content-Type": "text/csv"}
+    )
+    assert r.status == 413, await r.text()
+    # Small when compressed, over the limit when decompressed.
+    bomb = gzip.compress(csv_body(POPULATION) + b"\n" * 100_000)
+    assert len(bomb) < 4096
+    status, problem = await upload(api, secret, "population", bomb, headers={"Content-Encoding": "gzip"})
+    assert status == 413
+    assert await db.fetchval("SELECT count(*) FROM batches") == 0
+    # Under the limit is fine.
+    status, _ = await upload(api, secret, "population", people(1, 2))
+    assert status == 202
+
+
+async def test_agency_may_upload_only_its_kinds(
+    make_client: AppFactory, db: asyncpg.Connection, client_keys: dict[str, str]
+) -> None:
+    lab = (await add_client(db, "lab-1", "agency", ("test",))).secret
+    other = (await add_client(db, "lab-2", "agency", ("test", "population"))).secret
+    api = await make_client()
+    status, problem = await upload(api, lab, "designation", csv_body("id_number,kind,valid_from,authority"))
+    assert (status, problem["type"]) == (403, "/problems/kind-not-allowed")
+    status, problem = await upload(api, client_keys["scanner"], "test", csv_body("id_number,sampled_at,result,lab"))
+    assert status == 403
+    status, batch = await upload(
+        api, lab, "test", csv_body("id_number,sampled_at,result,lab", f"{number(1)},{ago(hours=1)},negative,l")
+    )
+    assert status == 202
+    # Another agency cannot see the batch.
+    r = await api.get(f"/v1/batches/{batch['id']}", headers=bearer(other))
+    assert r.status == 404
+    r = await api.get(f"/v1/batches/{batch['id']}/rejections", headers=bearer(other))
+    assert r.status == 404
+    r = await api.get("/v1/batches/nonsense", headers=bearer(lab))
+    assert r.status == 404
