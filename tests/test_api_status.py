@@ -146,7 +146,7 @@ async def test_status_answers_everything_and_a_token_pyjwt_verifies(
         "reasons": ["risk_area_arrival"],
         "popup": True,
         "vaccination": {"doses": 3, "complete": True},
-        "last_test": {"sampled_at": tested, "result": "negative"},
+        "last_test": {"sampled_at": tested, "result": "negative", "hours_ago": 20},
         "ruleset": "default-2022",
         "computed_at": now - 30,
         "valid_until": now + 2 * HOUR,
