@@ -66,8 +66,8 @@ async def test_code_flow(make_client: AppFactory, db: asyncpg.Connection, client
     assert [(r["row"], r["field"], r["code"]) for r in await rejections(api, collector, batch["id"])] == [
         (2, "sample_id", "unknown_sample")
     ]
-    status = await status_of(api, citizen, number(1))
-    assert (status["colour"], status["reasons"]) == ("red", ["positive_test"])
+    person = await status_of(api, citizen, number(1))
+    assert (person["colour"], person["reasons"]) == ("red", ["positive_test"])
 
 
 async def test_code_needs_a_valid_identity(api: Api, client_keys: dict[str, str]) -> None:
