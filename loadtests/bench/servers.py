@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import signal
 import socket
@@ -11,6 +12,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from loadtests.bench import BenchError
@@ -32,11 +34,22 @@ def _answers(url: str) -> bool:
         return False
 
 
+@dataclass(frozen=True, slots=True)
+class Server:
+    base_url: str
+    pid: int
+
+    def cpu_seconds(self) -> float:
+        """User plus system CPU time the process has used: per request, a figure other load cannot skew."""
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @contextlib.contextmanager
 def pinned_server(
     command: list[str], *, port: int, cpu: int | None, log: Path, env: Mapping[str, str] | None = None
-) -> Iterator[str]:
-    """Run `command` (which must serve GET /healthz on `port`) on `cpu`; yield its base URL."""
+) -> Iterator[Server]:
+    """Run `command` (which must serve GET /healthz on `port`) on `cpu` until the block ends."""
     if cpu is not None and shutil.which("taskset"):
         command = ["taskset", "-c", str(cpu), *command]
     base = f"http://127.0.0.1:{port}"
@@ -48,7 +61,7 @@ def pinned_server(
                 if process.poll() is not None or time.monotonic() > deadline:
                     raise BenchError(f"{' '.join(command)} did not start; its log:\n{log.read_text()[-3000:]}")
                 time.sleep(0.1)  # polling a process we started; nothing to wait on instead
-            yield base
+            yield Server(base, process.pid)  # taskset execs the command: same pid
         finally:
             process.send_signal(signal.SIGTERM)
             try:
