@@ -279,4 +279,5 @@ async def test_override_rules(settings: Settings, db: asyncpg.Connection, redis:
     row = await db.fetchrow("SELECT colour, reasons, valid_until FROM statuses WHERE pseudonym = $1", subject)
     assert row is not None
     assert (row["colour"], row["reasons"]) == ("yellow", ["override"])
-    assert row["valid_until"] <= later
+    # valid_until is kept in whole seconds.
+    assert row["valid_until"] <= later + timedelta(seconds=1)

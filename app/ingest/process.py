@@ -125,12 +125,14 @@ async def process_batch(conn: Conn, batch_id: int, ruleset: RuleSet, cache: Stat
         try:
             async with conn.transaction():
                 await conn.execute(
-                    "UPDATE batches SET state = 'loading', started_at = coalesce(started_at, now()) WHERE id = $1",
+                    """UPDATE batches SET state = 'loading', started_at = coalesce(started_at, clock_timestamp())
+                       WHERE id = $1""",
                     batch_id,
                 )
                 merged = await merge_batch(conn, batch_id, kind)
                 await conn.execute(
-                    """UPDATE batches SET accepted = $2, rejected = rejected + $3, duplicates = $4, merged_at = now()
+                    """UPDATE batches SET accepted = $2, rejected = rejected + $3, duplicates = $4,
+                           merged_at = clock_timestamp()
                        WHERE id = $1""",
                     batch_id,
                     merged.accepted,
@@ -148,7 +150,7 @@ async def process_batch(conn: Conn, batch_id: int, ruleset: RuleSet, cache: Stat
     async with conn.transaction():
         await conn.execute(f"DELETE FROM staging_{kind} WHERE batch_id = $1", batch_id)
         await conn.execute(
-            "UPDATE batches SET state = 'done', subjects = $2, finished_at = now() WHERE id = $1",
+            "UPDATE batches SET state = 'done', subjects = $2, finished_at = clock_timestamp() WHERE id = $1",
             batch_id,
             len(subjects),
         )
@@ -166,10 +168,20 @@ async def refresh_subjects(
     if areas is None:
         areas = await load_risk_areas(conn)
     done = 0
-    for start in range(0, len(subjects), RECOMPUTE_CHUNK):
-        entries = await recompute_subjects(conn, subjects[start : start + RECOMPUTE_CHUNK], ruleset, now, areas)
-        await cache.put_many(entries)
-        done += len(entries)
+    # The Redis writes of one chunk run while the next chunk waits for Postgres.
+    writing: asyncio.Task[int] | None = None
+    try:
+        for start in range(0, len(subjects), RECOMPUTE_CHUNK):
+            entries = await recompute_subjects(conn, subjects[start : start + RECOMPUTE_CHUNK], ruleset, now, areas)
+            if writing is not None:
+                await writing
+            writing = asyncio.ensure_future(cache.put_many(entries))
+            done += len(entries)
+        if writing is not None:
+            await writing
+    finally:
+        if writing is not None and not writing.done():
+            writing.cancel()
     return done
 
 

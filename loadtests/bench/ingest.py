@@ -1,0 +1,198 @@
+"""Batch ingestion end to end against a raw COPY of the same rows.
+
+Writes ROWS synthetic `test` rows (one per person, all valid) to a CSV file, then in the same run:
+
+- raw: asyncpg `copy_records_to_table` of the same rows, already pseudonymised and typed, into
+  `nucleic_tests` (the table they end up in), timed alone;
+- end to end: the `healthcode load` pipeline on the file: parse, validate, pseudonymise, COPY into
+  staging, merge into `nucleic_tests` (creating the subjects), recompute every touched status and
+  refresh it in Redis.
+
+Prints `ingest/copy ratio: 0.NN` (end-to-end rows/s over raw COPY rows/s) and the recompute rate
+(recompute plus cache refresh, subjects/s). Uses its own database `healthcode_bench_ingest` and Redis
+db 14, so nothing else is touched. HEALTHCODE_BENCH_INGEST_ROWS changes ROWS (default 1,000,000).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import secrets
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Final
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+from redis.asyncio import Redis
+
+from app.db import connect, migrate
+from app.identity import Identity, pseudonym, resident_check_char
+from app.ingest.kinds import KINDS
+from app.ingest.load import _chunks
+from app.ingest.process import process_batch
+from app.ingest.upload import receive_batch
+from app.rules.ruleset import load_ruleset
+from cache.connection import open_redis
+from cache.status_cache import StatusCache
+from loadtests.bench import BenchError
+
+DATABASE: Final = "healthcode_bench_ingest"
+REDIS_DB: Final = 14
+DEFAULT_ROWS: Final = 1_000_000
+LABS: Final = ("lab-a", "lab-b", "lab-c")
+
+
+def _url(url: str, path: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, path, parts.query, parts.fragment))
+
+
+def _numbers(count: int) -> list[str]:
+    """Distinct valid resident numbers (Chongqing districts, birth dates from 1950, sequence)."""
+    out = []
+    base = datetime(1950, 1, 1)
+    for i in range(count):
+        region = 500101 + (i % 20)
+        born = base + timedelta(days=(i // 20) % 20000)
+        first17 = f"{region}{born:%Y%m%d}{(i // 400_000) % 1000:03d}"
+        out.append(first17 + resident_check_char(first17))
+    return out
+
+
+def _write_csv(path: Path, numbers: list[str], now: datetime) -> list[tuple[str, datetime, str, str, datetime]]:
+    rows = []
+    with path.open("w") as f:
+        f.write("id_number,sampled_at,result,lab,reported_at\n")
+        for i, number in enumerate(numbers):
+            sampled = now - timedelta(hours=2 + i % 40, seconds=i % 3600)
+            reported = sampled + timedelta(hours=1)
+            result = "positive" if i % 50 == 0 else "negative"
+            lab = LABS[i % 3]
+            rows.append((number, sampled, result, lab, reported))
+            f.write(f"{number},{sampled.isoformat()},{result},{lab},{reported.isoformat()}\n")
+    return rows
+
+
+async def _fresh_database(admin_url: str, url: str) -> None:
+    admin = await asyncpg.connect(admin_url)
+    try:
+        await admin.execute(f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")
+        await admin.execute(f"CREATE DATABASE {DATABASE}")
+    finally:
+        await admin.close()
+    conn = await connect(url)
+    try:
+        await migrate(conn)
+    finally:
+        await conn.close()
+
+
+async def _never(pseudonym: bytes) -> None:
+    raise AssertionError("the benchmark writes entries; it never reads through the cache")
+
+
+async def _run(rows_count: int) -> dict[str, Any]:
+    server = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+    url = _url(server, f"/{DATABASE}")
+    redis_url = _url(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"), f"/{REDIS_DB}")
+    pepper = secrets.token_bytes(32)
+    try:
+        await _fresh_database(_url(server, "/postgres"), url)
+    except (OSError, asyncpg.PostgresError) as exc:
+        raise BenchError(f"cannot create database {DATABASE} ({exc}); start the servers with `make servers`") from exc
+    now = datetime.now(UTC)
+    ruleset = load_ruleset()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "tests.csv"
+        print(f"ingest: writing {rows_count:,} test rows…", file=sys.stderr, flush=True)
+        rows = _write_csv(path, _numbers(rows_count), now)
+        size = path.stat().st_size
+        records = [
+            (pseudonym(Identity("resident", n), pepper), sampled, result, lab, reported, 0)
+            for n, sampled, result, lab, reported in rows
+        ]
+        del rows
+        conn = await connect(url)
+        redis: Redis = open_redis(redis_url)
+        try:
+            await redis.flushdb()
+            # Raw COPY: typed, pseudonymised rows straight into the record table.
+            started = time.perf_counter()
+            await conn.copy_records_to_table(
+                "nucleic_tests",
+                records=records,
+                columns=("pseudonym", "sampled_at", "result", "lab", "reported_at", "batch_id"),
+            )
+            copy_seconds = time.perf_counter() - started
+            del records
+            await conn.execute("TRUNCATE nucleic_tests")
+            await conn.execute("VACUUM ANALYZE nucleic_tests")
+            print(f"ingest: raw COPY {rows_count / copy_seconds:,.0f} rows/s", file=sys.stderr, flush=True)
+
+            # End to end, as `healthcode load` does it.
+            started = time.perf_counter()
+            received = await receive_batch(
+                conn,
+                client_id=0,
+                kind=KINDS["test"],
+                fmt="csv",
+                body=_chunks(path),
+                key=None,
+                pepper=pepper,
+                ruleset=ruleset,
+                now=datetime.now(UTC),
+                max_bytes=size * 2,
+            )
+            staged_seconds = time.perf_counter() - started
+            await process_batch(conn, received.batch_id, ruleset, StatusCache(redis, _never), int(time.time()))
+            total_seconds = time.perf_counter() - started
+            batch = await conn.fetchrow(
+                """SELECT state, rows_read, accepted, rejected, subjects,
+                          extract(epoch FROM merged_at - started_at) AS merge_s,
+                          extract(epoch FROM finished_at - merged_at) AS recompute_s
+                   FROM batches WHERE id = $1""",
+                received.batch_id,
+            )
+            cached = await redis.dbsize()
+        finally:
+            await redis.flushdb()
+            await redis.aclose()
+            await conn.close()
+    assert batch is not None
+    if (batch["state"], batch["accepted"], batch["rejected"]) != ("done", rows_count, 0) or cached != rows_count:
+        raise BenchError(f"the load did not store every row: {dict(batch)}, {cached} cache entries")
+    recompute_seconds = float(batch["recompute_s"])
+    result = {
+        "rows": rows_count,
+        "raw_copy_rows_per_second": round(rows_count / copy_seconds),
+        "ingest_rows_per_second": round(rows_count / total_seconds),
+        "ingest_copy_ratio": round(copy_seconds / total_seconds, 3),
+        "stage_seconds": round(staged_seconds, 2),
+        "merge_seconds": round(float(batch["merge_s"]), 2),
+        "recompute_seconds": round(recompute_seconds, 2),
+        "recompute_subjects_per_second": round(batch["subjects"] / recompute_seconds),
+        "total_seconds": round(total_seconds, 2),
+    }
+    print(
+        f"ingest: {rows_count:,} test rows end to end in {total_seconds:.1f} s "
+        f"(stage {staged_seconds:.1f} s, merge {result['merge_seconds']} s, recompute+cache {recompute_seconds:.1f} s)"
+    )
+    raw, end_to_end = result["raw_copy_rows_per_second"], result["ingest_rows_per_second"]
+    print(f"ingest: raw COPY {raw:,} rows/s, end to end {end_to_end:,} rows/s")
+    print(f"ingest/copy ratio: {result['ingest_copy_ratio']:.2f}")
+    print(f"recompute + cache refresh: {result['recompute_subjects_per_second']:,} subjects/s")
+    return result
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    rows = int(os.environ.get("HEALTHCODE_BENCH_INGEST_ROWS", DEFAULT_ROWS))
+    return asyncio.run(_run(rows))
+
+
+if __name__ == "__main__":
+    run(argparse.Namespace())
