@@ -248,7 +248,7 @@ async def test_demo_then_cache_warm_rebuilds_redis_from_postgres(
     assert len(pseudonyms) == 200
     stored = await redis.mget([status_key(p) for p in pseudonyms])
     for p, raw in zip(pseudonyms, stored, strict=True):
-        assert raw is not None
+        assert isinstance(raw, bytes)
         row = await db.fetchrow(STATUS_QUERY, p)
         assert row is not None
         assert unpack(raw) == entry_from_row(row)
