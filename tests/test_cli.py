@@ -277,7 +277,7 @@ async def test_cache_warm_recomputes_statuses_past_valid_until(run: Run, db: asy
     code, out, _ = await run("cache", "warm")
     assert (code, out) == (0, "warmed 1 status entries\n")
     raw = await redis.get(status_key(subject))
-    assert raw is not None
+    assert isinstance(raw, bytes)
     assert unpack(raw).colour == "green"  # no records keep the person red any more
     assert await db.fetchval("SELECT colour FROM statuses WHERE pseudonym = $1", subject) == "green"
 
