@@ -25,7 +25,7 @@ from signing.encoding import b64url_encode
 NOW = 1_700_000_000
 
 
-def _signer() -> tuple[TokenSigner, dict[str, object]]:
+def _signer() -> tuple[TokenSigner, dict[str, list[dict[str, str]]]]:
     record = KeyRecord.from_private_key(generate_private_key())
     return TokenSigner(record, "healthcode", 300), jwks_document([record])
 
@@ -79,18 +79,21 @@ def test_verify_verdicts() -> None:
     ok = {"valid": True, "reason": "ok", "checkpoint": "c1", "token_colour": "green", "current_colour": "green"}
     refused = {"valid": False, "reason": "expired", "checkpoint": "c1"}
     forged = {"valid": False, "reason": "bad_signature", "checkpoint": "c1"}
-    args = {"checkpoint": "c1", "issued": issued}
+
+    def verdict(body: dict[str, object], expect_valid: bool | None, tampered: bool) -> str | None:
+        return check_verdict(body, checkpoint="c1", expect_valid=expect_valid, tampered=tampered, issued=issued)
+
     assert expected_validity(issued, NOW) is True
     assert expected_validity(issued, NOW + 10) is None
     assert expected_validity(issued, NOW + 11) is False
-    assert check_verdict(ok, expect_valid=True, tampered=False, **args) is None
-    assert check_verdict(refused, expect_valid=False, tampered=False, **args) is None
-    assert check_verdict(forged, expect_valid=None, tampered=True, **args) is None
-    assert check_verdict(ok, expect_valid=None, tampered=True, **args) == "tampered token accepted"
-    assert check_verdict(ok, expect_valid=False, tampered=False, **args) == "expired token accepted"
-    assert check_verdict(refused, expect_valid=True, tampered=False, **args) == "valid token refused (expired)"
-    assert check_verdict({**ok, "token_colour": "red"}, expect_valid=True, tampered=False, **args) is not None
-    assert check_verdict({**ok, "checkpoint": "c2"}, expect_valid=True, tampered=False, **args) is not None
+    assert verdict(ok, True, False) is None
+    assert verdict(refused, False, False) is None
+    assert verdict(forged, None, True) is None
+    assert verdict(ok, None, True) == "tampered token accepted"
+    assert verdict(ok, False, False) == "expired token accepted"
+    assert verdict(refused, True, False) == "valid token refused (expired)"
+    assert verdict({**ok, "token_colour": "red"}, True, False) is not None
+    assert verdict({**ok, "checkpoint": "c2"}, True, False) is not None
 
 
 def test_token_pool_keeps_tokens_until_they_expire() -> None:
