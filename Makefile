@@ -22,7 +22,7 @@ help:
 	@echo "make lint          ruff check, ruff format --check, mypy (strict)"
 	@echo "make format        ruff format and ruff check --fix"
 	@echo "make bench         signing and hot-path micro-benchmarks (DURATION, OUT)"
-	@echo "make load          Locust load test against a running server (DURATION, OUT, HOST, WORKERS)"
+	@echo "make load          Locust load test, 45 s by default, against a local service it starts or HOST (DURATION, OUT, HOST, WORKERS)"
 	@echo "make servers-stop  stop the embedded Postgres and Valkey, if they were started"
 	@echo "make clean         stop embedded servers, remove $(VENV) and $(STATE)"
 
