@@ -66,7 +66,7 @@ async def test_list_and_revoke(db: asyncpg.Connection) -> None:
         ("a", "scanner", True),
         ("b", "citizen-backend", False),
     ]
-    assert "key_hash" not in rows[0].keys()
+    assert "key_hash" not in rows[0]  # a Record tests its column names
 
 
 async def test_additions_and_revocations_are_audited(db: asyncpg.Connection) -> None:
