@@ -182,15 +182,20 @@ async def _run(rows_count: int) -> dict[str, Any]:
         "total_seconds": round(total_seconds, 2),
         "cache_entries": cached,
     }
+    _report(result)
+    return result
+
+
+def _report(result: dict[str, Any]) -> None:
     print(
-        f"ingest: {rows_count:,} test rows end to end in {total_seconds:.1f} s "
-        f"(stage {staged_seconds:.1f} s, merge {result['merge_seconds']} s, recompute+cache {recompute_seconds:.1f} s)"
+        f"ingest: {result['rows']:,} test rows end to end in {result['total_seconds']:.1f} s "
+        f"(stage {result['stage_seconds']:.1f} s, merge {result['merge_seconds']} s, "
+        f"recompute+cache {result['recompute_seconds']:.1f} s)"
     )
     raw, end_to_end = result["raw_copy_rows_per_second"], result["ingest_rows_per_second"]
     print(f"ingest: raw COPY {raw:,} rows/s, end to end {end_to_end:,} rows/s")
     print(f"ingest/copy ratio: {result['ingest_copy_ratio']:.2f}")
     print(f"recompute + cache refresh: {result['recompute_subjects_per_second']:,} subjects/s")
-    return result
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
