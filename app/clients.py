@@ -13,6 +13,7 @@ from app.errors import Forbidden, Unauthenticated
 
 CLIENT_KINDS: Final = ("citizen-backend", "scanner", "agency")
 _SECRET_PREFIX: Final = "hc_"
+_HEADER_MEMO_LIMIT: Final = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,21 +82,35 @@ class ClientRegistry:
 
     def __init__(self) -> None:
         self._by_hash: dict[bytes, Client] = {}
+        # Accepted Authorization headers, so that a client's every request after its first costs one
+        # dict look-up and no hash. Only headers of active clients get in; every refresh starts it anew,
+        # so a revocation takes effect exactly as without it.
+        self._by_header: dict[str, Client] = {}
 
     async def refresh(self, conn: asyncpg.Connection | asyncpg.Pool) -> None:
         rows = await conn.fetch("SELECT id, name, kind, key_hash, scopes FROM api_clients WHERE revoked_at IS NULL")
         self._by_hash = {bytes(r["key_hash"]): Client(r["id"], r["name"], r["kind"], tuple(r["scopes"])) for r in rows}
+        self._by_header = {}
 
     def authenticate(self, authorization: str | None, *, kind: str) -> Client:
         """The client behind a `Bearer` header, which must be of `kind`."""
         if not authorization:
             raise Unauthenticated("send the client key as 'Authorization: Bearer <key>'")
+        client = self._by_header.get(authorization)
+        if client is None:
+            client = self._look_up(authorization)
+            if len(self._by_header) >= _HEADER_MEMO_LIMIT:  # many spellings of few keys: start again
+                self._by_header.clear()
+            self._by_header[authorization] = client
+        if client.kind != kind:
+            raise Forbidden(f"a {client.kind} client may not call this endpoint; it needs a {kind} client")
+        return client
+
+    def _look_up(self, authorization: str) -> Client:
         scheme, _, secret = authorization.partition(" ")
         if scheme.lower() != "bearer" or not secret:
             raise Unauthenticated("the Authorization header must use the Bearer scheme")
         client = self._by_hash.get(hash_secret(secret.strip()))
         if client is None:
             raise Unauthenticated("the client key is unknown or revoked")
-        if client.kind != kind:
-            raise Forbidden(f"a {client.kind} client may not call this endpoint; it needs a {kind} client")
         return client
