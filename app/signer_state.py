@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import asyncpg
 
+from app.errors import DependencyUnavailable
 from app.keys import load_keyring
 from signing.jws import STATUS_TYP, TokenSigner, TokenVerifier
-from signing.keyring import KeyRing
+from signing.keyring import KeyRing, NoSigningKey
+
+log = logging.getLogger(__name__)
 
 
 class SignerState:
@@ -21,8 +25,28 @@ class SignerState:
         self.verifier: TokenVerifier | None = None
 
     async def refresh(self, conn: asyncpg.Connection | asyncpg.Pool) -> None:
-        """Re-read keys; raises NoSigningKey when there is no usable active key, keeping the old state."""
+        """Re-read keys. Verification keys always follow Postgres, so a revoked key is refused at once even
+        when it was the only active one; signing then stops (503) until a key is activated."""
         keyring = await load_keyring(conn, self.keys_dir, self.token_ttl_seconds, self.issuer)
-        signer = keyring.signer
+        self.keyring = keyring
         self.verifier = TokenVerifier(keyring, self.issuer, typ=STATUS_TYP)
-        self.keyring, self.signer = keyring, signer
+        try:
+            self.signer = keyring.signer
+        except NoSigningKey as exc:
+            self.signer = None
+            log.error("cannot sign tokens: %s; run `healthcode keys new --activate`", exc)
+
+    def status_signer(self) -> TokenSigner:
+        if self.signer is None:
+            raise _no_signing_key()
+        return self.signer
+
+    def signer_for(self, typ: str, ttl_seconds: int) -> TokenSigner:
+        """A signer of another token type with the active key."""
+        if self.keyring is None or self.signer is None:
+            raise _no_signing_key()
+        return self.keyring.signer_for(typ, ttl_seconds)
+
+
+def _no_signing_key() -> DependencyUnavailable:
+    return DependencyUnavailable("no signing key is active; an operator must activate one", retry_after=30)

@@ -72,6 +72,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     await app[CLIENTS].refresh(pool)
     app[SIGNER] = SignerState(settings.keys_dir, settings.issuer, settings.token_ttl_seconds)
     await app[SIGNER].refresh(pool)
+    app[SIGNER].status_signer()  # refuse to start without a signing key
     loader = app[STATUS_LOADER] = StatusLoader(pool, load_ruleset(settings.ruleset))
     app[STATUS_CACHE] = StatusCache(redis, loader.load, negative_ttl_seconds=settings.negative_ttl_seconds)
     app[SCANS] = ScanRecorder(ScanStream(redis), pool)

@@ -137,6 +137,25 @@ async def test_a_revoked_key_is_refused_at_once_and_unpublished(
     assert [r["state"] for r in await keys.list_keys(db)] == ["revoked", "active"]
 
 
+async def test_revoking_the_only_active_key_refuses_its_tokens_and_stops_signing(
+    api: Api, db: asyncpg.Connection, signing_key: str, client_keys: dict[str, str]
+) -> None:
+    token = sign(api)
+    await keys.revoke(db, kid(signing_key))
+    await refresh(api)
+
+    assert await verify(api, client_keys["scanner"], token) == (False, "unknown_key")
+    assert await published(api) == {}
+    r = await api.post(
+        "/v1/status",
+        json={"id_type": "resident", "id_number": "11010519491231002X"},
+        headers=bearer(client_keys["citizen-backend"]),
+    )
+    assert r.status == 503, await r.text()
+    assert r.headers["Retry-After"] == "30"
+    assert (await r.json())["type"] == "/problems/dependency-unavailable"
+
+
 async def test_an_eddsa_key_signs_tokens_pyjwt_verifies(
     api: Api, db: asyncpg.Connection, settings: Settings, client_keys: dict[str, str]
 ) -> None:

@@ -49,12 +49,10 @@ async def test_code(request: web.Request) -> web.Response:
         identity.id_type,
         mask_number(identity.number),
     )
-    keyring = app[SIGNER].keyring
-    assert keyring is not None
     ttl = settings.token_ttl_seconds
     now = int(time.time())
     code_id = secrets.token_urlsafe(9)
-    token = keyring.signer_for(TEST_CODE_TYP, ttl).sign({"sub": b64url_encode(subject), "cid": code_id}, now)
+    token = app[SIGNER].signer_for(TEST_CODE_TYP, ttl).sign({"sub": b64url_encode(subject), "cid": code_id}, now)
     return json_response({"token": token, "typ": TEST_CODE_TYP, "code_id": code_id, "expires_at": now + ttl})
 
 

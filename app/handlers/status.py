@@ -29,13 +29,12 @@ async def status(request: web.Request) -> web.Response:
         identity = parse_identity(body.get("id_type", "resident"), body.get("id_number"))
     except InvalidIdentity as exc:
         raise InvalidIdentityProblem(exc.field, exc.code, exc.message) from None
+    signer = app[SIGNER].status_signer()  # before any look-up: without a key there is nothing to answer
     subject = pseudonym(identity, settings.pepper)
     entry = await app[STATUS_CACHE].get(subject)
     if entry is None:
         raise SubjectNotFound("no status is held for this document; the person may not be registered yet")
     now = int(time.time())
-    signer = app[SIGNER].signer
-    assert signer is not None
     sub = b64url_encode(subject)
     token = signer.sign_status(sub, COLOUR_LETTER[entry.colour], int(entry.popup), int(entry.vaccine_complete), now)
     return json_response(status_payload(sub, entry, token, now, now + settings.token_ttl_seconds))
