@@ -85,16 +85,17 @@ def load_migrations(directory: Path = SQL_DIR) -> list[Migration]:
 async def migrate(conn: asyncpg.Connection, migrations: list[Migration] | None = None) -> list[Migration]:
     """Apply what is not yet applied, in order, each in its own transaction; return what was applied."""
     migrations = load_migrations() if migrations is None else migrations
-    await conn.execute(
-        """CREATE TABLE IF NOT EXISTS schema_migrations (
-               version    integer PRIMARY KEY,
-               name       text        NOT NULL,
-               checksum   text        NOT NULL,
-               applied_at timestamptz NOT NULL DEFAULT now())"""
-    )
     applied_now = []
+    # The lock comes first: two first-ever runs would otherwise race to create the bookkeeping table.
     await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK)
     try:
+        await conn.execute(
+            """CREATE TABLE IF NOT EXISTS schema_migrations (
+                   version    integer PRIMARY KEY,
+                   name       text        NOT NULL,
+                   checksum   text        NOT NULL,
+                   applied_at timestamptz NOT NULL DEFAULT now())"""
+        )
         done = {
             r["version"]: r["checksum"] for r in await conn.fetch("SELECT version, checksum FROM schema_migrations")
         }
