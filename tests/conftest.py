@@ -28,10 +28,16 @@ from app.web import create_app
 TEST_DATABASE = f"healthcode_test_{os.getpid()}"
 # Db 0 is the demo's and 14 the cache tests'; the rest are spread over runs.
 TEST_REDIS_DB = 1 + os.getpid() % 13
-# Everything but the append-only audit log, which refuses TRUNCATE by design.
-_TRUNCATE = """TRUNCATE subjects, vaccinations, nucleic_tests, travel_arrivals, designations, statuses,
-    risk_areas, api_clients, signing_keys, scan_events, status_overrides, batches, batch_rejections, samples,
-    staging_population, staging_vaccination, staging_test, staging_travel, staging_designation, staging_risk_area"""
+# Everything but the append-only audit log, which refuses deletion by design. DELETE, not TRUNCATE:
+# on these small tables it takes about 10 ms where TRUNCATE of every partition takes up to 0.6 s.
+# Staging and rejection rows go with their batch (ON DELETE CASCADE).
+_CLEAN_TABLES = (
+    "subjects", "vaccinations", "nucleic_tests", "travel_arrivals", "designations", "statuses", "risk_areas",
+    "api_clients", "signing_keys", "scan_events", "status_overrides", "batch_rejections", "samples",
+    "staging_population", "staging_vaccination", "staging_test", "staging_travel", "staging_designation",
+    "staging_risk_area", "batches",
+)  # fmt: skip
+_CLEAN = ";".join(f"DELETE FROM {table}" for table in _CLEAN_TABLES)
 
 
 def _with_path(url: str, path: str) -> str:
@@ -96,7 +102,7 @@ def settings(database_url: str, server_urls: tuple[str, str], tmp_path: Path) ->
 async def db(settings: Settings) -> AsyncIterator[asyncpg.Connection]:
     """A connection to the test database, emptied before the test."""
     conn = await connect(settings.database_url)
-    await conn.execute(_TRUNCATE)
+    await conn.execute(_CLEAN)
     try:
         yield conn
     finally:
