@@ -20,6 +20,7 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
 from cache.breaker import Breaker
+from cache.bulk import Command, write_many
 from cache.connection import REDIS_ERRORS
 from cache.entry import EntryFormatError, StatusEntry, UnknownVersionError, pack, unpack
 from cache.keys import TOMBSTONE, status_key
@@ -29,6 +30,7 @@ log = logging.getLogger(__name__)
 Loader = Callable[[bytes], Awaitable[StatusEntry | None]]
 
 WRITE_CHUNK = 1000
+BULK_CHUNK = 10_000
 
 
 class _Fill(Enum):
@@ -130,6 +132,25 @@ class StatusCache:
         now_ms = int(self._clock() * 1000)
         stored = 0
         items = list(entries.items())
+        if isinstance(self._redis, Redis):
+            # Plain Redis: hand-packed commands, replies read in bulk (cache/bulk.py: ~2.5 us an entry
+            # against ~45 us through a redis-py pipeline).
+            commands: list[Command] = []
+            for pseudonym, entry in items:
+                self._mark_stale(pseudonym)
+                expire_ms = entry.valid_until * 1000
+                if expire_ms > now_ms:
+                    commands.append((status_key(pseudonym), pack(entry), expire_ms))
+                    stored += 1
+                else:
+                    commands.append((status_key(pseudonym), None, 0))
+            for start in range(0, len(commands), BULK_CHUNK):
+                try:
+                    await write_many(self._redis, commands[start : start + BULK_CHUNK])
+                except REDIS_ERRORS as exc:
+                    self._redis_failed(exc)
+                    raise
+            return stored
         for start in range(0, len(items), WRITE_CHUNK):
             chunk = items[start : start + WRITE_CHUNK]
             async with self._redis.pipeline(transaction=False) as pipe:

@@ -10,7 +10,7 @@ Writes ROWS synthetic `test` rows (one per person, all valid) to a CSV file, the
 
 Prints `ingest/copy ratio: 0.NN` (end-to-end rows/s over raw COPY rows/s) and the recompute rate
 (recompute plus cache refresh, subjects/s). Uses its own database `healthcode_bench_ingest` and Redis
-db 14, so nothing else is touched. HEALTHCODE_BENCH_INGEST_ROWS changes ROWS (default 1,000,000).
+db 15 (no test run uses it), so nothing else is touched. HEALTHCODE_BENCH_INGEST_ROWS changes ROWS (default 1,000,000).
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from cache.status_cache import StatusCache
 from loadtests.bench import BenchError
 
 DATABASE: Final = "healthcode_bench_ingest"
-REDIS_DB: Final = 14
+REDIS_DB: Final = 15
 DEFAULT_ROWS: Final = 1_000_000
 LABS: Final = ("lab-a", "lab-b", "lab-c")
 
