@@ -19,21 +19,23 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
-from typing import Final
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Final, TypeVar
 
 import asyncpg
 
 from app.ingest.merge import affected_subjects, merge_batch
 from app.ingest.store import Conn, mark_failed
-from app.recompute import load_risk_areas, recompute_subjects
+from app.recompute import evaluate_fetched, fetch_records, load_risk_areas, store_statuses
 from app.rules.areas import RiskAreaIndex
 from app.rules.ruleset import RuleSet
+from cache.entry import StatusEntry
 from cache.status_cache import StatusCache
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
-RECOMPUTE_CHUNK: Final = 5000
+RECOMPUTE_CHUNK: Final = 10_000
 # Any constant works; it only has to be the same in every process.
 _PROCESSING_LOCK: Final = 0x4843_0003
 
@@ -164,25 +166,76 @@ async def refresh_subjects(
     now: int,
     areas: RiskAreaIndex | None = None,
 ) -> int:
-    """Recompute statuses in chunks, store them, and write them to Redis (pipelined)."""
+    """Recompute statuses in chunks, store them, and write them to Redis (in bulk).
+
+    Pipelined: while Python evaluates one chunk, Postgres reads the next chunk's records and stores the
+    previous chunk's statuses (the connection runs them in order), and Redis takes the previous chunk's
+    entries. Every step is awaited before returning; the first failure is raised.
+    """
     if areas is None:
         areas = await load_risk_areas(conn)
+    chunks = [subjects[start : start + RECOMPUTE_CHUNK] for start in range(0, len(subjects), RECOMPUTE_CHUNK)]
+    if not chunks:
+        return 0
+    db = _InOrder()
+    pending: list[asyncio.Future[object]] = []
     done = 0
-    # The Redis writes of one chunk run while the next chunk waits for Postgres.
-    writing: asyncio.Task[int] | None = None
     try:
-        for start in range(0, len(subjects), RECOMPUTE_CHUNK):
-            entries = await recompute_subjects(conn, subjects[start : start + RECOMPUTE_CHUNK], ruleset, now, areas)
-            if writing is not None:
-                await writing
-            writing = asyncio.ensure_future(cache.put_many(entries))
+        fetching = db.run(fetch_records(conn, chunks[0], now))
+        for index in range(len(chunks)):
+            fetched = await fetching
+            if index + 1 < len(chunks):
+                fetching = db.run(fetch_records(conn, chunks[index + 1], now))
+            entries: dict[bytes, StatusEntry] = {}
+            for start in range(0, len(fetched.subjects), _EVALUATE_SLICE):
+                entries.update(evaluate_fetched(fetched, areas, ruleset, now, slice(start, start + _EVALUATE_SLICE)))
+                await asyncio.sleep(0)  # lets queued Postgres and Redis work go out meanwhile
+            for future in pending:
+                if future.done():
+                    future.result()  # a failed write stops the refresh now, not at the end
+            pending = [f for f in pending if not f.done()]
+            pending.append(db.run(store_statuses(conn, entries, ruleset.version, now)))
+            pending.append(asyncio.ensure_future(cache.put_many(entries)))
             done += len(entries)
-        if writing is not None:
-            await writing
+        await asyncio.gather(*pending)
     finally:
-        if writing is not None and not writing.done():
-            writing.cancel()
+        leftover = [*db.cancel(), *pending]
+        for future in leftover:
+            future.cancel()
+        # Collected, so that no failure is left unretrieved (each is raised above, or by gather).
+        await asyncio.gather(*leftover, return_exceptions=True)
     return done
+
+
+_EVALUATE_SLICE: Final = 2000
+
+
+class _InOrder:
+    """Runs coroutines on one connection one after another, each started as soon as the last ends."""
+
+    def __init__(self) -> None:
+        self._last: asyncio.Future[Any] | None = None
+        self._all: list[asyncio.Future[Any]] = []
+
+    def run(self, step: Awaitable[T]) -> asyncio.Future[T]:
+        previous = self._last
+
+        async def after() -> T:
+            if previous is not None:
+                await previous  # a failed step fails every later one
+            return await step
+
+        task: asyncio.Future[T] = asyncio.ensure_future(after())
+        self._last = task
+        self._all = [t for t in self._all if not t.done()]
+        self._all.append(task)
+        return task
+
+    def cancel(self) -> list[asyncio.Future[Any]]:
+        """Cancel what has not run yet; returns every step not yet collected."""
+        for task in self._all:
+            task.cancel()
+        return self._all
 
 
 async def sweep_expired(conn: Conn, ruleset: RuleSet, cache: StatusCache, now: int) -> int:
