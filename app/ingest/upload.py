@@ -8,6 +8,7 @@ identity number.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import secrets
 from collections.abc import AsyncIterable, AsyncIterator, Callable
@@ -27,6 +28,8 @@ from app.rules.ruleset import RuleSet
 FORMATS: Final = ("csv", "ndjson")
 # Rows per COPY: large enough that per-call overhead vanishes, small enough to bound memory.
 COPY_CHUNK: Final = 20_000
+# Rows parsed between chances for a background COPY to send more (it writes as Postgres reads).
+_YIELD_EVERY: Final = 500
 Progress = Callable[[int, int], None]  # (raw bytes read, rows read)
 
 
@@ -49,7 +52,12 @@ class _SameBatch(Exception):
 
 
 class Stager:
-    """Validated rows to the kind's staging table and rejected ones to batch_rejections, by COPY."""
+    """Validated rows to the kind's staging table and rejected ones to batch_rejections, by COPY.
+
+    One COPY at a time runs in the background while the next rows are parsed: Postgres stores one chunk
+    on one core while Python validates the next on the other. Call `flush` at the end (it waits for
+    every COPY), and `settle` on failure (the connection is free again once it returns).
+    """
 
     def __init__(self, conn: Conn, kind: Kind, batch_id: int, ctx: Context) -> None:
         self.conn = conn
@@ -61,11 +69,14 @@ class Stager:
         self._staged: list[tuple[object, ...]] = []
         self._rejections: list[tuple[object, ...]] = []
         self._columns = ("batch_id", "row_no", *kind.staging_columns)
+        self._copying: asyncio.Task[None] | None = None
 
     async def add(self, parsed: list[Parsed]) -> None:
         parse, ctx, batch_id = self.kind.parse, self.ctx, self.batch_id
         staged, rejections = self._staged, self._rejections
-        for row_no, row in parsed:
+        for n, (row_no, row) in enumerate(parsed, 1):
+            if n % _YIELD_EVERY == 0 and self._copying is not None:
+                await asyncio.sleep(0)  # the COPY in flight sends its next piece, or finishes
             if isinstance(row, RowError):
                 rejections.append((batch_id, row_no, row.field, row.code, row.message))
                 continue
@@ -75,20 +86,41 @@ class Stager:
                 rejections.append((batch_id, row_no, exc.field, exc.code, exc.message))
         self.read += len(parsed)
         if len(staged) >= COPY_CHUNK or len(rejections) >= COPY_CHUNK:
-            await self.flush()
+            await self._start_copy()
 
     async def flush(self) -> None:
-        if self._staged:
-            await self.conn.copy_records_to_table(self.kind.staging_table, records=self._staged, columns=self._columns)
-            self._staged = []
-        if self._rejections:
-            self.rejected += len(self._rejections)
+        await self._start_copy()
+        await self._wait()
+
+    async def settle(self) -> None:
+        """Wait for a COPY in flight, ignoring its outcome: the caller is already failing."""
+        with contextlib.suppress(Exception):
+            await self._wait()
+
+    async def _start_copy(self) -> None:
+        await self._wait()  # one connection, one COPY at a time
+        staged, rejections = self._staged, self._rejections
+        if not staged and not rejections:
+            return
+        self._staged, self._rejections = [], []
+        self.rejected += len(rejections)
+        self._copying = asyncio.ensure_future(self._copy(staged, rejections))
+        await asyncio.sleep(0)  # let it start sending before parsing goes on
+
+    async def _wait(self) -> None:
+        copying, self._copying = self._copying, None
+        if copying is not None:
+            await copying
+
+    async def _copy(self, staged: list[tuple[object, ...]], rejections: list[tuple[object, ...]]) -> None:
+        if staged:
+            await self.conn.copy_records_to_table(self.kind.staging_table, records=staged, columns=self._columns)
+        if rejections:
             await self.conn.copy_records_to_table(
                 "batch_rejections",
-                records=self._rejections,
+                records=rejections,
                 columns=("batch_id", "row_no", "field", "code", "message"),
             )
-            self._rejections = []
 
 
 async def receive_batch(
@@ -184,16 +216,20 @@ async def _stream(
     """Returns the stager (with its counts) and the SHA-256 of the decompressed body."""
     rows = CsvRows(kind) if fmt == "csv" else NdjsonRows(kind)
     stager = Stager(conn, kind, batch_id, ctx)
-    async for chunk in body:
-        for text in decoder.feed(chunk):
-            if text:
-                await stager.add(rows.feed(text))
-        if progress is not None:
-            progress(decoder.raw_bytes, stager.read)
-    tail = decoder.finish()
-    await stager.add(rows.feed(tail) if tail else [])
-    await stager.add(rows.finish())
-    await stager.flush()
+    try:
+        async for chunk in body:
+            for text in decoder.feed(chunk):
+                if text:
+                    await stager.add(rows.feed(text))
+            if progress is not None:
+                progress(decoder.raw_bytes, stager.read)
+        tail = decoder.finish()
+        await stager.add(rows.feed(tail) if tail else [])
+        await stager.add(rows.finish())
+        await stager.flush()
+    except BaseException:
+        await stager.settle()  # the transaction's rollback needs the connection free
+        raise
     if progress is not None:
         progress(decoder.raw_bytes, stager.read)
     return stager, decoder.digest.hexdigest()
