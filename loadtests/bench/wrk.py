@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import tempfile
@@ -92,7 +93,8 @@ class WrkResult:
 def wrk_path() -> str:
     path = shutil.which("wrk")
     if path is None:
-        raise BenchError(f"wrk is not installed; on Debian or Ubuntu: {WRK_INSTALL}")
+        install = WRK_INSTALL.replace("sudo ", "") if os.geteuid() == 0 else WRK_INSTALL
+        raise BenchError(f"wrk is not installed; on Debian or Ubuntu: {install}")
     return path
 
 
