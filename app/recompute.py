@@ -57,18 +57,31 @@ _PLAN_SETTINGS = "SET LOCAL plan_cache_mode = force_generic_plan; SET LOCAL jit 
 _BULK_KEYS = 100
 _RISK_AREAS = f"""SELECT area_code, level, {_EPOCH.format("valid_from")} AS since,
     {_EPOCH.format("valid_until")} AS until FROM risk_areas"""
-_UPSERT = """
-INSERT INTO statuses (pseudonym, colour, reasons, popup, vaccine_doses, vaccine_complete, last_test_at,
-                      last_test_result, ruleset, computed_at, valid_until)
-SELECT p, c, string_to_array(r, ','), pop, d, vc, to_timestamp(lt), ltr, $9, to_timestamp($10), to_timestamp(vu)
-FROM unnest($1::bytea[], $2::text[], $3::text[], $4::bool[], $5::int[], $6::bool[], $7::bigint[], $8::text[],
-            $11::bigint[]) AS t(p, c, r, pop, d, vc, lt, ltr, vu)
-ON CONFLICT (pseudonym) DO UPDATE SET
+_ON_CONFLICT = """ON CONFLICT (pseudonym) DO UPDATE SET
     colour = excluded.colour, reasons = excluded.reasons, popup = excluded.popup,
     vaccine_doses = excluded.vaccine_doses, vaccine_complete = excluded.vaccine_complete,
     last_test_at = excluded.last_test_at, last_test_result = excluded.last_test_result,
-    ruleset = excluded.ruleset, computed_at = excluded.computed_at, valid_until = excluded.valid_until
-"""
+    ruleset = excluded.ruleset, computed_at = excluded.computed_at, valid_until = excluded.valid_until"""
+_INSERT = """INSERT INTO statuses (pseudonym, colour, reasons, popup, vaccine_doses, vaccine_complete, last_test_at,
+                      last_test_result, ruleset, computed_at, valid_until)"""
+_UPSERT = f"""{_INSERT}
+SELECT p, c, string_to_array(r, ','), pop, d, vc, to_timestamp(lt), ltr, $9, to_timestamp($10), to_timestamp(vu)
+FROM unnest($1::bytea[], $2::text[], $3::text[], $4::bool[], $5::int[], $6::bool[], $7::bigint[], $8::text[],
+            $11::bigint[]) AS t(p, c, r, pop, d, vc, lt, ltr, vu)
+{_ON_CONFLICT}"""
+# Many statuses go by COPY into a temporary table and one upsert from it: asyncpg encodes a record per
+# row far cheaper than eleven arrays (an isinstance check through abc per element: 15% of a
+# recompute's Python time), and Postgres reads it faster than unnest. Measured per 20,000 statuses:
+# 0.31-0.47 s through arrays, 0.25-0.3 s staged.
+_STAGE = """CREATE TEMPORARY TABLE IF NOT EXISTS status_stage (
+    p bytea, c text, r text, pop boolean, d integer, vc boolean, lt bigint, ltr text, vu bigint
+) ON COMMIT DELETE ROWS;
+DELETE FROM status_stage"""
+_STAGE_COLUMNS = ("p", "c", "r", "pop", "d", "vc", "lt", "ltr", "vu")
+_UPSERT_STAGED = f"""{_INSERT}
+SELECT p, c, string_to_array(r, ','), pop, d, vc, to_timestamp(lt), ltr, $1, to_timestamp($2), to_timestamp(vu)
+FROM status_stage
+{_ON_CONFLICT}"""
 
 
 @dataclass(slots=True)
@@ -177,19 +190,43 @@ def evaluate_fetched(
 
 
 async def store_statuses(conn: Connection, entries: dict[bytes, StatusEntry], ruleset_version: str, now: int) -> None:
+    if len(entries) >= _BULK_KEYS:
+        await _store_staged(conn, entries, ruleset_version, now)
+        return
     values = list(entries.values())
-    async with _bulk_plans(conn, len(values)):
-        await conn.execute(
-            _UPSERT,
-            list(entries),
-            [e.colour for e in values],
-            [",".join(e.reasons) for e in values],
-            [e.popup for e in values],
-            [e.vaccine_doses for e in values],
-            [e.vaccine_complete for e in values],
-            [e.last_test_at for e in values],
-            [e.last_test_result for e in values],
-            ruleset_version,
-            now,
-            [e.valid_until for e in values],
+    await conn.execute(
+        _UPSERT,
+        list(entries),
+        [e.colour for e in values],
+        [",".join(e.reasons) for e in values],
+        [e.popup for e in values],
+        [e.vaccine_doses for e in values],
+        [e.vaccine_complete for e in values],
+        [e.last_test_at for e in values],
+        [e.last_test_result for e in values],
+        ruleset_version,
+        now,
+        [e.valid_until for e in values],
+    )
+
+
+async def _store_staged(conn: Connection, entries: dict[bytes, StatusEntry], ruleset_version: str, now: int) -> None:
+    records = [
+        (
+            p,
+            e.colour,
+            ",".join(e.reasons),
+            e.popup,
+            e.vaccine_doses,
+            e.vaccine_complete,
+            e.last_test_at,
+            e.last_test_result,
+            e.valid_until,
         )
+        for p, e in entries.items()
+    ]
+    async with _bulk_plans(conn, len(records)):
+        # Emptied first: inside a caller's transaction, ON COMMIT has not emptied it yet.
+        await conn.execute(_STAGE)
+        await conn.copy_records_to_table("status_stage", records=records, columns=_STAGE_COLUMNS)
+        await conn.execute(_UPSERT_STAGED, ruleset_version, now)

@@ -1,0 +1,55 @@
+"""Recompute in bulk (generic plans, staged status upsert) stores exactly what one subject at a time does."""
+
+from __future__ import annotations
+
+import time
+
+import asyncpg
+
+from app.demo import load_population
+from app.population import synthetic_people
+from app.recompute import load_risk_areas, recompute_subjects
+from app.rules.ruleset import load_ruleset
+from app.settings import Settings
+
+_ROWS = """SELECT pseudonym, colour, reasons, popup, vaccine_doses, vaccine_complete, last_test_at, last_test_result,
+                  ruleset, computed_at, valid_until FROM statuses ORDER BY pseudonym"""
+
+
+async def test_bulk_and_single_recompute_store_the_same_statuses(db: asyncpg.Connection, settings: Settings) -> None:
+    people = list(synthetic_people(300, 7))
+    now = int(time.time())
+    pseudonyms = await load_population(db, people, settings.pepper, now)
+    ruleset = load_ruleset(settings.ruleset)
+    areas = await load_risk_areas(db)
+
+    bulk = await recompute_subjects(db, [*pseudonyms, pseudonyms[0]], ruleset, now, areas)  # a key twice counts once
+    bulk_rows = await db.fetch(_ROWS)
+    await db.execute("DELETE FROM statuses")
+    single = {}
+    for p in pseudonyms:
+        single.update(await recompute_subjects(db, [p], ruleset, now, areas))
+
+    assert len(bulk) == 300
+    assert bulk == single
+    assert [dict(r) for r in await db.fetch(_ROWS)] == [dict(r) for r in bulk_rows]
+    assert {r["colour"] for r in bulk_rows} == {"green", "yellow", "red"}
+
+
+async def test_bulk_stores_twice_in_one_outer_transaction(db: asyncpg.Connection, settings: Settings) -> None:
+    people = list(synthetic_people(250, 8))
+    now = int(time.time())
+    pseudonyms = await load_population(db, people, settings.pepper, now)
+    ruleset = load_ruleset(settings.ruleset)
+
+    async with db.transaction():
+        first = await recompute_subjects(db, pseudonyms[:150], ruleset, now)
+        second = await recompute_subjects(db, pseudonyms[100:], ruleset, now + 1)
+
+    assert len(first) == 150
+    assert len(second) == 150
+    rows = {bytes(r["pseudonym"]): r for r in await db.fetch(_ROWS)}
+    assert len(rows) == 250
+    # The overlap was written by the second call, the rest by whichever call covered it.
+    assert {int(rows[p]["computed_at"].timestamp()) for p in pseudonyms[100:]} == {now + 1}
+    assert {int(rows[p]["computed_at"].timestamp()) for p in pseudonyms[:100]} == {now}
