@@ -178,7 +178,7 @@ async def refresh_subjects(
     if not chunks:
         return 0
     db = _InOrder()
-    pending: list[asyncio.Future[object]] = []
+    pending: list[asyncio.Future[Any]] = []
     done = 0
     try:
         fetching = db.run(fetch_records(conn, chunks[0], now))
@@ -194,8 +194,9 @@ async def refresh_subjects(
                 if future.done():
                     future.result()  # a failed write stops the refresh now, not at the end
             pending = [f for f in pending if not f.done()]
-            pending.append(db.run(store_statuses(conn, entries, ruleset.version, now)))
-            pending.append(asyncio.ensure_future(cache.put_many(entries)))
+            stored = db.run(store_statuses(conn, entries, ruleset.version, now))
+            pending.append(stored)
+            pending.append(asyncio.ensure_future(_publish(stored, entries, cache)))
             done += len(entries)
         await asyncio.gather(*pending)
     finally:
@@ -207,7 +208,19 @@ async def refresh_subjects(
     return done
 
 
-_EVALUATE_SLICE: Final = 2000
+# Subjects evaluated, or entries written to Redis, between chances for the event loop to answer
+# Postgres: every round trip of a queued query waits for one. 2,000 at a time left Postgres idle for
+# a quarter of a recompute (100k subjects 4.9 s); 250 at a time, 3.8 s.
+_EVALUATE_SLICE: Final = 250
+_PUBLISH_SLICE: Final = 1000
+
+
+async def _publish(stored: asyncio.Future[None], entries: dict[bytes, StatusEntry], cache: StatusCache) -> None:
+    """Refresh Redis once Postgres holds the statuses (it stays the source of truth), a slice at a time."""
+    await stored
+    items = list(entries.items())
+    for start in range(0, len(items), _PUBLISH_SLICE):
+        await cache.put_many(dict(items[start : start + _PUBLISH_SLICE]))
 
 
 class _InOrder:
