@@ -8,7 +8,7 @@ from redis.asyncio import Redis
 
 from app.clients import ClientRegistry
 from app.ingest.process import BatchProcessor
-from app.middleware import LoadShedder
+from app.middleware import FrontDoor
 from app.scans import ScanRecorder
 from app.settings import Settings
 from app.signer_state import SignerState
@@ -23,5 +23,5 @@ STATUS_CACHE = web.AppKey("status_cache", StatusCache)
 STATUS_LOADER = web.AppKey("status_loader", StatusLoader)  # its read counter is a metric
 SIGNER = web.AppKey("signer", SignerState)
 SCANS = web.AppKey("scans", ScanRecorder)
-SHEDDER = web.AppKey("shedder", LoadShedder)
+FRONT_DOOR = web.AppKey("front_door", FrontDoor)
 INGEST = web.AppKey("ingest", BatchProcessor)

@@ -13,13 +13,12 @@ from datetime import UTC, datetime
 from aiohttp import web
 from redis.asyncio import Redis
 
-from app.appkeys import CLIENTS, INGEST, PG, REDIS, SCANS, SETTINGS, SHEDDER, SIGNER, STATUS_CACHE, STATUS_LOADER
+from app.appkeys import CLIENTS, FRONT_DOOR, INGEST, PG, REDIS, SCANS, SETTINGS, SIGNER, STATUS_CACHE, STATUS_LOADER
 from app.clients import ClientRegistry
 from app.db import close_pool, create_pool
-from app.handlers import batches, meta, qr, samples, status, verify
-from app.handlers.metrics import install_metrics
+from app.handlers import batches, meta, metrics, qr, samples, status, verify
 from app.ingest.process import BatchProcessor
-from app.middleware import LoadShedder, problem_middleware
+from app.middleware import FrontDoor
 from app.rules.ruleset import load_ruleset
 from app.scans import ScanRecorder, ScanWriter, ensure_scan_partitions
 from app.settings import Settings
@@ -34,22 +33,21 @@ log = logging.getLogger(__name__)
 
 def create_app(settings: Settings, *, background: bool = True) -> web.Application:
     """`background=False` leaves out the periodic refresh and the scan writer (tests drive them)."""
-    shedder = LoadShedder(settings.max_in_flight)
+    front_door = FrontDoor(settings.max_in_flight)
     app = web.Application(
-        middlewares=[shedder.middleware, problem_middleware],
+        middlewares=[front_door.middleware],
         client_max_size=settings.max_body_bytes,
         # Uploads are gunzipped by the batch reader, which bounds the output and refuses a truncated
         # stream; aiohttp's own decompression would accept a cut-off gzip body as a shorter batch.
         handler_args={"auto_decompress": False},
     )
     app[SETTINGS] = settings
-    app[SHEDDER] = shedder
+    app[FRONT_DOOR] = front_door
     app.cleanup_ctx.extend([_postgres, _redis, _services])
     if background:
         app.cleanup_ctx.append(_background)
-    for module in (meta, status, verify, qr, batches, samples):
+    for module in (meta, status, verify, qr, batches, samples, metrics):
         app.add_routes(module.routes)
-    install_metrics(app)
     return app
 
 

@@ -7,7 +7,6 @@ import re
 from aiohttp.test_utils import TestClient
 from aiohttp.web import Application, Request
 
-from app.handlers.metrics import render
 from tests.conftest import AppFactory
 from tests.support import bearer
 
@@ -47,12 +46,19 @@ async def test_metrics_count_requests_by_route_and_status(
     assert "# TYPE healthcode_http_requests_total counter" in text
 
 
-async def test_metrics_count_shed_requests(make_client: AppFactory, client_keys: dict[str, str]) -> None:
+async def test_past_capacity_requests_are_shed_at_once_and_counted(
+    make_client: AppFactory, client_keys: dict[str, str]
+) -> None:
     api = await make_client(max_in_flight=0)
     r = await api.post("/v1/verify", json={"token": "x", "checkpoint": "gate"}, headers=bearer(client_keys["scanner"]))
     assert r.status == 503
-    # /metrics itself is shed when nothing may be in flight; render the counters from the app instead.
-    assert api.app is not None
-    body = render(api.app)
+    assert r.headers["Content-Type"] == "application/problem+json"
+    assert r.headers["Retry-After"] == "1"
+    assert (await r.json())["type"] == "/problems/overloaded"
+    # Probes and metrics are never shed, so a busy process is neither killed nor blind.
+    assert (await api.get("/healthz")).status == 200
+    metrics = await api.get("/metrics")
+    assert metrics.status == 200
+    body = await metrics.text()
     assert _sample(body, "healthcode_shed_total") == 1
     assert _sample(body, "healthcode_http_requests_total", '{method="POST",route="/v1/verify",status="503"}') == 1

@@ -6,20 +6,11 @@ from collections.abc import Iterable
 
 from aiohttp import web
 
-from app.appkeys import SHEDDER, STATUS_CACHE
-from app.metrics import METRICS, RequestCounter
+from app.appkeys import FRONT_DOOR, STATUS_CACHE
 
 routes = web.RouteTableDef()
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-
-
-def install_metrics(app: web.Application) -> None:
-    """Count every request (as the outermost middleware) and serve the counts at /metrics."""
-    counter = RequestCounter()
-    app[METRICS] = counter
-    app.middlewares.insert(0, counter.middleware)
-    app.add_routes(routes)
 
 
 def _label(value: str) -> str:
@@ -36,7 +27,7 @@ def _family(name: str, kind: str, text: str, samples: Iterable[tuple[str, float]
 
 
 def render(app: web.Application) -> str:
-    counter = app[METRICS]
+    counter = app[FRONT_DOOR]
     requests = [
         (f'{{method="{method}",route="{_label(route)}",status="{status}"}}', count)
         for (method, route, status), count in sorted(counter.counts.items())
@@ -52,12 +43,10 @@ def render(app: web.Application) -> str:
             ("redis_errors", cache.redis_errors, "Redis errors seen by the status cache."),
         ):
             lines += _family(f"healthcode_status_cache_{name}_total", "counter", text, [("", value)])
-    shedder = app.get(SHEDDER)
-    if shedder is not None:
-        lines += _family(
-            "healthcode_shed_total", "counter", "Requests answered 503 by load shedding.", [("", shedder.shed)]
-        )
-        lines += _family("healthcode_in_flight", "gauge", "Requests being served now.", [("", shedder.in_flight)])
+    lines += _family(
+        "healthcode_shed_total", "counter", "Requests answered 503 by load shedding.", [("", counter.shed)]
+    )
+    lines += _family("healthcode_in_flight", "gauge", "Requests being served now.", [("", counter.in_flight)])
     lines += _family(
         "healthcode_process_start_time_seconds",
         "gauge",
