@@ -69,8 +69,19 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _key_refs_as_operands(argv: list[str]) -> list[str]:
+    """Key ids are base64url and may begin with `-`, which argparse would read as an option:
+    `keys activate -x3Fq…` becomes `keys activate -- -x3Fq…`."""
+    for i in range(len(argv) - 2):
+        ref = argv[i + 2]
+        is_ref = ref.startswith("-") and ref not in ("-h", "--help", "--")
+        if argv[i] == "keys" and argv[i + 1] in ("activate", "retire", "revoke") and is_ref:
+            return [*argv[: i + 2], "--", *argv[i + 2 :]]
+    return argv
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = _parser().parse_args(_key_refs_as_operands(sys.argv[1:] if argv is None else argv))
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s %(message)s",

@@ -17,7 +17,7 @@ import pytest
 from redis.asyncio import Redis
 
 from app import keys
-from app.cli import main
+from app.cli import _key_refs_as_operands, main
 from app.clients import hash_secret
 from app.db import load_migrations
 from app.identity import resident_check_char
@@ -180,6 +180,12 @@ async def test_clients_add_refuses_an_unknown_kind(run: Run, capsys: pytest.Capt
 
 
 # --- keys ------------------------------------------------------------------------------------------------
+
+
+def test_a_key_id_beginning_with_a_dash_is_read_as_the_key() -> None:
+    assert _key_refs_as_operands(["keys", "revoke", "-x3Fq9ab"]) == ["keys", "revoke", "--", "-x3Fq9ab"]
+    assert _key_refs_as_operands(["keys", "revoke", "--help"]) == ["keys", "revoke", "--help"]
+    assert _key_refs_as_operands(["keys", "new", "--activate"]) == ["keys", "new", "--activate"]
 
 
 async def test_keys_new_activate_list_retire_revoke(run: Run, db: asyncpg.Connection, settings: Settings) -> None:
