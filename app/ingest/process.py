@@ -174,7 +174,11 @@ async def refresh_subjects(
     """
     if areas is None:
         areas = await load_risk_areas(conn)
-    chunks = [subjects[start : start + RECOMPUTE_CHUNK] for start in range(0, len(subjects), RECOMPUTE_CHUNK)]
+    # In key order each chunk reads and writes a narrow range of every index's pages, instead of pages
+    # all over tables larger than shared_buffers: for 200k of 1M subjects, 7.2 s of Postgres CPU
+    # against 9-10.5 s in upload order (no difference while everything fits in shared_buffers).
+    ordered = sorted(subjects)
+    chunks = [ordered[start : start + RECOMPUTE_CHUNK] for start in range(0, len(ordered), RECOMPUTE_CHUNK)]
     if not chunks:
         return 0
     db = _InOrder()
