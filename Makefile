@@ -14,7 +14,7 @@ LOAD_ARGS = $(if $(DURATION),--duration '$(DURATION)') $(if $(OUT),--out '$(OUT)
 	$(if $(HOST),--host '$(HOST)') $(if $(WORKERS),--workers '$(WORKERS)')
 
 .DEFAULT_GOAL := help
-.PHONY: help install servers servers-stop run test lint format bench load clean
+.PHONY: help install servers servers-stop run test lint format wrk bench load clean
 
 help:
 	@echo "make run           install, start Postgres and Redis, load the demo, serve the API"
@@ -54,7 +54,13 @@ format: $(STAMP)
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-bench: servers
+# wrk drives the HTTP benchmark; Debian packages it.
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+
+wrk:
+	@command -v wrk >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq wrk; }
+
+bench: servers wrk
 	$(WITH_ENV) $(VENV)/bin/python -m loadtests.bench $(LOAD_ARGS)
 
 load: servers
