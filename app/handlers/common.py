@@ -7,7 +7,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from app.errors import InvalidField, MalformedRequest, UnsupportedMediaType
+from app.errors import InvalidField, InvalidIdentityProblem, MalformedRequest, UnsupportedMediaType
+from app.identity import Identity, InvalidIdentity, parse_identity
 
 JSON_HEADERS = {"Content-Type": "application/json"}
 
@@ -43,3 +44,11 @@ def json_response(payload: Any, *, status: int = 200, headers: dict[str, str] | 
         body=orjson.dumps(payload),
         headers={**JSON_HEADERS, **headers} if headers else JSON_HEADERS,
     )
+
+
+def identity_from_body(body: dict[str, Any]) -> Identity:
+    """The identity document of a request body (`id_type`, default resident, and `id_number`), or 422."""
+    try:
+        return parse_identity(body.get("id_type", "resident"), body.get("id_number"))
+    except InvalidIdentity as exc:
+        raise InvalidIdentityProblem(exc.field, exc.code, exc.message) from None

@@ -15,9 +15,9 @@ from typing import Final
 from aiohttp import web
 
 from app.appkeys import CLIENTS, PG, SETTINGS, SIGNER
-from app.errors import InvalidField, InvalidIdentityProblem
-from app.handlers.common import json_response, read_json_object, required_string
-from app.identity import InvalidIdentity, mask_number, parse_identity, pseudonym
+from app.errors import InvalidField
+from app.handlers.common import identity_from_body, json_response, read_json_object, required_string
+from app.identity import mask_number, pseudonym
 from app.ingest.problems import Conflict, KindNotAllowed
 from signing.encoding import b64url_decode, b64url_encode
 from signing.errors import BadToken
@@ -36,10 +36,7 @@ async def test_code(request: web.Request) -> web.Response:
     settings = app[SETTINGS]
     app[CLIENTS].authenticate(request.headers.get("Authorization"), kind="citizen-backend")
     body = await read_json_object(request)
-    try:
-        identity = parse_identity(body.get("id_type", "resident"), body.get("id_number"))
-    except InvalidIdentity as exc:
-        raise InvalidIdentityProblem(exc.field, exc.code, exc.message) from None
+    identity = identity_from_body(body)
     subject = pseudonym(identity, settings.pepper)
     # The person may not be registered yet; a sample result must still reach a subject.
     await app[PG].execute(

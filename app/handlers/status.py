@@ -8,9 +8,9 @@ from typing import Any
 from aiohttp import web
 
 from app.appkeys import CLIENTS, SETTINGS, SIGNER, STATUS_CACHE
-from app.errors import InvalidIdentityProblem, SubjectNotFound
-from app.handlers.common import json_response, read_json_object
-from app.identity import InvalidIdentity, parse_identity, pseudonym
+from app.errors import SubjectNotFound
+from app.handlers.common import identity_from_body, json_response, read_json_object
+from app.identity import pseudonym
 from cache.entry import StatusEntry
 from signing.encoding import b64url_encode
 
@@ -25,10 +25,7 @@ async def status(request: web.Request) -> web.Response:
     settings = app[SETTINGS]
     app[CLIENTS].authenticate(request.headers.get("Authorization"), kind="citizen-backend")
     body = await read_json_object(request)
-    try:
-        identity = parse_identity(body.get("id_type", "resident"), body.get("id_number"))
-    except InvalidIdentity as exc:
-        raise InvalidIdentityProblem(exc.field, exc.code, exc.message) from None
+    identity = identity_from_body(body)
     signer = app[SIGNER].status_signer()  # before any look-up: without a key there is nothing to answer
     subject = pseudonym(identity, settings.pepper)
     entry = await app[STATUS_CACHE].get(subject)
