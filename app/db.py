@@ -8,6 +8,7 @@ import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import orjson
@@ -137,3 +138,37 @@ async def connect(dsn: str) -> asyncpg.Connection:
     conn = await asyncpg.connect(dsn)
     await init_connection(conn)
     return conn
+
+
+def _admin_url(url: str) -> tuple[str, str]:
+    """The same server's `postgres` database, and the name of the database `url` names."""
+    parts = urlsplit(url)
+    name = parts.path.lstrip("/")
+    if not re.fullmatch(r"[a-z_][a-z0-9_]*", name):
+        raise ValueError(f"database name {name!r} must be a plain lower-case identifier")
+    return urlunsplit((parts.scheme, parts.netloc, "/postgres", parts.query, parts.fragment)), name
+
+
+async def recreate_database(url: str) -> None:
+    """Drop and create the database `url` names, then migrate it: for tests and benchmarks only."""
+    admin_url, name = _admin_url(url)
+    admin = await asyncpg.connect(admin_url)
+    try:
+        await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        await admin.execute(f"CREATE DATABASE {name}")
+    finally:
+        await admin.close()
+    conn = await connect(url)
+    try:
+        await migrate(conn)
+    finally:
+        await conn.close()
+
+
+async def drop_database(url: str) -> None:
+    admin_url, name = _admin_url(url)
+    admin = await asyncpg.connect(admin_url)
+    try:
+        await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    finally:
+        await admin.close()

@@ -7,6 +7,7 @@ runs on one machine do not clean each other's data; both are cleaned per test.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -20,7 +21,7 @@ from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
 
 from app.clients import add_client
-from app.db import connect, migrate
+from app.db import connect, drop_database, recreate_database
 from app.keys import activate, new_key
 from app.settings import Settings
 from app.web import create_app
@@ -54,34 +55,11 @@ def server_urls() -> tuple[str, str]:
 
 @pytest.fixture(scope="session")
 def database_url(server_urls: tuple[str, str]) -> Iterator[str]:
-    """A fresh database for the session, migrated once."""
-    import asyncio
-
+    """A fresh database for the session, migrated once, dropped at the end."""
     url = server_urls[0]
-
-    async def create() -> None:
-        admin = await asyncpg.connect(_with_path(url, "/postgres"))
-        try:
-            await admin.execute(f"DROP DATABASE IF EXISTS {TEST_DATABASE} WITH (FORCE)")
-            await admin.execute(f"CREATE DATABASE {TEST_DATABASE}")
-        finally:
-            await admin.close()
-        conn = await connect(url)
-        try:
-            await migrate(conn)
-        finally:
-            await conn.close()
-
-    async def drop() -> None:
-        admin = await asyncpg.connect(_with_path(url, "/postgres"))
-        try:
-            await admin.execute(f"DROP DATABASE IF EXISTS {TEST_DATABASE} WITH (FORCE)")
-        finally:
-            await admin.close()
-
-    asyncio.run(create())
+    asyncio.run(recreate_database(url))
     yield url
-    asyncio.run(drop())
+    asyncio.run(drop_database(url))
 
 
 @pytest.fixture
