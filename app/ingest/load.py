@@ -116,7 +116,12 @@ async def load_file(
                 )
             if received.created:
                 cache = StatusCache(redis, _never_loads)
-                await process_batch(conn, received.batch_id, ruleset, cache, int(time.time()))
+                # Statuses are stored on a second connection while the first reads records.
+                writer = await connect(settings.database_url)
+                try:
+                    await process_batch(conn, received.batch_id, ruleset, cache, int(time.time()), writer=writer)
+                finally:
+                    await writer.close()
         if out is not None:
             await report(conn, received.batch_id, out, seen_before=not received.created)
         return received.batch_id

@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, Final, TypeVar
 
 import asyncpg
@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 RECOMPUTE_CHUNK: Final = 10_000
+# Pools smaller than this keep batch processing to one connection.
+_POOL_FOR_WRITER: Final = 4
 # Any constant works; it only has to be the same in every process.
 _PROCESSING_LOCK: Final = 0x4843_0003
 
@@ -95,9 +97,19 @@ class BatchProcessor:
         async with self._lock, self.pool.acquire() as conn:
             await conn.execute("SELECT pg_advisory_lock($1)", _PROCESSING_LOCK)
             try:
-                await process_batch(conn, batch_id, self.ruleset, self.cache, int(self.clock()))
+                async with self._writer() as writer:
+                    await process_batch(conn, batch_id, self.ruleset, self.cache, int(self.clock()), writer=writer)
             finally:
                 await conn.execute("SELECT pg_advisory_unlock($1)", _PROCESSING_LOCK)
+
+    @contextlib.asynccontextmanager
+    async def _writer(self) -> AsyncIterator[Conn | None]:
+        """A second connection for storing statuses, if the pool leaves one for requests besides."""
+        if self.pool.get_max_size() < _POOL_FOR_WRITER:
+            yield None
+            return
+        async with self.pool.acquire() as writer:
+            yield writer
 
     async def recover(self) -> list[int]:
         """Finish every batch left ``received`` or ``loading`` (by a crash, or by another process)."""
@@ -117,8 +129,14 @@ class BatchProcessor:
                 await conn.execute("SELECT pg_advisory_unlock($1)", _PROCESSING_LOCK)
 
 
-async def process_batch(conn: Conn, batch_id: int, ruleset: RuleSet, cache: StatusCache, now: int) -> None:
-    """Take one batch as far as it can go; the caller holds the processing lock."""
+async def process_batch(
+    conn: Conn, batch_id: int, ruleset: RuleSet, cache: StatusCache, now: int, *, writer: Conn | None = None
+) -> None:
+    """Take one batch as far as it can go; the caller holds the processing lock.
+
+    ``writer``: a second connection for storing statuses while ``conn`` reads records (see
+    `refresh_subjects`).
+    """
     batch = await conn.fetchrow("SELECT kind, state, merged_at FROM batches WHERE id = $1", batch_id)
     if batch is None or batch["state"] in ("done", "failed"):
         return
@@ -148,7 +166,7 @@ async def process_batch(conn: Conn, batch_id: int, ruleset: RuleSet, cache: Stat
             return
     subjects = await affected_subjects(conn, batch_id, kind, ruleset.arrival_window)
     areas = await load_risk_areas(conn)
-    await refresh_subjects(conn, subjects, ruleset, cache, now, areas)
+    await refresh_subjects(conn, subjects, ruleset, cache, now, areas, writer=writer)
     async with conn.transaction():
         await conn.execute(f"DELETE FROM staging_{kind} WHERE batch_id = $1", batch_id)
         await conn.execute(
@@ -165,12 +183,16 @@ async def refresh_subjects(
     cache: StatusCache,
     now: int,
     areas: RiskAreaIndex | None = None,
+    *,
+    writer: Conn | None = None,
 ) -> int:
     """Recompute statuses in chunks, store them, and write them to Redis (in bulk).
 
     Pipelined: while Python evaluates one chunk, Postgres reads the next chunk's records and stores the
-    previous chunk's statuses (the connection runs them in order), and Redis takes the previous chunk's
-    entries. Every step is awaited before returning; the first failure is raised.
+    previous chunk's statuses, and Redis takes the previous chunk's entries. With one connection its
+    reads and writes run in turn; given a ``writer`` connection, statuses are stored on it while
+    ``conn`` reads, so Postgres works on two cores and neither waits for the other's round trips.
+    Every step is awaited before returning; the first failure is raised.
     """
     if areas is None:
         areas = await load_risk_areas(conn)
@@ -181,15 +203,17 @@ async def refresh_subjects(
     chunks = [ordered[start : start + RECOMPUTE_CHUNK] for start in range(0, len(ordered), RECOMPUTE_CHUNK)]
     if not chunks:
         return 0
-    db = _InOrder()
+    reads = _InOrder()
+    writes = reads if writer is None else _InOrder()
+    store_conn = conn if writer is None else writer
     pending: list[asyncio.Future[Any]] = []
     done = 0
     try:
-        fetching = db.run(fetch_records(conn, chunks[0], now))
+        fetching = reads.run(fetch_records(conn, chunks[0], now))
         for index in range(len(chunks)):
             fetched = await fetching
             if index + 1 < len(chunks):
-                fetching = db.run(fetch_records(conn, chunks[index + 1], now))
+                fetching = reads.run(fetch_records(conn, chunks[index + 1], now))
             entries: dict[bytes, StatusEntry] = {}
             for start in range(0, len(fetched.subjects), _EVALUATE_SLICE):
                 entries.update(evaluate_fetched(fetched, areas, ruleset, now, slice(start, start + _EVALUATE_SLICE)))
@@ -198,13 +222,13 @@ async def refresh_subjects(
                 if future.done():
                     future.result()  # a failed write stops the refresh now, not at the end
             pending = [f for f in pending if not f.done()]
-            stored = db.run(store_statuses(conn, entries, ruleset.version, now))
+            stored = writes.run(store_statuses(store_conn, entries, ruleset.version, now))
             pending.append(stored)
             pending.append(asyncio.ensure_future(_publish(stored, entries, cache)))
             done += len(entries)
         await asyncio.gather(*pending)
     finally:
-        leftover = [*db.cancel(), *pending]
+        leftover = [*reads.cancel(), *(writes.cancel() if writes is not reads else []), *pending]
         for future in leftover:
             future.cancel()
         # Collected, so that no failure is left unretrieved (each is raised above, or by gather).

@@ -36,7 +36,7 @@ from app.ingest.kinds import KINDS
 from app.ingest.load import _chunks, paused_gc
 from app.ingest.process import process_batch
 from app.ingest.upload import receive_batch
-from app.rules.ruleset import load_ruleset
+from app.rules.ruleset import RuleSet, load_ruleset
 from cache.connection import open_redis
 from cache.status_cache import StatusCache
 from loadtests.bench import BenchError
@@ -96,6 +96,37 @@ async def _never(pseudonym: bytes) -> None:
     raise AssertionError("the benchmark writes entries; it never reads through the cache")
 
 
+async def _end_to_end(
+    conn: asyncpg.Connection, url: str, redis: Redis, path: Path, size: int, pepper: bytes, ruleset: RuleSet
+) -> tuple[int, float, float]:
+    """As `healthcode load` does it (cyclic GC paused, statuses stored on a second connection).
+
+    Returns the batch id, the seconds until the batch was staged and the seconds until it was done.
+    """
+    with paused_gc():
+        started = time.perf_counter()
+        received = await receive_batch(
+            conn,
+            client_id=0,
+            kind=KINDS["test"],
+            fmt="csv",
+            body=_chunks(path),
+            key=None,
+            pepper=pepper,
+            ruleset=ruleset,
+            now=datetime.now(UTC),
+            max_bytes=size * 2,
+        )
+        staged_seconds = time.perf_counter() - started
+        writer = await connect(url)
+        try:
+            cache = StatusCache(redis, _never)
+            await process_batch(conn, received.batch_id, ruleset, cache, int(time.time()), writer=writer)
+        finally:
+            await writer.close()
+        return received.batch_id, staged_seconds, time.perf_counter() - started
+
+
 async def _run(rows_count: int) -> dict[str, Any]:
     server = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
     url = _url(server, f"/{DATABASE}")
@@ -135,30 +166,13 @@ async def _run(rows_count: int) -> dict[str, Any]:
             await conn.execute("VACUUM ANALYZE nucleic_tests")
             print(f"ingest: raw COPY {rows_count / copy_seconds:,.0f} rows/s", file=sys.stderr, flush=True)
 
-            # End to end, as `healthcode load` does it (cyclic GC paused, as there).
-            with paused_gc():
-                started = time.perf_counter()
-                received = await receive_batch(
-                    conn,
-                    client_id=0,
-                    kind=KINDS["test"],
-                    fmt="csv",
-                    body=_chunks(path),
-                    key=None,
-                    pepper=pepper,
-                    ruleset=ruleset,
-                    now=datetime.now(UTC),
-                    max_bytes=size * 2,
-                )
-                staged_seconds = time.perf_counter() - started
-                await process_batch(conn, received.batch_id, ruleset, StatusCache(redis, _never), int(time.time()))
-                total_seconds = time.perf_counter() - started
+            batch_id, staged_seconds, total_seconds = await _end_to_end(conn, url, redis, path, size, pepper, ruleset)
             batch = await conn.fetchrow(
                 """SELECT state, rows_read, accepted, rejected, subjects,
                           extract(epoch FROM merged_at - started_at) AS merge_s,
                           extract(epoch FROM finished_at - merged_at) AS recompute_s
                    FROM batches WHERE id = $1""",
-                received.batch_id,
+                batch_id,
             )
             cached = await redis.dbsize()
         finally:
