@@ -24,7 +24,7 @@ from app.recompute import load_risk_areas, recompute_subjects
 from app.rules.ruleset import load_ruleset
 from app.settings import Settings
 from cache.connection import open_redis
-from cache.status_cache import StatusCache
+from cache.status_cache import writer_cache
 
 # Demo rows carry this batch id so that a second `demo` run replaces them instead of adding more.
 DEMO_BATCH_ID: Final = 0
@@ -177,10 +177,7 @@ async def run_demo(settings: Settings, *, people: int, seed: int, list_people: b
         ruleset = load_ruleset(settings.ruleset)
         areas = await load_risk_areas(conn)
 
-        async def no_loader(pseudonym: bytes) -> None:
-            raise AssertionError("the demo writes entries; it never reads through the cache")
-
-        cache = StatusCache(redis, no_loader)
+        cache = writer_cache(redis)
         for start in tqdm(range(0, len(pseudonyms), CHUNK), unit="chunk", desc="statuses"):
             entries = await recompute_subjects(conn, pseudonyms[start : start + CHUNK], ruleset, now, areas)
             await cache.put_many(entries)

@@ -13,7 +13,7 @@ from app.rules.ruleset import load_ruleset
 from app.settings import Settings
 from app.status_store import entry_from_row
 from cache.connection import open_redis
-from cache.status_cache import StatusCache
+from cache.status_cache import writer_cache
 
 CHUNK = 5000
 
@@ -30,16 +30,12 @@ LIMIT $2
 """
 
 
-async def _never_loads(pseudonym: bytes) -> None:
-    raise AssertionError("warming writes entries; it never reads through the cache")
-
-
 async def warm_cache(settings: Settings, *, progress: bool = False) -> int:
     """Walk every subject in pseudonym order; returns the number of entries written to Redis."""
     ruleset = load_ruleset(settings.ruleset)
     conn = await connect(settings.database_url)
     redis: Redis = open_redis(settings.redis_url)
-    cache = StatusCache(redis, _never_loads)
+    cache = writer_cache(redis)
     written = 0
     try:
         total = await conn.fetchval("SELECT count(*) FROM subjects")

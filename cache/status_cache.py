@@ -325,3 +325,12 @@ def _cancel(batch: dict[bytes, list[asyncio.Future[bytes | None]]]) -> None:
     for futures in batch.values():
         for future in futures:
             future.cancel()
+
+
+async def _refuse_load(pseudonym: bytes) -> None:
+    raise RuntimeError("this status cache only writes entries; reading through it is a bug")
+
+
+def writer_cache(redis: Redis | RedisCluster) -> StatusCache:
+    """A cache for work that only writes entries (warming, loads, sweeps, overrides, the demo)."""
+    return StatusCache(redis, _refuse_load)

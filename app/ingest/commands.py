@@ -72,17 +72,12 @@ async def _sweep(args: argparse.Namespace, settings: Settings) -> int:
     from app.ingest.process import sweep_expired
     from app.rules.ruleset import load_ruleset
     from cache.connection import open_redis
-    from cache.status_cache import StatusCache
-
-    async def never_loads(pseudonym: bytes) -> None:
-        raise AssertionError("sweeping writes entries; it never reads through the cache")
+    from cache.status_cache import writer_cache
 
     conn = await connect(settings.database_url)
     redis: Redis = open_redis(settings.redis_url)
     try:
-        count = await sweep_expired(
-            conn, load_ruleset(settings.ruleset), StatusCache(redis, never_loads), int(time.time())
-        )
+        count = await sweep_expired(conn, load_ruleset(settings.ruleset), writer_cache(redis), int(time.time()))
     finally:
         await redis.aclose()
         await conn.close()
@@ -100,7 +95,7 @@ async def _status_override(args: argparse.Namespace, settings: Settings) -> int:
     from app.ingest.overrides import OverrideError, override_status
     from app.rules.ruleset import load_ruleset
     from cache.connection import open_redis
-    from cache.status_cache import StatusCache
+    from cache.status_cache import writer_cache
 
     try:
         subject = pseudonym(parse_identity(args.id_type, args.id_number), settings.pepper)
@@ -115,9 +110,6 @@ async def _status_override(args: argparse.Namespace, settings: Settings) -> int:
         else args.until.replace(tzinfo=UTC)
     )
 
-    async def never_loads(pseudonym: bytes) -> None:
-        raise AssertionError("an override writes entries; it never reads through the cache")
-
     conn = await connect(settings.database_url)
     redis: Redis = open_redis(settings.redis_url)
     try:
@@ -129,7 +121,7 @@ async def _status_override(args: argparse.Namespace, settings: Settings) -> int:
             expires_at=until,
             actor=args.actor,
             ruleset=load_ruleset(settings.ruleset),
-            cache=StatusCache(redis, never_loads),
+            cache=writer_cache(redis),
             now=int(time.time()),
         )
     except OverrideError as exc:

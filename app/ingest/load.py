@@ -25,7 +25,7 @@ from app.ingest.upload import kind_named, receive_batch
 from app.rules.ruleset import load_ruleset
 from app.settings import Settings
 from cache.connection import open_redis
-from cache.status_cache import StatusCache
+from cache.status_cache import writer_cache
 
 READ_CHUNK: Final = 1 << 20
 # Operator loads without --agency are recorded against this client id (no API client has it).
@@ -33,14 +33,10 @@ OPERATOR_CLIENT_ID: Final = 0
 SHOWN_REJECTIONS: Final = 20
 
 
-async def _chunks(path: Path) -> AsyncIterator[bytes]:
+async def file_chunks(path: Path) -> AsyncIterator[bytes]:
     with path.open("rb") as f:
         while chunk := f.read(READ_CHUNK):
             yield chunk
-
-
-async def _never_loads(pseudonym: bytes) -> None:
-    raise AssertionError("loading writes entries; it never reads through the cache")
 
 
 @contextlib.contextmanager
@@ -106,7 +102,7 @@ async def load_file(
                     client_id=client_id,
                     kind=kind,
                     fmt=file_format(path),
-                    body=_chunks(path),
+                    body=file_chunks(path),
                     key=None,
                     pepper=settings.pepper,
                     ruleset=ruleset,
@@ -115,7 +111,7 @@ async def load_file(
                     progress=progress,
                 )
             if received.created:
-                cache = StatusCache(redis, _never_loads)
+                cache = writer_cache(redis)
                 # Statuses are stored on a second connection while the first reads records.
                 writer = await connect(settings.database_url)
                 try:

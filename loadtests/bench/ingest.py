@@ -30,15 +30,15 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 from redis.asyncio import Redis
 
-from app.db import connect, migrate
+from app.db import connect, recreate_database
 from app.identity import Identity, pseudonym, resident_check_char
 from app.ingest.kinds import KINDS
-from app.ingest.load import _chunks, paused_gc
+from app.ingest.load import file_chunks, paused_gc
 from app.ingest.process import process_batch
 from app.ingest.upload import receive_batch
 from app.rules.ruleset import RuleSet, load_ruleset
 from cache.connection import open_redis
-from cache.status_cache import StatusCache
+from cache.status_cache import writer_cache
 from loadtests.bench import BenchError
 
 DATABASE: Final = "healthcode_bench_ingest"
@@ -78,24 +78,6 @@ def _write_csv(path: Path, numbers: list[str], now: datetime) -> list[tuple[str,
     return rows
 
 
-async def _fresh_database(admin_url: str, url: str) -> None:
-    admin = await asyncpg.connect(admin_url)
-    try:
-        await admin.execute(f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")
-        await admin.execute(f"CREATE DATABASE {DATABASE}")
-    finally:
-        await admin.close()
-    conn = await connect(url)
-    try:
-        await migrate(conn)
-    finally:
-        await conn.close()
-
-
-async def _never(pseudonym: bytes) -> None:
-    raise AssertionError("the benchmark writes entries; it never reads through the cache")
-
-
 async def _end_to_end(
     conn: asyncpg.Connection, url: str, redis: Redis, path: Path, size: int, pepper: bytes, ruleset: RuleSet
 ) -> tuple[int, float, float]:
@@ -110,7 +92,7 @@ async def _end_to_end(
             client_id=0,
             kind=KINDS["test"],
             fmt="csv",
-            body=_chunks(path),
+            body=file_chunks(path),
             key=None,
             pepper=pepper,
             ruleset=ruleset,
@@ -120,7 +102,7 @@ async def _end_to_end(
         staged_seconds = time.perf_counter() - started
         writer = await connect(url)
         try:
-            cache = StatusCache(redis, _never)
+            cache = writer_cache(redis)
             await process_batch(conn, received.batch_id, ruleset, cache, int(time.time()), writer=writer)
         finally:
             await writer.close()
@@ -133,7 +115,7 @@ async def _run(rows_count: int) -> dict[str, Any]:
     redis_url = _url(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"), f"/{REDIS_DB}")
     pepper = secrets.token_bytes(32)
     try:
-        await _fresh_database(_url(server, "/postgres"), url)
+        await recreate_database(url)
     except (OSError, asyncpg.PostgresError) as exc:
         raise BenchError(f"cannot create database {DATABASE} ({exc}); start the servers with `make servers`") from exc
     now = datetime.now(UTC)
