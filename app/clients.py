@@ -86,6 +86,9 @@ class ClientRegistry:
         # dict look-up and no hash. Only headers of active clients get in; every refresh starts it anew,
         # so a revocation takes effect exactly as without it.
         self._by_header: dict[str, Client] = {}
+        # Authorised calls per client, so every look-up is attributable to the client that made it
+        # (exported by /metrics; per process). Keyed by the client object: ids outlive refreshes.
+        self.calls: dict[Client, int] = {}
 
     async def refresh(self, conn: asyncpg.Connection | asyncpg.Pool) -> None:
         rows = await conn.fetch("SELECT id, name, kind, key_hash, scopes FROM api_clients WHERE revoked_at IS NULL")
@@ -104,6 +107,7 @@ class ClientRegistry:
             self._by_header[authorization] = client
         if client.kind != kind:
             raise Forbidden(f"a {client.kind} client may not call this endpoint; it needs a {kind} client")
+        self.calls[client] = self.calls.get(client, 0) + 1
         return client
 
     def _look_up(self, authorization: str) -> Client:

@@ -62,3 +62,22 @@ async def test_past_capacity_requests_are_shed_at_once_and_counted(
     body = await metrics.text()
     assert _sample(body, "healthcode_shed_total") == 1
     assert _sample(body, "healthcode_http_requests_total", '{method="POST",route="/v1/verify",status="503"}') == 1
+
+
+async def test_every_look_up_is_attributed_to_its_client(
+    api: TestClient[Request, Application], client_keys: dict[str, str]
+) -> None:
+    for _ in range(2):
+        r = await api.post(
+            "/v1/status",
+            json={"id_type": "resident", "id_number": "11010519491231002X"},
+            headers=bearer(client_keys["citizen-backend"]),
+        )
+        assert r.status == 404, await r.text()
+    refused = await api.post("/v1/status", json={}, headers=bearer(client_keys["scanner"]))
+    assert refused.status == 403
+
+    body = await (await api.get("/metrics")).text()
+    labels = '{client="test-citizen-backend",kind="citizen-backend"}'
+    assert _sample(body, "healthcode_client_calls_total", labels) == 2
+    assert 'client="test-scanner"' not in body  # a refused call is not an authorised one

@@ -6,7 +6,7 @@ from collections.abc import Iterable
 
 from aiohttp import web
 
-from app.appkeys import FRONT_DOOR, STATUS_CACHE
+from app.appkeys import CLIENTS, FRONT_DOOR, STATUS_CACHE
 
 routes = web.RouteTableDef()
 
@@ -43,6 +43,13 @@ def render(app: web.Application) -> str:
             ("redis_errors", cache.redis_errors, "Redis errors seen by the status cache."),
         ):
             lines += _family(f"healthcode_status_cache_{name}_total", "counter", text, [("", value)])
+    clients = app.get(CLIENTS)
+    if clients is not None:
+        calls = [
+            (f'{{client="{_label(c.name)}",kind="{c.kind}"}}', n)
+            for c, n in sorted(clients.calls.items(), key=lambda item: item[0].id)
+        ]
+        lines += _family("healthcode_client_calls_total", "counter", "Authorised calls, by client.", calls)
     lines += _family(
         "healthcode_shed_total", "counter", "Requests answered 503 by load shedding.", [("", counter.shed)]
     )
