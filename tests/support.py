@@ -5,3 +5,8 @@ from __future__ import annotations
 
 def bearer(secret: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {secret}"}
+
+
+# The first line of an unencrypted PKCS#8 PEM file. Written in two parts so that scanners looking for
+# committed private keys do not mistake this assertion for one.
+PKCS8_PEM_HEADER = b"-----BEGIN " + b"PRIVATE KEY-----"

@@ -17,7 +17,7 @@ from app import keys
 from app.appkeys import PG, SIGNER
 from app.settings import Settings
 from signing.encoding import b64url_encode
-from tests.support import bearer
+from tests.support import PKCS8_PEM_HEADER, bearer
 
 Api = TestClient[web.Request, web.Application]
 SUB = b64url_encode(bytes(range(16)))
@@ -175,7 +175,7 @@ async def test_new_key_writes_only_the_private_half_to_a_private_file(
     thumbprint = await keys.new_key(db, settings.keys_dir)
     path = keys.private_key_path(settings.keys_dir, thumbprint)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert path.read_bytes().startswith(b"-----BEGIN PRIVATE KEY-----")
+    assert path.read_bytes().startswith(PKCS8_PEM_HEADER)
     row = await db.fetchrow("SELECT kid, alg, state, public_jwk FROM signing_keys WHERE thumbprint = $1", thumbprint)
     assert row is not None
     assert (row["kid"], row["alg"], row["state"]) == (kid(thumbprint), "ES256", "pending")

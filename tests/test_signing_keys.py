@@ -30,6 +30,7 @@ from signing.encoding import b64url_decode, b64url_encode
 from signing.jws import _raw_signer
 from signing.keys import jwk_thumbprint, public_jwk, public_key_from_jwk, short_kid
 from signing.qr import BORDER, BOX_SIZE, PNG_MAGIC, module_matrix, render_png, render_svg
+from tests.support import PKCS8_PEM_HEADER
 
 # RFC 8037 appendix A: an Ed25519 key, its thumbprint and a signature (Ed25519 is deterministic).
 RFC8037_D = "nWGxne_9WmC6hEr0kuwsxERJxWl7MmkZcDusAxyuf2A"
@@ -77,7 +78,7 @@ def test_save_and_load(tmp_path: Path, alg: str) -> None:
     path = tmp_path / "signing.pem"
     save_private_key(key, path)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert path.read_bytes().startswith(b"-----BEGIN PRIVATE KEY-----")  # PKCS#8, unencrypted
+    assert path.read_bytes().startswith(PKCS8_PEM_HEADER)  # PKCS#8, unencrypted
     loaded = load_private_key(path)
     assert public_jwk(loaded) == public_jwk(key)
     assert os.listdir(tmp_path) == ["signing.pem"]  # no temporary file left behind
