@@ -9,5 +9,5 @@ def bearer(secret: str) -> dict[str, str]:
 
 # The first line of an unencrypted PKCS#8 PEM file. Written in two parts so that scanners looking for
 # committed private keys do not mistake this assertion for one.
-_PEM_BEGIN = b"-----BEGIN "
-PKCS8_PEM_HEADER = _PEM_BEGIN + b"PRIVATE KEY-----"
+_PEM_OPENING = b"-----BEGIN "
+PKCS8_PEM_HEADER = _PEM_OPENING + b"PRIVATE KEY-----"
