@@ -168,7 +168,9 @@ async def run_demo(settings: Settings, *, people: int, seed: int, list_people: b
     redis: Redis = open_redis(settings.redis_url)
     try:
         await migrate(conn)
-        if await conn.fetchval("SELECT count(*) FROM signing_keys WHERE state = 'active'") == 0:
+        active = await conn.fetchval("SELECT thumbprint FROM signing_keys WHERE state = 'active'")
+        # A database shared with another checkout may have an active key whose private half is not here.
+        if active is None or not keys.private_key_path(settings.keys_dir, active).exists():
             await keys.activate(conn, await keys.new_key(conn, settings.keys_dir))
         secrets = await _demo_clients(conn, settings.keys_dir / "demo-clients.json")
         now = int(time.time())

@@ -117,7 +117,14 @@ async def load_keyring(
     for r in rows:
         private = None
         if r["state"] == "active":
-            private = load_private_key(private_key_path(keys_dir, r["thumbprint"]))
+            path = private_key_path(keys_dir, r["thumbprint"])
+            try:
+                private = load_private_key(path)
+            except FileNotFoundError:
+                raise KeyError_(
+                    f"the active key {r['kid']} has no private key file {path}; point HEALTHCODE_KEYS_DIR at it, "
+                    "or activate a key made here (`healthcode keys new --activate`)"
+                ) from None
         records.append(
             KeyRecord(
                 kid=r["kid"],

@@ -282,6 +282,24 @@ async def test_cache_warm_recomputes_statuses_past_valid_until(run: Run, db: asy
     assert await db.fetchval("SELECT colour FROM statuses WHERE pseudonym = $1", subject) == "green"
 
 
+async def test_demo_activates_a_key_of_its_own_when_the_active_ones_private_half_is_elsewhere(
+    run: Run, db: asyncpg.Connection, settings: Settings, tmp_path: Path
+) -> None:
+    # Another checkout sharing this database made the active key; its private file is not here.
+    elsewhere = await keys.activate(db, await keys.new_key(db, tmp_path / "elsewhere"))
+    with pytest.raises(keys.KeyError_, match="has no private key file"):
+        await keys.load_keyring(db, settings.keys_dir, 300, "healthcode")
+
+    code, out, _ = await run("demo", "--people", "20")
+
+    assert code == 0, out
+    states = {r["thumbprint"]: r["state"] for r in await keys.list_keys(db)}
+    assert states.pop(elsewhere) == "retired"
+    ((mine, state),) = states.items()
+    assert state == "active"
+    assert keys.private_key_path(settings.keys_dir, mine).exists()
+
+
 async def test_demo_list_prints_numbers_per_situation(run: Run) -> None:
     code, out, _ = await run("demo", "--people", "300", "--seed", "5", "--list")
     assert code == 0
