@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import asyncpg
@@ -9,9 +10,11 @@ import asyncpg
 from signing.keyring import KeyRecord, KeyRing
 from signing.keys import (
     ES256,
+    PrivateKey,
     generate_private_key,
     jwk_thumbprint,
     load_private_key,
+    private_key_from_pem,
     public_jwk,
     save_private_key,
     short_kid,
@@ -105,10 +108,24 @@ async def list_keys(conn: asyncpg.Connection) -> list[asyncpg.Record]:
     )
 
 
+def keys_from_pems(pems: Sequence[bytes]) -> dict[str, PrivateKey]:
+    """Private keys given in the environment, by thumbprint."""
+    found = {}
+    for pem in pems:
+        key = private_key_from_pem(pem)
+        found[jwk_thumbprint(public_jwk(key))] = key
+    return found
+
+
 async def load_keyring(
-    conn: asyncpg.Connection | asyncpg.Pool, keys_dir: Path, token_ttl_seconds: int, issuer: str
+    conn: asyncpg.Connection | asyncpg.Pool,
+    keys_dir: Path,
+    token_ttl_seconds: int,
+    issuer: str,
+    env_keys: Mapping[str, PrivateKey] | None = None,
 ) -> KeyRing:
-    """Every key from Postgres; the private half only of the active key, read from its file."""
+    """Every key from Postgres; the private half only of the active key, from the environment
+    (`env_keys`, by thumbprint) or else from its file in `keys_dir`."""
     rows = await conn.fetch(
         """SELECT thumbprint, kid, alg, public_jwk, state, extract(epoch FROM retired_at)::bigint AS retired_at
            FROM signing_keys"""
@@ -117,14 +134,7 @@ async def load_keyring(
     for r in rows:
         private = None
         if r["state"] == "active":
-            path = private_key_path(keys_dir, r["thumbprint"])
-            try:
-                private = load_private_key(path)
-            except FileNotFoundError:
-                raise KeyError_(
-                    f"the active key {r['kid']} has no private key file {path}; point HEALTHCODE_KEYS_DIR at it, "
-                    "or activate a key made here (`healthcode keys new --activate`)"
-                ) from None
+            private = (env_keys or {}).get(r["thumbprint"]) or _key_file(keys_dir, r["thumbprint"], r["kid"])
         records.append(
             KeyRecord(
                 kid=r["kid"],
@@ -137,6 +147,17 @@ async def load_keyring(
             )
         )
     return KeyRing(records, token_ttl_seconds, issuer=issuer)
+
+
+def _key_file(keys_dir: Path, thumbprint: str, kid: str) -> PrivateKey:
+    path = private_key_path(keys_dir, thumbprint)
+    try:
+        return load_private_key(path)
+    except FileNotFoundError:
+        raise KeyError_(
+            f"the active key {kid} has no private key file {path} and is not in HEALTHCODE_SIGNING_KEYS; "
+            "point HEALTHCODE_KEYS_DIR at it, or activate a key made here (`healthcode keys new --activate`)"
+        ) from None
 
 
 async def _audit(conn: asyncpg.Connection, actor: str, action: str, thumbprint: str) -> None:

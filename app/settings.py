@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,8 @@ class Settings:
     ruleset: str = "default-2022"
     # How often a process re-reads clients and keys, so a revocation takes effect everywhere.
     refresh_seconds: float = 5.0
+    # Private signing keys given in the environment (PEM), used before key files.
+    signing_key_pems: tuple[bytes, ...] = ()
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -48,6 +51,7 @@ class Settings:
             pg_pool_max=_int(env, "HEALTHCODE_PG_POOL_MAX", 10, low=1, high=1000),
             ruleset=env.get("HEALTHCODE_RULESET", "default-2022"),
             refresh_seconds=float(_int(env, "HEALTHCODE_REFRESH_SECONDS", 5, low=1, high=3600)),
+            signing_key_pems=_pems(env, "HEALTHCODE_SIGNING_KEYS"),
         )
 
 
@@ -90,3 +94,15 @@ def _pepper(env: Mapping[str, str]) -> bytes:
     if len(pepper) < 16:
         raise SettingsError(f"{source} must hold at least 16 bytes of secret")
     return pepper
+
+
+_PEM_BLOCK = re.compile(r"-----BEGIN [A-Z ]+-----.+?-----END [A-Z ]+-----", re.DOTALL)
+
+
+def _pems(env: Mapping[str, str], name: str) -> tuple[bytes, ...]:
+    """One or more PEM blocks, one after the other, in one variable."""
+    raw = env.get(name, "").strip()
+    blocks = tuple(block.encode() for block in _PEM_BLOCK.findall(raw))
+    if raw and not blocks:
+        raise SettingsError(f"{name} must hold PEM private keys")
+    return blocks

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 import asyncpg
 
 from app.errors import DependencyUnavailable
-from app.keys import load_keyring
+from app.keys import keys_from_pems, load_keyring
 from signing.jws import STATUS_TYP, TokenSigner, TokenVerifier
 from signing.keyring import KeyRing, NoSigningKey
 
@@ -16,8 +17,9 @@ log = logging.getLogger(__name__)
 
 
 class SignerState:
-    def __init__(self, keys_dir: Path, issuer: str, token_ttl_seconds: int) -> None:
+    def __init__(self, keys_dir: Path, issuer: str, token_ttl_seconds: int, env_pems: Sequence[bytes] = ()) -> None:
         self.keys_dir = keys_dir
+        self.env_keys = keys_from_pems(env_pems)
         self.issuer = issuer
         self.token_ttl_seconds = token_ttl_seconds
         self.keyring: KeyRing | None = None
@@ -27,7 +29,7 @@ class SignerState:
     async def refresh(self, conn: asyncpg.Connection | asyncpg.Pool) -> None:
         """Re-read keys. Verification keys always follow Postgres, so a revoked key is refused at once even
         when it was the only active one; signing then stops (503) until a key is activated."""
-        keyring = await load_keyring(conn, self.keys_dir, self.token_ttl_seconds, self.issuer)
+        keyring = await load_keyring(conn, self.keys_dir, self.token_ttl_seconds, self.issuer, self.env_keys)
         self.keyring = keyring
         self.verifier = TokenVerifier(keyring, self.issuer, typ=STATUS_TYP)
         try:

@@ -68,7 +68,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     settings, pool, redis = app[SETTINGS], app[PG], app[REDIS]
     app[CLIENTS] = ClientRegistry()
     await app[CLIENTS].refresh(pool)
-    app[SIGNER] = SignerState(settings.keys_dir, settings.issuer, settings.token_ttl_seconds)
+    app[SIGNER] = SignerState(settings.keys_dir, settings.issuer, settings.token_ttl_seconds, settings.signing_key_pems)
     await app[SIGNER].refresh(pool)
     app[SIGNER].status_signer()  # refuse to start without a signing key
     loader = app[STATUS_LOADER] = StatusLoader(pool, load_ruleset(settings.ruleset))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import stat
 import time
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -15,7 +16,8 @@ from aiohttp.test_utils import TestClient
 
 from app import keys
 from app.appkeys import PG, SIGNER
-from app.settings import Settings
+from app.settings import Settings, SettingsError
+from app.signer_state import SignerState
 from signing.encoding import b64url_encode
 from tests.support import PKCS8_PEM_HEADER, bearer
 
@@ -218,3 +220,33 @@ async def test_activating_again_keeps_one_active_key(
     rows = {r["thumbprint"]: (r["state"], r["retired_at"]) for r in await keys.list_keys(db)}
     assert rows[signing_key] == ("active", None)
     assert rows[second][0] == "retired" and rows[second][1] is not None
+
+
+async def test_the_active_private_key_can_come_from_the_environment(
+    db: asyncpg.Connection, settings: Settings, tmp_path: Path
+) -> None:
+    thumbprint = await keys.activate(db, await keys.new_key(db, tmp_path / "made-elsewhere"))
+    key_file = keys.private_key_path(tmp_path / "made-elsewhere", thumbprint)
+    pem = key_file.read_bytes()
+    key_file.unlink()  # only the environment holds it now
+    env = {
+        "DATABASE_URL": settings.database_url,
+        "REDIS_URL": settings.redis_url,
+        "HEALTHCODE_PEPPER": settings.pepper.hex(),
+        "HEALTHCODE_KEYS_DIR": str(settings.keys_dir),
+        "HEALTHCODE_SIGNING_KEYS": "\n" + pem.decode() + "\n",
+    }
+
+    state = SignerState(settings.keys_dir, "healthcode", 300, Settings.from_env(env).signing_key_pems)
+    await state.refresh(db)
+
+    token = state.status_signer().sign_status(SUB, "G", 0, 1, int(time.time()))
+    assert jwt.get_unverified_header(token)["kid"] == kid(thumbprint)
+    assert state.verifier is not None
+    assert state.verifier.verify(token, int(time.time()))["st"] == "G"
+
+
+def test_signing_keys_in_the_environment_must_be_pem() -> None:
+    env = {"DATABASE_URL": "x", "REDIS_URL": "x", "HEALTHCODE_PEPPER": "00" * 16, "HEALTHCODE_KEYS_DIR": "k"}
+    with pytest.raises(SettingsError, match="HEALTHCODE_SIGNING_KEYS must hold PEM private keys"):
+        Settings.from_env({**env, "HEALTHCODE_SIGNING_KEYS": "not a key"})
