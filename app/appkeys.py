@@ -13,6 +13,7 @@ from app.scans import ScanRecorder
 from app.settings import Settings
 from app.signer_state import SignerState
 from app.status_store import StatusLoader
+from cache.rate_limit import RateLimiter
 from cache.status_cache import StatusCache
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -22,6 +23,7 @@ CLIENTS = web.AppKey("clients", ClientRegistry)
 STATUS_CACHE = web.AppKey("status_cache", StatusCache)
 STATUS_LOADER = web.AppKey("status_loader", StatusLoader)  # its read counter is a metric
 SIGNER = web.AppKey("signer", SignerState)
+RATE_LIMITER = web.AppKey("rate_limiter", RateLimiter)
 SCANS = web.AppKey("scans", ScanRecorder)
 FRONT_DOOR = web.AppKey("front_door", FrontDoor)
 INGEST = web.AppKey("ingest", BatchProcessor)

@@ -114,6 +114,15 @@ class InvalidIdentityProblem(InvalidField):
     title = "The identity document number is invalid"
 
 
+class RateLimited(ProblemError):
+    status = 429
+    slug = "rate-limited"
+    title = "Too many requests from this client"
+
+    def __init__(self, detail: str, retry_after: int = 1) -> None:
+        super().__init__(detail, headers={"Retry-After": str(retry_after)})
+
+
 class Overloaded(ProblemError):
     status = 503
     slug = "overloaded"

@@ -30,6 +30,8 @@ class Settings:
     ruleset: str = "default-2022"
     # How often a process re-reads clients and keys, so a revocation takes effect everywhere.
     refresh_seconds: float = 5.0
+    # Uploads an agency may start per second, across every process (a retry storm is refused early).
+    agency_uploads_per_second: int = 20
     # Private signing keys given in the environment (PEM), used before key files.
     signing_key_pems: tuple[bytes, ...] = ()
 
@@ -51,6 +53,7 @@ class Settings:
             pg_pool_max=_int(env, "HEALTHCODE_PG_POOL_MAX", 10, low=1, high=1000),
             ruleset=env.get("HEALTHCODE_RULESET", "default-2022"),
             refresh_seconds=float(_int(env, "HEALTHCODE_REFRESH_SECONDS", 5, low=1, high=3600)),
+            agency_uploads_per_second=_int(env, "HEALTHCODE_AGENCY_UPLOADS_PER_SECOND", 20, low=1, high=100_000),
             signing_key_pems=_pems(env, "HEALTHCODE_SIGNING_KEYS"),
         )
 

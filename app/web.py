@@ -13,7 +13,19 @@ from datetime import UTC, datetime
 from aiohttp import web
 from redis.asyncio import Redis
 
-from app.appkeys import CLIENTS, FRONT_DOOR, INGEST, PG, REDIS, SCANS, SETTINGS, SIGNER, STATUS_CACHE, STATUS_LOADER
+from app.appkeys import (
+    CLIENTS,
+    FRONT_DOOR,
+    INGEST,
+    PG,
+    RATE_LIMITER,
+    REDIS,
+    SCANS,
+    SETTINGS,
+    SIGNER,
+    STATUS_CACHE,
+    STATUS_LOADER,
+)
 from app.clients import ClientRegistry
 from app.db import close_pool, create_pool
 from app.handlers import batches, meta, metrics, qr, samples, status, verify
@@ -25,6 +37,7 @@ from app.settings import Settings
 from app.signer_state import SignerState
 from app.status_store import StatusLoader
 from cache.connection import open_redis
+from cache.rate_limit import RateLimiter
 from cache.scan_stream import ScanStream
 from cache.status_cache import StatusCache
 
@@ -74,6 +87,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     loader = app[STATUS_LOADER] = StatusLoader(pool, load_ruleset(settings.ruleset))
     app[STATUS_CACHE] = StatusCache(redis, loader.load, negative_ttl_seconds=settings.negative_ttl_seconds)
     app[SCANS] = ScanRecorder(ScanStream(redis), pool)
+    app[RATE_LIMITER] = RateLimiter(redis)
     await ensure_scan_partitions(pool, datetime.now(UTC).date())
     app[INGEST] = BatchProcessor(pool, loader.ruleset, app[STATUS_CACHE])
     yield

@@ -335,3 +335,20 @@ async def test_agency_may_upload_only_its_kinds(
     assert r.status == 404
     r = await api.get("/v1/batches/nonsense", headers=bearer(lab))
     assert r.status == 404
+
+
+async def test_an_agency_past_its_upload_rate_is_told_to_back_off(
+    make_client: AppFactory, client_keys: dict[str, str], db: asyncpg.Connection
+) -> None:
+    api = await make_client(agency_uploads_per_second=1)
+    # Three uploads within a second or two: whichever second holds two of them refuses the second.
+    answers = [await upload(api, client_keys["agency"], "population", people(i), wait=False) for i in range(3)]
+
+    statuses = [status for status, _ in answers]
+    assert 429 in statuses, statuses
+    assert set(statuses) <= {202, 429}
+    refused = next(payload for status, payload in answers if status == 429)
+    assert refused["type"] == "/problems/rate-limited"
+    assert refused["detail"] == "upload limit reached: 1 a second per agency"
+    # A refused upload leaves nothing behind.
+    assert await db.fetchval("SELECT count(*) FROM batches") == statuses.count(202)

@@ -9,9 +9,9 @@ from typing import Final
 import orjson
 from aiohttp import web
 
-from app.appkeys import CLIENTS, INGEST, PG, SETTINGS
+from app.appkeys import CLIENTS, INGEST, PG, RATE_LIMITER, SETTINGS
 from app.clients import Client
-from app.errors import InvalidField, NotFound, UnsupportedMediaType
+from app.errors import InvalidField, NotFound, RateLimited, UnsupportedMediaType
 from app.handlers.common import json_response
 from app.ingest.problems import BatchTooLarge, KindNotAllowed
 from app.ingest.store import batch_by_id, batch_view, rejections
@@ -60,6 +60,9 @@ async def upload(request: web.Request) -> web.Response:
         raise InvalidField(
             "Idempotency-Key", "bad_key", f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} printable characters"
         )
+    # Limited after the cheap checks, so a malformed retry storm costs no Redis round trip either.
+    if not await app[RATE_LIMITER].allow(str(client.id), app[SETTINGS].agency_uploads_per_second):
+        raise RateLimited(f"upload limit reached: {app[SETTINGS].agency_uploads_per_second} a second per agency")
     processor = app[INGEST]
     received = await receive_batch(
         app[PG],
