@@ -11,15 +11,21 @@ from app.recompute import recompute_subjects
 from app.rules.ruleset import RuleSet
 from cache.entry import StatusEntry
 
-STATUS_QUERY = """
-SELECT sub.id_type, sub.masked_name, sub.masked_number,
+# A subject and its stored status (NULL columns when none is stored), as `entry_from_row` reads them.
+STATUS_SELECT = """
+SELECT sub.pseudonym, sub.id_type, sub.masked_name, sub.masked_number,
        st.colour, st.reasons, st.popup, st.vaccine_doses, st.vaccine_complete,
        extract(epoch FROM st.last_test_at)::bigint AS last_test_at, st.last_test_result, st.ruleset,
        extract(epoch FROM st.computed_at)::bigint AS computed_at,
        extract(epoch FROM st.valid_until)::bigint AS valid_until
 FROM subjects sub LEFT JOIN statuses st ON st.pseudonym = sub.pseudonym
-WHERE sub.pseudonym = $1
 """
+STATUS_QUERY = STATUS_SELECT + "WHERE sub.pseudonym = $1"
+
+
+def is_fresh(row: asyncpg.Record, now: int) -> bool:
+    """Whether the row holds a stored status that is still valid at `now`."""
+    return row["colour"] is not None and row["valid_until"] > now
 
 
 def entry_from_row(row: asyncpg.Record) -> StatusEntry:
@@ -56,7 +62,7 @@ class StatusLoader:
             row = await conn.fetchrow(STATUS_QUERY, subject)
             if row is None:
                 return None
-            if row["colour"] is not None and row["valid_until"] > now:
+            if is_fresh(row, now):
                 return entry_from_row(row)
             recomputed = await recompute_subjects(conn, [subject], self.ruleset, now)
             return recomputed.get(subject)

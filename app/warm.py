@@ -11,23 +11,13 @@ from app.db import connect
 from app.recompute import load_risk_areas, recompute_subjects
 from app.rules.ruleset import load_ruleset
 from app.settings import Settings
-from app.status_store import entry_from_row
+from app.status_store import STATUS_SELECT, entry_from_row, is_fresh
 from cache.connection import open_redis
 from cache.status_cache import writer_cache
 
 CHUNK = 5000
 
-_PAGE = """
-SELECT sub.pseudonym, sub.id_type, sub.masked_name, sub.masked_number,
-       st.colour, st.reasons, st.popup, st.vaccine_doses, st.vaccine_complete,
-       extract(epoch FROM st.last_test_at)::bigint AS last_test_at, st.last_test_result, st.ruleset,
-       extract(epoch FROM st.computed_at)::bigint AS computed_at,
-       extract(epoch FROM st.valid_until)::bigint AS valid_until
-FROM subjects sub LEFT JOIN statuses st ON st.pseudonym = sub.pseudonym
-WHERE sub.pseudonym > $1
-ORDER BY sub.pseudonym
-LIMIT $2
-"""
+_PAGE = STATUS_SELECT + "WHERE sub.pseudonym > $1 ORDER BY sub.pseudonym LIMIT $2"
 
 
 async def warm_cache(settings: Settings, *, progress: bool = False) -> int:
@@ -44,9 +34,7 @@ async def warm_cache(settings: Settings, *, progress: bool = False) -> int:
         with tqdm(total=total, unit="people", disable=not progress) as bar:
             while rows := await conn.fetch(_PAGE, after, CHUNK):
                 now = int(time.time())
-                fresh = {
-                    bytes(r["pseudonym"]): entry_from_row(r) for r in rows if r["colour"] and r["valid_until"] > now
-                }
+                fresh = {bytes(r["pseudonym"]): entry_from_row(r) for r in rows if is_fresh(r, now)}
                 stale = [bytes(r["pseudonym"]) for r in rows if bytes(r["pseudonym"]) not in fresh]
                 if stale:
                     fresh.update(await recompute_subjects(conn, stale, ruleset, now, areas))
