@@ -10,8 +10,8 @@ from aiohttp import web
 
 from app.appkeys import CLIENTS, SIGNER
 from app.errors import InvalidField
-from app.handlers.verify import MAX_TOKEN_LENGTH
 from signing.errors import BadToken
+from signing.jws import MAX_TOKEN_LENGTH
 from signing.qr import render_png, render_svg
 
 routes = web.RouteTableDef()

@@ -21,12 +21,11 @@ from app.identity import mask_number, pseudonym
 from app.ingest.problems import Conflict, KindNotAllowed
 from signing.encoding import b64url_decode, b64url_encode
 from signing.errors import BadToken
-from signing.jws import TokenVerifier
+from signing.jws import MAX_TOKEN_LENGTH, TokenVerifier
 
 routes = web.RouteTableDef()
 
 TEST_CODE_TYP: Final = "hct+jwt"
-MAX_TOKEN_LENGTH: Final = 2048
 MAX_SAMPLE_ID: Final = 64
 
 

@@ -12,11 +12,11 @@ from app.handlers.status import COLOUR_LETTER
 from app.scans import ScanEvent
 from signing.encoding import b64url_decode
 from signing.errors import BadToken
+from signing.jws import MAX_TOKEN_LENGTH
 
 routes = web.RouteTableDef()
 
 _LETTER_COLOUR = {letter: colour for colour, letter in COLOUR_LETTER.items()}
-MAX_TOKEN_LENGTH = 2048
 
 
 @routes.post("/v1/verify")
