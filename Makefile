@@ -1,6 +1,6 @@
 # healthcode: on a fresh machine with Python 3.11, `make run` starts the demo and `make test` runs the suite.
 # Postgres and Redis: DATABASE_URL / REDIS_URL if set, else servers on the default local ports, else
-# embedded ones under .healthcode/ (HEALTHCODE_EMBEDDED=1 forces embedded). See app/devservers.py.
+# embedded ones under .healthcode/ (HEALTHCODE_EMBEDDED=1 forces embedded). See app/dev/servers.py.
 
 PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3 2>/dev/null)
 VENV ?= .venv
@@ -37,7 +37,7 @@ $(STAMP): pyproject.toml | $(VENV)/bin/python
 install: $(STAMP)
 
 servers: $(STAMP)
-	$(VENV)/bin/python -m app.devservers up
+	$(VENV)/bin/python -m app.dev.servers up
 
 run: servers
 	$(WITH_ENV) $(VENV)/bin/healthcode demo && exec $(VENV)/bin/healthcode serve
@@ -67,7 +67,7 @@ load: servers
 	$(WITH_ENV) $(VENV)/bin/python -m loadtests.run $(LOAD_ARGS)
 
 servers-stop:
-	@if [ -x $(VENV)/bin/python ] && [ -d $(STATE) ]; then $(VENV)/bin/python -m app.devservers down; \
+	@if [ -x $(VENV)/bin/python ] && [ -d $(STATE) ]; then $(VENV)/bin/python -m app.dev.servers down; \
 	else echo "no embedded servers to stop"; fi
 
 clean: servers-stop

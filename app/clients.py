@@ -9,7 +9,7 @@ from typing import Final
 
 import asyncpg
 
-from app.errors import Forbidden, Unauthenticated
+from app.http.problems import Forbidden, Unauthenticated
 
 CLIENT_KINDS: Final = ("citizen-backend", "scanner", "agency")
 _SECRET_PREFIX: Final = "hc_"

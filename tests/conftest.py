@@ -22,9 +22,9 @@ from redis.asyncio import Redis
 
 from app.clients import add_client
 from app.db import connect, drop_database, recreate_database
-from app.keys import activate, new_key
+from app.http.app import create_app
+from app.keys.lifecycle import activate, new_key
 from app.settings import Settings
-from app.web import create_app
 
 TEST_DATABASE = f"healthcode_test_{os.getpid()}"
 # Db 0 is the demo's and 14 the cache tests'; the rest are spread over runs.

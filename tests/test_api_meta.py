@@ -11,8 +11,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from app.appkeys import SIGNER
-from app.handlers.meta import JWKS_MAX_AGE
+from app.http.appkeys import SIGNER
+from app.http.handlers.meta import JWKS_MAX_AGE
 from signing.encoding import b64url_encode
 from signing.jws import TokenSigner
 from signing.keys import generate_private_key, jwk_thumbprint

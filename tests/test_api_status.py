@@ -13,14 +13,14 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from app.appkeys import CLIENTS, PG, STATUS_CACHE, STATUS_LOADER
 from app.clients import revoke_client
-from app.demo import load_population
+from app.dev.demo import load_population
+from app.dev.population import synthetic_people
+from app.http.appkeys import CLIENTS, PG, STATUS_CACHE, STATUS_LOADER
 from app.identity import Identity, mask_name, mask_number, pseudonym
-from app.population import synthetic_people
-from app.recompute import load_risk_areas, recompute_subjects
 from app.rules.ruleset import load_ruleset
 from app.settings import Settings
+from app.statuses.compute import load_risk_areas, recompute_subjects
 from signing.encoding import b64url_encode
 from tests.conftest import AppFactory
 from tests.support import bearer

@@ -12,7 +12,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
 
-from app.appkeys import PG, SIGNER, STATUS_LOADER
+from app.http.appkeys import PG, SIGNER, STATUS_LOADER
 from app.identity import Identity, mask_name, mask_number, pseudonym
 from app.scans import ScanWriter
 from app.settings import Settings

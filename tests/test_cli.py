@@ -16,14 +16,14 @@ import asyncpg
 import pytest
 from redis.asyncio import Redis
 
-from app import keys
 from app.cli import _key_refs_as_operands, main
 from app.clients import hash_secret
 from app.db import load_migrations
+from app.dev.population import synthetic_people
 from app.identity import resident_check_char
-from app.population import synthetic_people
+from app.keys import lifecycle as keys
 from app.settings import Settings, SettingsError
-from app.status_store import STATUS_QUERY, entry_from_row
+from app.statuses.loader import STATUS_QUERY, entry_from_row
 from cache.entry import unpack
 from cache.keys import status_key
 from tests.conftest import AppFactory

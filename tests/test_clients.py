@@ -8,7 +8,7 @@ import asyncpg
 import pytest
 
 from app.clients import CLIENT_KINDS, Client, ClientRegistry, add_client, hash_secret, list_clients, revoke_client
-from app.errors import Forbidden, Unauthenticated
+from app.http.problems import Forbidden, Unauthenticated
 
 
 async def test_add_stores_only_a_hash_and_a_short_prefix(db: asyncpg.Connection) -> None:

@@ -7,12 +7,12 @@ from datetime import date
 
 import asyncpg
 
-from app.demo import load_population
+from app.dev.demo import load_population
+from app.dev.population import SITUATIONS, synthetic_people
 from app.identity import Identity, mask_name, mask_number, parse_identity, pseudonym
-from app.population import SITUATIONS, synthetic_people
-from app.recompute import load_risk_areas, recompute_subjects
 from app.rules.ruleset import load_ruleset
 from app.settings import Settings
+from app.statuses.compute import load_risk_areas, recompute_subjects
 
 RECORD_TABLES = ("vaccinations", "nucleic_tests", "travel_arrivals", "designations")
 

@@ -1,4 +1,4 @@
-"""The embedded-server path of `app.devservers`, exercised for real so a fresh machine keeps working."""
+"""The embedded-server path of `app.dev.servers`, exercised for real so a fresh machine keeps working."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import asyncpg
 import pytest
 from redis.asyncio import Redis
 
-from app import devservers
+from app.dev import servers as devservers
 
 
 @pytest.fixture

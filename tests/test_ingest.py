@@ -20,13 +20,13 @@ from app.identity import parse_identity, pseudonym
 from app.ingest.fields import Pseudonymiser
 from app.ingest.kinds import KINDS
 from app.ingest.load import load_file
-from app.ingest.overrides import OverrideError, override_status
 from app.ingest.problems import BadBatch
 from app.ingest.process import BatchProcessor
 from app.ingest.reader import BodyDecoder, CsvRows
 from app.ingest.upload import receive_batch
 from app.rules.ruleset import load_ruleset
 from app.settings import Settings
+from app.statuses.overrides import OverrideError, override_status
 from cache.status_cache import StatusCache
 from tests.test_ingest_helpers import ago, csv_body, number
 

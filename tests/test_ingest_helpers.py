@@ -9,7 +9,7 @@ import orjson
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from app.appkeys import INGEST
+from app.http.appkeys import INGEST
 from app.identity import resident_check_char
 from tests.support import bearer
 

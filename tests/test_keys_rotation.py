@@ -1,4 +1,4 @@
-"""Signing-key life cycle through app.keys, observed through the running app: JWKS, /v1/verify and PyJWT."""
+"""Signing-key life cycle through app.keys.lifecycle, observed through the running app: JWKS, /v1/verify and PyJWT."""
 
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from app import keys
-from app.appkeys import PG, SIGNER
+from app.http.appkeys import PG, SIGNER
+from app.keys import lifecycle as keys
+from app.keys.signer import SignerState
 from app.settings import Settings, SettingsError
-from app.signer_state import SignerState
 from signing.encoding import b64url_encode
 from tests.support import PKCS8_PEM_HEADER, bearer
 

@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
+from app.http.app import create_app
 from app.settings import Settings
-from app.web import create_app
 from loadtests.load import upload
 from loadtests.population import Population, anchor
 

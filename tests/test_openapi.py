@@ -17,17 +17,17 @@ from openapi_spec_validator import validate as validate_spec
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
-from app.appkeys import SIGNER
-from app.handlers.meta import openapi_document
+from app.http.app import create_app
+from app.http.appkeys import SIGNER
+from app.http.handlers.meta import openapi_document
 from app.identity import Identity, pseudonym
 from app.settings import Settings
-from app.web import create_app
 from signing.encoding import b64url_encode
 from tests.conftest import AppFactory
 from tests.support import bearer
 
 Api = TestClient[web.Request, web.Application]
-DOCUMENT_PATH = Path(__file__).resolve().parent.parent / "app" / "openapi.json"
+DOCUMENT_PATH = Path(__file__).resolve().parent.parent / "app" / "http" / "openapi.json"
 DOCUMENT: dict[str, Any] = orjson.loads(DOCUMENT_PATH.read_bytes())
 BASE = "urn:healthcode:openapi"
 REGISTRY: Registry[Any] = Registry().with_resource(
@@ -117,12 +117,12 @@ def test_the_app_serves_this_document() -> None:
 
 def test_every_route_of_the_app_is_documented() -> None:
     missing = app_routes() - documented_operations()
-    assert not missing, f"routes missing from app/openapi.json: {sorted(missing)}"
+    assert not missing, f"routes missing from app/http/openapi.json: {sorted(missing)}"
 
 
 def test_every_documented_operation_exists() -> None:
     extra = documented_operations() - app_routes()
-    assert not extra, f"app/openapi.json documents routes the app lacks: {sorted(extra)}"
+    assert not extra, f"app/http/openapi.json documents routes the app lacks: {sorted(extra)}"
 
 
 def test_the_issue_routes_are_there() -> None:

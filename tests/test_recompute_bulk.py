@@ -6,11 +6,11 @@ import time
 
 import asyncpg
 
-from app.demo import load_population
-from app.population import synthetic_people
-from app.recompute import load_risk_areas, recompute_subjects
+from app.dev.demo import load_population
+from app.dev.population import synthetic_people
 from app.rules.ruleset import load_ruleset
 from app.settings import Settings
+from app.statuses.compute import load_risk_areas, recompute_subjects
 
 _ROWS = """SELECT pseudonym, colour, reasons, popup, vaccine_doses, vaccine_complete, last_test_at, last_test_result,
                   ruleset, computed_at, valid_until FROM statuses ORDER BY pseudonym"""

@@ -49,7 +49,7 @@ def add_parsers(sub: Any) -> None:
 
 
 async def _load(args: argparse.Namespace, settings: Settings) -> int:
-    from app.errors import ProblemError
+    from app.http.problems import ProblemError
     from app.ingest.load import load_file
 
     try:
@@ -92,8 +92,8 @@ async def _status_override(args: argparse.Namespace, settings: Settings) -> int:
 
     from app.db import connect
     from app.identity import InvalidIdentity, parse_identity, pseudonym
-    from app.ingest.overrides import OverrideError, override_status
     from app.rules.ruleset import load_ruleset
+    from app.statuses.overrides import OverrideError, override_status
     from cache.connection import open_redis
     from cache.status_cache import writer_cache
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from app.errors import ProblemError
+from app.http.problems import ProblemError
 
 
 class BatchTooLarge(ProblemError):

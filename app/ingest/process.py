@@ -26,9 +26,9 @@ import asyncpg
 
 from app.ingest.merge import affected_subjects, merge_batch
 from app.ingest.store import Conn, mark_failed
-from app.recompute import evaluate_fetched, fetch_records, load_risk_areas, store_statuses
 from app.rules.areas import RiskAreaIndex
 from app.rules.ruleset import RuleSet
+from app.statuses.compute import evaluate_fetched, fetch_records, load_risk_areas, store_statuses
 from cache.entry import StatusEntry
 from cache.status_cache import StatusCache
 

@@ -3,7 +3,7 @@
 The development data (`make run`) is left alone: the bench uses database `healthcode_bench` on the same
 Postgres server, Redis db 12 on the same Redis, and its own keys folder beside the configured one (the
 demo writes its client secrets there). It loads the usual demo population, so the identity numbers
-come from `app.population.synthetic_people` with the demo's seed.
+come from `app.dev.population.synthetic_people` with the demo's seed.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ import asyncpg
 import orjson
 from redis import Redis
 
+from app.dev.population import synthetic_people
 from app.identity import Identity, pseudonym
-from app.population import synthetic_people
 from app.settings import Settings, SettingsError
 from cache.keys import status_key
 from loadtests.bench import BenchError

@@ -6,9 +6,9 @@ import time
 
 from aiohttp import web
 
-from app.appkeys import CLIENTS, SCANS, SIGNER, STATUS_CACHE
-from app.handlers.common import json_response, read_json_object, required_string
-from app.handlers.status import COLOUR_LETTER
+from app.http.appkeys import CLIENTS, SCANS, SIGNER, STATUS_CACHE
+from app.http.handlers.common import json_response, read_json_object, required_string
+from app.http.handlers.status import COLOUR_LETTER
 from app.scans import ScanEvent
 from signing.encoding import b64url_decode
 from signing.errors import BadToken

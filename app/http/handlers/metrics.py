@@ -6,7 +6,7 @@ from collections.abc import Iterable
 
 from aiohttp import web
 
-from app.appkeys import CLIENTS, FRONT_DOOR, STATUS_CACHE
+from app.http.appkeys import CLIENTS, FRONT_DOOR, STATUS_CACHE
 
 routes = web.RouteTableDef()
 

@@ -6,8 +6,8 @@ import uvloop
 from aiohttp import web
 from aiohttp.log import access_logger
 
+from app.http.app import create_app
 from app.settings import Settings
-from app.web import create_app
 
 # In-flight requests get this long to finish after SIGTERM before connections are closed.
 SHUTDOWN_GRACE_SECONDS = 15.0

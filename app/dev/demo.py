@@ -15,14 +15,14 @@ import asyncpg
 from redis.asyncio import Redis
 from tqdm import tqdm
 
-from app import keys
 from app.clients import add_client, hash_secret
 from app.db import connect, migrate
+from app.dev.population import Person, synthetic_people
 from app.identity import Identity, mask_name, mask_number, pseudonym
-from app.population import Person, synthetic_people
-from app.recompute import load_risk_areas, recompute_subjects
+from app.keys import lifecycle as keys
 from app.rules.ruleset import load_ruleset
 from app.settings import Settings
+from app.statuses.compute import load_risk_areas, recompute_subjects
 from cache.connection import open_redis
 from cache.status_cache import writer_cache
 

@@ -7,8 +7,8 @@ from collections.abc import Callable
 
 import asyncpg
 
-from app.recompute import recompute_subjects
 from app.rules.ruleset import RuleSet
+from app.statuses.compute import recompute_subjects
 from cache.entry import StatusEntry
 
 # A subject and its stored status (NULL columns when none is stored), as `entry_from_row` reads them.

@@ -7,9 +7,9 @@ Choice per service, first that applies:
    under `.healthcode/`, on 127.0.0.1 and a free port.
 `HEALTHCODE_EMBEDDED=1` skips 1 and 2.
 
-    python -m app.devservers up     # choose/start servers, write .healthcode/env.sh
-    python -m app.devservers down   # stop the embedded servers this folder started
-    python -m app.devservers env    # print .healthcode/env.sh
+    python -m app.dev.servers up     # choose/start servers, write .healthcode/env.sh
+    python -m app.dev.servers down   # stop the embedded servers this folder started
+    python -m app.dev.servers env    # print .healthcode/env.sh
 """
 
 from __future__ import annotations
@@ -523,7 +523,7 @@ def write_env(state: StateDir, endpoints: Endpoints) -> None:
         "HEALTHCODE_PEPPER_FILE": str(state.pepper_file),
         "HEALTHCODE_KEYS_DIR": str(state.keys_dir),
     }
-    lines = ["# Written by `python -m app.devservers up`; source it: . ./.healthcode/env.sh"]
+    lines = ["# Written by `python -m app.dev.servers up`; source it: . ./.healthcode/env.sh"]
     lines += [f"export {name}={shlex.quote(value)}" for name, value in values.items()]
     state.env_sh.write_text("\n".join(lines) + "\n")
     state.env_sh.chmod(0o600)
@@ -561,7 +561,7 @@ def default_state() -> StateDir:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m app.devservers",
+        prog="python -m app.dev.servers",
         description="Find or start the Postgres and Redis used for development.",
     )
     parser.add_argument(
@@ -580,7 +580,7 @@ def main(argv: list[str] | None = None) -> int:
             down(state)
         else:
             if not state.env_sh.exists():
-                say(f"{state.env_sh} does not exist; run `python -m app.devservers up` first")
+                say(f"{state.env_sh} does not exist; run `python -m app.dev.servers up` first")
                 return 1
             sys.stdout.write(state.env_sh.read_text())
     except (DevServerError, subprocess.CalledProcessError, OSError) as exc:

@@ -7,12 +7,12 @@ from aiohttp import web
 from redis.asyncio import Redis
 
 from app.clients import ClientRegistry
+from app.http.middleware import FrontDoor
 from app.ingest.process import BatchProcessor
-from app.middleware import FrontDoor
+from app.keys.signer import SignerState
 from app.scans import ScanRecorder
 from app.settings import Settings
-from app.signer_state import SignerState
-from app.status_store import StatusLoader
+from app.statuses.loader import StatusLoader
 from cache.rate_limit import RateLimiter
 from cache.status_cache import StatusCache
 

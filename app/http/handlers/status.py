@@ -7,9 +7,9 @@ from typing import Any
 
 from aiohttp import web
 
-from app.appkeys import CLIENTS, SETTINGS, SIGNER, STATUS_CACHE
-from app.errors import SubjectNotFound
-from app.handlers.common import identity_from_body, json_response, read_json_object
+from app.http.appkeys import CLIENTS, SETTINGS, SIGNER, STATUS_CACHE
+from app.http.handlers.common import identity_from_body, json_response, read_json_object
+from app.http.problems import SubjectNotFound
 from app.identity import pseudonym
 from cache.entry import StatusEntry
 from signing.encoding import b64url_encode

@@ -7,7 +7,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from app.errors import InvalidField, InvalidIdentityProblem, MalformedRequest, UnsupportedMediaType
+from app.http.problems import InvalidField, InvalidIdentityProblem, MalformedRequest, UnsupportedMediaType
 from app.identity import Identity, InvalidIdentity, parse_identity
 
 JSON_HEADERS = {"Content-Type": "application/json"}

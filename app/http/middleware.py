@@ -12,7 +12,7 @@ import time
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from app.errors import (
+from app.http.problems import (
     MethodNotAllowed,
     NotFound,
     Overloaded,

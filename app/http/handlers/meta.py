@@ -12,8 +12,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from app.appkeys import PG, REDIS, SIGNER
-from app.handlers.common import json_response
+from app.http.appkeys import PG, REDIS, SIGNER
+from app.http.handlers.common import json_response
 from signing.jwks import jwks_document
 
 routes = web.RouteTableDef()

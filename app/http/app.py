@@ -13,7 +13,9 @@ from datetime import UTC, datetime
 from aiohttp import web
 from redis.asyncio import Redis
 
-from app.appkeys import (
+from app.clients import ClientRegistry
+from app.db import close_pool, create_pool
+from app.http.appkeys import (
     CLIENTS,
     FRONT_DOOR,
     INGEST,
@@ -26,16 +28,14 @@ from app.appkeys import (
     STATUS_CACHE,
     STATUS_LOADER,
 )
-from app.clients import ClientRegistry
-from app.db import close_pool, create_pool
-from app.handlers import batches, meta, metrics, qr, samples, status, verify
+from app.http.handlers import batches, meta, metrics, qr, samples, status, verify
+from app.http.middleware import FrontDoor
 from app.ingest.process import BatchProcessor
-from app.middleware import FrontDoor
+from app.keys.signer import SignerState
 from app.rules.ruleset import load_ruleset
 from app.scans import ScanRecorder, ScanWriter, ensure_scan_partitions
 from app.settings import Settings
-from app.signer_state import SignerState
-from app.status_store import StatusLoader
+from app.statuses.loader import StatusLoader
 from cache.connection import open_redis
 from cache.rate_limit import RateLimiter
 from cache.scan_stream import ScanStream

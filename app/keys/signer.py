@@ -8,8 +8,8 @@ from pathlib import Path
 
 import asyncpg
 
-from app.errors import DependencyUnavailable
-from app.keys import keys_from_pems, load_keyring
+from app.http.problems import DependencyUnavailable
+from app.keys.lifecycle import keys_from_pems, load_keyring
 from signing.jws import STATUS_TYP, TokenSigner, TokenVerifier
 from signing.keyring import KeyRing, NoSigningKey
 

@@ -9,10 +9,10 @@ from typing import Final
 import orjson
 from aiohttp import web
 
-from app.appkeys import CLIENTS, INGEST, PG, RATE_LIMITER, SETTINGS
 from app.clients import Client
-from app.errors import InvalidField, NotFound, RateLimited, UnsupportedMediaType
-from app.handlers.common import json_response
+from app.http.appkeys import CLIENTS, INGEST, PG, RATE_LIMITER, SETTINGS
+from app.http.handlers.common import json_response
+from app.http.problems import InvalidField, NotFound, RateLimited, UnsupportedMediaType
 from app.ingest.problems import BatchTooLarge, KindNotAllowed
 from app.ingest.store import batch_by_id, batch_view, rejections
 from app.ingest.upload import kind_named, receive_batch

@@ -8,10 +8,10 @@ from redis.asyncio import Redis
 from tqdm import tqdm
 
 from app.db import connect
-from app.recompute import load_risk_areas, recompute_subjects
 from app.rules.ruleset import load_ruleset
 from app.settings import Settings
-from app.status_store import STATUS_SELECT, entry_from_row, is_fresh
+from app.statuses.compute import load_risk_areas, recompute_subjects
+from app.statuses.loader import STATUS_SELECT, entry_from_row, is_fresh
 from cache.connection import open_redis
 from cache.status_cache import writer_cache
 

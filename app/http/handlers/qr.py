@@ -8,8 +8,8 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from app.appkeys import CLIENTS, SIGNER
-from app.errors import InvalidField
+from app.http.appkeys import CLIENTS, SIGNER
+from app.http.problems import InvalidField
 from signing.errors import BadToken
 from signing.jws import MAX_TOKEN_LENGTH
 from signing.qr import render_png, render_svg

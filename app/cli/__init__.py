@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"healthcode: configuration error: {exc}", file=sys.stderr)
         return 2
     if args.command == "serve":
-        from app.serve import serve
+        from app.http.serve import serve
 
         serve(settings, host=args.host, port=args.port, access_log=args.access_log, reuse_port=args.reuse_port)
         return 0
@@ -122,7 +122,7 @@ async def _migrate(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _keys(args: argparse.Namespace, settings: Settings) -> int:
-    from app import keys
+    from app.keys import lifecycle as keys
 
     async def job(conn: Any) -> int:
         try:
@@ -186,7 +186,7 @@ async def _clients_revoke(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _cache_warm(args: argparse.Namespace, settings: Settings) -> int:
-    from app.warm import warm_cache
+    from app.statuses.warm import warm_cache
 
     count = await warm_cache(settings, progress=True)
     print(f"warmed {count} status entries")
@@ -194,7 +194,7 @@ async def _cache_warm(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _demo(args: argparse.Namespace, settings: Settings) -> int:
-    from app.demo import run_demo
+    from app.dev.demo import run_demo
 
     return await run_demo(settings, people=args.people, seed=args.seed, list_people=args.list, base_url=args.base_url)
 
@@ -213,7 +213,3 @@ _COMMANDS: dict[str, Command] = {
     "demo": _demo,
     **ingest_commands.COMMANDS,
 }
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The HTTP edge: application factory, app keys, middleware, problem rendering, serving, handlers."""
