@@ -16,7 +16,8 @@ import asyncpg
 import pytest
 from redis.asyncio import Redis
 
-from app.cli import _key_refs_as_operands, main
+from app.cli import main
+from app.cli.keys import key_refs_as_operands
 from app.clients import hash_secret
 from app.db import load_migrations
 from app.dev.population import synthetic_people
@@ -183,9 +184,9 @@ async def test_clients_add_refuses_an_unknown_kind(run: Run, capsys: pytest.Capt
 
 
 def test_a_key_id_beginning_with_a_dash_is_read_as_the_key() -> None:
-    assert _key_refs_as_operands(["keys", "revoke", "-x3Fq9ab"]) == ["keys", "revoke", "--", "-x3Fq9ab"]
-    assert _key_refs_as_operands(["keys", "revoke", "--help"]) == ["keys", "revoke", "--help"]
-    assert _key_refs_as_operands(["keys", "new", "--activate"]) == ["keys", "new", "--activate"]
+    assert key_refs_as_operands(["keys", "revoke", "-x3Fq9ab"]) == ["keys", "revoke", "--", "-x3Fq9ab"]
+    assert key_refs_as_operands(["keys", "revoke", "--help"]) == ["keys", "revoke", "--help"]
+    assert key_refs_as_operands(["keys", "new", "--activate"]) == ["keys", "new", "--activate"]
 
 
 async def test_keys_new_activate_list_retire_revoke(run: Run, db: asyncpg.Connection, settings: Settings) -> None:
