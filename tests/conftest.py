@@ -17,6 +17,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
 
@@ -114,12 +115,13 @@ async def client_keys(db: asyncpg.Connection) -> dict[str, str]:
     }
 
 
-AppFactory = Callable[..., Awaitable[TestClient]]
+Api = TestClient[web.Request, web.Application]
+AppFactory = Callable[..., Awaitable[Api]]
 
 
 @pytest.fixture
 def make_client(
-    aiohttp_client: Callable[..., Awaitable[TestClient]],
+    aiohttp_client: Callable[..., Awaitable[Api]],
     settings: Settings,
     db: asyncpg.Connection,
     redis: Redis,
@@ -128,7 +130,7 @@ def make_client(
 ) -> AppFactory:
     """Start the app (without background tasks) on the test servers; keyword arguments change settings."""
 
-    async def start(**overrides: object) -> TestClient:
+    async def start(**overrides: object) -> Api:
         app = create_app(replace(settings, **overrides), background=False)  # type: ignore[arg-type]
         return await aiohttp_client(app)
 
@@ -136,5 +138,5 @@ def make_client(
 
 
 @pytest.fixture
-async def api(make_client: AppFactory) -> TestClient:
+async def api(make_client: AppFactory) -> Api:
     return await make_client()
