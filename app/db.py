@@ -6,6 +6,8 @@ import asyncio
 import hashlib
 import logging
 import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -140,6 +142,16 @@ async def connect(dsn: str) -> asyncpg.Connection:
     return conn
 
 
+@asynccontextmanager
+async def connection(dsn: str) -> AsyncIterator[asyncpg.Connection]:
+    """`connect`, closed when the block ends however it ends."""
+    conn = await connect(dsn)
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
 def _admin_url(url: str) -> tuple[str, str]:
     """The same server's `postgres` database, and the name of the database `url` names."""
     parts = urlsplit(url)
@@ -158,11 +170,8 @@ async def recreate_database(url: str) -> None:
         await admin.execute(f"CREATE DATABASE {name}")
     finally:
         await admin.close()
-    conn = await connect(url)
-    try:
+    async with connection(url) as conn:
         await migrate(conn)
-    finally:
-        await conn.close()
 
 
 async def drop_database(url: str) -> None:

@@ -48,20 +48,12 @@ async def load(args: argparse.Namespace, settings: Settings) -> int:
 async def sweep(args: argparse.Namespace, settings: Settings) -> int:
     import time
 
-    from redis.asyncio import Redis
-
-    from app.db import connect
     from app.ingest.process import sweep_expired
     from app.rules.ruleset import load_ruleset
-    from cache.connection import open_redis
+    from app.stores import open_stores
     from cache.status_cache import writer_cache
 
-    conn = await connect(settings.database_url)
-    redis: Redis = open_redis(settings.redis_url)
-    try:
+    async with open_stores(settings.database_url, settings.redis_url) as (conn, redis):
         count = await sweep_expired(conn, load_ruleset(settings.ruleset), writer_cache(redis), int(time.time()))
-    finally:
-        await redis.aclose()
-        await conn.close()
     print(f"recomputed {count} expired statuses")
     return 0

@@ -25,13 +25,10 @@ def add_parser(sub: Any) -> None:
 
 async def add_client(args: argparse.Namespace, settings: Settings) -> int:
     from app import clients
-    from app.db import connect
+    from app.db import connection
 
-    conn = await connect(settings.database_url)
-    try:
+    async with connection(settings.database_url) as conn:
         issued = await clients.add_client(conn, args.name, args.kind, tuple(args.scope))
-    finally:
-        await conn.close()
     print(f"client {issued.client.name} ({issued.client.kind}) created; its key, shown only this once:")
     print(issued.secret)
     return 0
@@ -39,13 +36,10 @@ async def add_client(args: argparse.Namespace, settings: Settings) -> int:
 
 async def list_clients(args: argparse.Namespace, settings: Settings) -> int:
     from app import clients
-    from app.db import connect
+    from app.db import connection
 
-    conn = await connect(settings.database_url)
-    try:
+    async with connection(settings.database_url) as conn:
         rows = await clients.list_clients(conn)
-    finally:
-        await conn.close()
     for r in rows:
         state = f"revoked {r['revoked_at']:%Y-%m-%d}" if r["revoked_at"] else "active"
         print(f"{r['id']:5}  {r['name']:32}  {r['kind']:16}  {r['key_prefix']}…  {state}  {','.join(r['scopes'])}")
@@ -54,13 +48,10 @@ async def list_clients(args: argparse.Namespace, settings: Settings) -> int:
 
 async def revoke_client(args: argparse.Namespace, settings: Settings) -> int:
     from app import clients
-    from app.db import connect
+    from app.db import connection
 
-    conn = await connect(settings.database_url)
-    try:
+    async with connection(settings.database_url) as conn:
         revoked = await clients.revoke_client(conn, args.name)
-    finally:
-        await conn.close()
     if revoked:
         print(f"client {args.name} revoked")
         return 0

@@ -15,13 +15,10 @@ def add_parser(sub: Any) -> None:
 
 
 async def migrate(args: argparse.Namespace, settings: Settings) -> int:
-    from app.db import connect
+    from app.db import connection
     from app.db import migrate as apply_migrations
 
-    conn = await connect(settings.database_url)
-    try:
+    async with connection(settings.database_url) as conn:
         applied = await apply_migrations(conn)
-    finally:
-        await conn.close()
     print(f"applied {len(applied)} migration(s)" + "".join(f"\n  {m.version:03d}_{m.name}" for m in applied))
     return 0

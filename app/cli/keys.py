@@ -43,28 +43,26 @@ def key_refs_as_operands(argv: list[str]) -> list[str]:
 
 
 async def keys(args: argparse.Namespace, settings: Settings) -> int:
-    from app.db import connect
+    from app.db import connection
     from app.keys import lifecycle
 
-    conn = await connect(settings.database_url)
     try:
-        if args.action == "new":
-            thumbprint = await lifecycle.new_key(conn, settings.keys_dir, args.alg)
-            if args.activate:
-                await lifecycle.activate(conn, thumbprint)
-            print(f"{thumbprint} {'active' if args.activate else 'pending'}")
-        elif args.action == "list":
-            for r in await lifecycle.list_keys(conn):
-                print(
-                    f"{r['kid']}  {r['alg']:5}  {r['state']:8}  {r['thumbprint']}  "
-                    f"created {r['created_at']:%Y-%m-%d %H:%M}"
-                )
-        else:
-            action = {"activate": lifecycle.activate, "retire": lifecycle.retire, "revoke": lifecycle.revoke}
-            print(f"{await action[args.action](conn, args.key)} {args.action}d")
+        async with connection(settings.database_url) as conn:
+            if args.action == "new":
+                thumbprint = await lifecycle.new_key(conn, settings.keys_dir, args.alg)
+                if args.activate:
+                    await lifecycle.activate(conn, thumbprint)
+                print(f"{thumbprint} {'active' if args.activate else 'pending'}")
+            elif args.action == "list":
+                for r in await lifecycle.list_keys(conn):
+                    print(
+                        f"{r['kid']}  {r['alg']:5}  {r['state']:8}  {r['thumbprint']}  "
+                        f"created {r['created_at']:%Y-%m-%d %H:%M}"
+                    )
+            else:
+                action = {"activate": lifecycle.activate, "retire": lifecycle.retire, "revoke": lifecycle.revoke}
+                print(f"{await action[args.action](conn, args.key)} {args.action}d")
     except lifecycle.KeyError_ as exc:
         print(f"healthcode keys: {exc}", file=sys.stderr)
         return 1
-    finally:
-        await conn.close()
     return 0

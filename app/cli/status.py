@@ -31,13 +31,10 @@ def add_parser(sub: Any) -> None:
 async def override(args: argparse.Namespace, settings: Settings) -> int:
     import time
 
-    from redis.asyncio import Redis
-
-    from app.db import connect
     from app.identity import InvalidIdentity, parse_identity, pseudonym
     from app.rules.ruleset import load_ruleset
     from app.statuses.overrides import OverrideError, override_status
-    from cache.connection import open_redis
+    from app.stores import open_stores
     from cache.status_cache import writer_cache
 
     try:
@@ -53,25 +50,21 @@ async def override(args: argparse.Namespace, settings: Settings) -> int:
         else args.until.replace(tzinfo=UTC)
     )
 
-    conn = await connect(settings.database_url)
-    redis: Redis = open_redis(settings.redis_url)
     try:
-        override_id = await override_status(
-            conn,
-            subject,
-            colour=args.colour,
-            reason=args.reason,
-            expires_at=until,
-            actor=args.actor,
-            ruleset=load_ruleset(settings.ruleset),
-            cache=writer_cache(redis),
-            now=int(time.time()),
-        )
+        async with open_stores(settings.database_url, settings.redis_url) as (conn, redis):
+            override_id = await override_status(
+                conn,
+                subject,
+                colour=args.colour,
+                reason=args.reason,
+                expires_at=until,
+                actor=args.actor,
+                ruleset=load_ruleset(settings.ruleset),
+                cache=writer_cache(redis),
+                now=int(time.time()),
+            )
     except OverrideError as exc:
         print(f"healthcode status override: {exc}", file=sys.stderr)
         return 1
-    finally:
-        await redis.aclose()
-        await conn.close()
     print(f"override {override_id}: {args.colour} until {until.isoformat()} (audited)")
     return 0

@@ -15,16 +15,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final, TextIO
 
-from redis.asyncio import Redis
 from tqdm import tqdm
 
-from app.db import connect
+from app.db import connection
 from app.ingest.process import process_batch
 from app.ingest.store import Conn, batch_by_id, rejections
 from app.ingest.upload import kind_named, receive_batch
 from app.rules.ruleset import load_ruleset
 from app.settings import Settings
-from cache.connection import open_redis
+from app.stores import open_stores
 from cache.status_cache import writer_cache
 
 READ_CHUNK: Final = 1 << 20
@@ -79,9 +78,7 @@ async def load_file(
     """Load and process one file; returns the batch id. Batch-level problems raise ProblemError."""
     kind = kind_named(kind_name)
     ruleset = load_ruleset(settings.ruleset)
-    conn = await connect(settings.database_url)
-    redis: Redis = open_redis(settings.redis_url)
-    try:
+    async with open_stores(settings.database_url, settings.redis_url) as (conn, redis):
         with paused_gc():
             client_id = OPERATOR_CLIENT_ID if agency is None else await agency_id(conn, agency, kind.name)
             size = path.stat().st_size  # noqa: ASYNC240 (one stat before a long load)
@@ -113,17 +110,11 @@ async def load_file(
             if received.created:
                 cache = writer_cache(redis)
                 # Statuses are stored on a second connection while the first reads records.
-                writer = await connect(settings.database_url)
-                try:
+                async with connection(settings.database_url) as writer:
                     await process_batch(conn, received.batch_id, ruleset, cache, int(time.time()), writer=writer)
-                finally:
-                    await writer.close()
         if out is not None:
             await report(conn, received.batch_id, out, seen_before=not received.created)
         return received.batch_id
-    finally:
-        await redis.aclose()
-        await conn.close()
 
 
 async def report(conn: Conn, batch_id: int, out: TextIO, *, seen_before: bool = False) -> None:

@@ -30,14 +30,14 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 from redis.asyncio import Redis
 
-from app.db import connect, recreate_database
+from app.db import connection, recreate_database
 from app.identity import Identity, pseudonym, resident_check_char
 from app.ingest.kinds import KINDS
 from app.ingest.load import file_chunks, paused_gc
 from app.ingest.process import process_batch
 from app.ingest.upload import receive_batch
 from app.rules.ruleset import RuleSet, load_ruleset
-from cache.connection import open_redis
+from app.stores import open_stores
 from cache.status_cache import writer_cache
 from loadtests.bench import BenchError
 
@@ -100,12 +100,9 @@ async def _end_to_end(
             max_bytes=size * 2,
         )
         staged_seconds = time.perf_counter() - started
-        writer = await connect(url)
-        try:
+        async with connection(url) as writer:
             cache = writer_cache(redis)
             await process_batch(conn, received.batch_id, ruleset, cache, int(time.time()), writer=writer)
-        finally:
-            await writer.close()
         return received.batch_id, staged_seconds, time.perf_counter() - started
 
 
@@ -130,37 +127,36 @@ async def _run(rows_count: int) -> dict[str, Any]:
             for n, sampled, result, lab, reported in rows
         ]
         del rows
-        conn = await connect(url)
-        redis: Redis = open_redis(redis_url)
-        try:
-            await redis.flushdb(asynchronous=True)  # a million keys take longer than the socket timeout
-            # Raw COPY: typed, pseudonymised rows straight into the record table.
-            with paused_gc():  # as for the end-to-end run
-                started = time.perf_counter()
-                await conn.copy_records_to_table(
-                    "nucleic_tests",
-                    records=records,
-                    columns=("pseudonym", "sampled_at", "result", "lab", "reported_at", "batch_id"),
-                )
-                copy_seconds = time.perf_counter() - started
-            del records
-            await conn.execute("TRUNCATE nucleic_tests")
-            await conn.execute("VACUUM ANALYZE nucleic_tests")
-            print(f"ingest: raw COPY {rows_count / copy_seconds:,.0f} rows/s", file=sys.stderr, flush=True)
+        async with open_stores(url, redis_url) as (conn, redis):
+            try:
+                await redis.flushdb(asynchronous=True)  # a million keys take longer than the socket timeout
+                # Raw COPY: typed, pseudonymised rows straight into the record table.
+                with paused_gc():  # as for the end-to-end run
+                    started = time.perf_counter()
+                    await conn.copy_records_to_table(
+                        "nucleic_tests",
+                        records=records,
+                        columns=("pseudonym", "sampled_at", "result", "lab", "reported_at", "batch_id"),
+                    )
+                    copy_seconds = time.perf_counter() - started
+                del records
+                await conn.execute("TRUNCATE nucleic_tests")
+                await conn.execute("VACUUM ANALYZE nucleic_tests")
+                print(f"ingest: raw COPY {rows_count / copy_seconds:,.0f} rows/s", file=sys.stderr, flush=True)
 
-            batch_id, staged_seconds, total_seconds = await _end_to_end(conn, url, redis, path, size, pepper, ruleset)
-            batch = await conn.fetchrow(
-                """SELECT state, rows_read, accepted, rejected, subjects,
-                          extract(epoch FROM merged_at - started_at) AS merge_s,
-                          extract(epoch FROM finished_at - merged_at) AS recompute_s
-                   FROM batches WHERE id = $1""",
-                batch_id,
-            )
-            cached = await redis.dbsize()
-        finally:
-            await redis.flushdb(asynchronous=True)  # a million keys take longer than the socket timeout
-            await redis.aclose()
-            await conn.close()
+                batch_id, staged_seconds, total_seconds = await _end_to_end(
+                    conn, url, redis, path, size, pepper, ruleset
+                )
+                batch = await conn.fetchrow(
+                    """SELECT state, rows_read, accepted, rejected, subjects,
+                              extract(epoch FROM merged_at - started_at) AS merge_s,
+                              extract(epoch FROM finished_at - merged_at) AS recompute_s
+                       FROM batches WHERE id = $1""",
+                    batch_id,
+                )
+                cached = await redis.dbsize()
+            finally:
+                await redis.flushdb(asynchronous=True)  # a million keys take longer than the socket timeout
     assert batch is not None
     if (batch["state"], batch["accepted"], batch["rejected"]) != ("done", rows_count, 0):
         raise BenchError(f"the load did not store every row: {dict(batch)}")
