@@ -14,12 +14,13 @@ LOAD_ARGS = $(if $(DURATION),--duration '$(DURATION)') $(if $(OUT),--out '$(OUT)
 	$(if $(HOST),--host '$(HOST)') $(if $(WORKERS),--workers '$(WORKERS)')
 
 .DEFAULT_GOAL := help
-.PHONY: help install servers servers-stop run test lint format wrk bench load clean
+.PHONY: help install servers servers-stop run test test-fast lint format wrk bench load clean
 
 help:
 	@echo "make run           install, start Postgres and Redis, load the demo, serve the API"
 	@echo "make test          install, start Postgres and Redis, run the whole test suite"
-	@echo "make lint          ruff check, ruff format --check, mypy (strict)"
+	@echo "make test-fast     the same without the tests marked slow (Locust, embedded servers, large samples)"
+	@echo "make lint          ruff check, ruff format --check, mypy (strict, tests included)"
 	@echo "make format        ruff format and ruff check --fix"
 	@echo "make bench         signing and hot-path micro-benchmarks (DURATION, OUT)"
 	@echo "make load          Locust load test, 45 s by default, against a local service it starts or HOST (DURATION, OUT, HOST, WORKERS)"
@@ -44,6 +45,10 @@ run: servers
 
 test: servers
 	$(WITH_ENV) $(VENV)/bin/pytest $(PYTEST_ARGS)
+
+# The inner loop: everything but the tests marked slow. CI runs them all through `make test`.
+test-fast: servers
+	$(WITH_ENV) $(VENV)/bin/pytest -m "not slow" $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -28,6 +28,7 @@ def state() -> Iterator[devservers.StateDir]:
         shutil.rmtree(root, ignore_errors=True)
 
 
+@pytest.mark.slow
 async def test_embedded_servers_start_answer_reuse_and_stop(state: devservers.StateDir) -> None:
     # Forced embedded wins over configured URLs and over servers on the default ports.
     env = {

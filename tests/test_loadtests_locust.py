@@ -29,6 +29,9 @@ SEED = 4
 RUN_SECONDS = 8
 REPO = Path(__file__).resolve().parent.parent
 
+# About 10 s: a Locust subprocess drives the service for RUN_SECONDS.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture
 async def service(

@@ -24,6 +24,8 @@ from loadtests.population import (
 SAMPLE = 200_000
 
 
+# Building the sample takes over a second, so every test that uses it is slow: marking only the first
+# would move that cost to the next one.
 @pytest.fixture(scope="module")
 def sample() -> list[str]:
     return [p.number for p in Population(11).people(SAMPLE)]
@@ -40,16 +42,19 @@ def test_check_character_agrees_with_the_service() -> None:
         check_char("1234")
 
 
+@pytest.mark.slow
 def test_every_number_is_a_valid_resident_number(sample: list[str]) -> None:
     today = date(2022, 6, 1)
     for number in sample:
         assert parse_identity("resident", number, today=today).number == number
 
 
+@pytest.mark.slow
 def test_numbers_are_unique_across_a_large_sample(sample: list[str]) -> None:
     assert len(set(sample)) == SAMPLE
 
 
+@pytest.mark.slow
 def test_deterministic_from_the_seed(sample: list[str]) -> None:
     again = Population(11)
     assert [again.number(i) for i in range(0, SAMPLE, 1000)] == sample[::1000]
@@ -58,6 +63,7 @@ def test_deterministic_from_the_seed(sample: list[str]) -> None:
     assert sum(other.number(i) == sample[i] for i in range(1000)) < 5
 
 
+@pytest.mark.slow
 def test_index_to_number_is_a_bijection(sample: list[str]) -> None:
     population = Population(11)
     for index in range(0, SAMPLE, 37):
@@ -72,6 +78,7 @@ def test_index_to_number_is_a_bijection(sample: list[str]) -> None:
         population.number(SPACE)
 
 
+@pytest.mark.slow
 def test_numbers_differ_from_neighbours_so_no_prefix_is_biased() -> None:
     population = Population(3)
     regions = Counter(population.number(i)[:6] for i in range(50_000))

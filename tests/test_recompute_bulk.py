@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import asyncpg
+import pytest
 
 from app.dev.demo import load_population
 from app.dev.population import synthetic_people
@@ -16,6 +17,7 @@ _ROWS = """SELECT pseudonym, colour, reasons, popup, vaccine_doses, vaccine_comp
                   ruleset, computed_at, valid_until FROM statuses ORDER BY pseudonym"""
 
 
+@pytest.mark.slow
 async def test_bulk_and_single_recompute_store_the_same_statuses(db: asyncpg.Connection, settings: Settings) -> None:
     people = list(synthetic_people(300, 7))
     now = int(time.time())
