@@ -17,10 +17,10 @@ from redis.asyncio import Redis
 
 from app.cli import main
 from app.identity import parse_identity, pseudonym
+from app.ingest.errors import BadBatch
 from app.ingest.fields import Pseudonymiser
 from app.ingest.kinds import KINDS
 from app.ingest.load import load_file
-from app.ingest.problems import BadBatch
 from app.ingest.process import BatchProcessor
 from app.ingest.reader import BodyDecoder, CsvRows
 from app.ingest.upload import receive_batch

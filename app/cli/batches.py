@@ -31,12 +31,12 @@ def add_parser(sub: Any) -> None:
 
 
 async def load(args: argparse.Namespace, settings: Settings) -> int:
-    from app.http.problems import ProblemError
+    from app.ingest.errors import IngestError
     from app.ingest.load import load_file
 
     try:
         await load_file(settings, args.kind, args.file, agency=args.agency, out=sys.stdout)
-    except ProblemError as exc:
+    except IngestError as exc:
         print(f"healthcode load: the file was refused: {exc.detail}", file=sys.stderr)
         return 1
     except (OSError, LookupError) as exc:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Final
 
 import orjson
 from aiohttp import web
+
+from app.ingest.errors import BadBatch, BatchTooLarge, Conflict, IngestError, KindNotAllowed, UnknownKind
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"
 # Relative type URIs resolve against the service's own address, where /problems/ documents them.
@@ -142,6 +144,70 @@ class DependencyUnavailable(ProblemError):
 
     def __init__(self, detail: str, retry_after: int = 2) -> None:
         super().__init__(detail, headers={"Retry-After": str(retry_after)})
+
+
+class IngestProblem(ProblemError):
+    """A refusal by ingestion (app.ingest.errors), answered with its detail and extra members."""
+
+    @classmethod
+    def of(cls, error: IngestError) -> ProblemError:
+        return cls(error.detail, extra=error.extra)
+
+
+class BatchTooLargeProblem(IngestProblem):
+    status = 413
+    slug = "batch-too-large"
+    title = "The batch is larger than allowed"
+
+
+class BadBatchProblem(IngestProblem):
+    status = 422
+    slug = "bad-batch"
+    title = "The batch cannot be read"
+
+    @classmethod
+    def of(cls, error: IngestError) -> ProblemError:
+        # Which rule the body broke (bad_columns, bad_gzip, not_utf8, ...), for a program to act on.
+        return cls(error.detail, extra={"code": error.code, **error.extra})
+
+
+class UnknownKindProblem(IngestProblem):
+    status = 422
+    slug = "unknown-kind"
+    title = "Unknown record kind"
+
+
+class KindNotAllowedProblem(IngestProblem):
+    status = 403
+    slug = "kind-not-allowed"
+    title = "This agency may not upload this record kind"
+
+
+class ConflictProblem(IngestProblem):
+    status = 409
+    slug = "conflict"
+    title = "The request conflicts with what is stored"
+
+
+# The answer to each ingestion error. IngestError itself is the fallback for a subclass not listed here:
+# a 422 that still names its code, never a 500.
+INGEST_PROBLEMS: Final[Mapping[type[IngestError], type[IngestProblem]]] = {
+    BatchTooLarge: BatchTooLargeProblem,
+    BadBatch: BadBatchProblem,
+    UnknownKind: UnknownKindProblem,
+    KindNotAllowed: KindNotAllowedProblem,
+    Conflict: ConflictProblem,
+    IngestError: BadBatchProblem,
+}
+
+
+def ingest_problem(error: IngestError) -> ProblemError:
+    """The problem that answers an ingestion error: that of its class, or of its nearest listed ancestor."""
+    for cls in type(error).__mro__:
+        problem = INGEST_PROBLEMS.get(cls)
+        if problem is not None:
+            return problem.of(error)
+    raise AssertionError("IngestError is listed")
 
 
 def problem_response(problem: ProblemError, instance: str | None = None) -> web.Response:

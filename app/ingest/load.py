@@ -75,7 +75,7 @@ async def agency_id(conn: Conn, name: str, kind: str) -> int:
 async def load_file(
     settings: Settings, kind_name: str, path: Path, *, agency: str | None = None, out: TextIO | None = None
 ) -> int:
-    """Load and process one file; returns the batch id. Batch-level problems raise ProblemError."""
+    """Load and process one file; returns the batch id. A batch refused as a whole raises IngestError."""
     kind = kind_named(kind_name)
     ruleset = load_ruleset(settings.ruleset)
     async with open_stores(settings.database_url, settings.redis_url) as (conn, redis):

@@ -18,9 +18,9 @@ from typing import Final
 
 import orjson
 
+from app.ingest.errors import BadBatch, BatchTooLarge
 from app.ingest.fields import RowError
 from app.ingest.kinds import Kind, Row, header_problems
-from app.ingest.problems import BadBatch, BatchTooLarge
 
 GZIP_MAGIC: Final = b"\x1f\x8b"
 _STEP: Final = 1 << 20  # most decompressed bytes produced per step

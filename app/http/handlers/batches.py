@@ -13,7 +13,7 @@ from app.clients import Client
 from app.http.appkeys import CLIENTS, INGEST, PG, RATE_LIMITER, SETTINGS
 from app.http.handlers.common import json_response
 from app.http.problems import InvalidField, NotFound, RateLimited, UnsupportedMediaType
-from app.ingest.problems import BatchTooLarge, KindNotAllowed
+from app.ingest.errors import BatchTooLarge, KindNotAllowed
 from app.ingest.store import batch_by_id, batch_view, rejections
 from app.ingest.upload import kind_named, receive_batch
 

@@ -18,7 +18,7 @@ from app.http.appkeys import CLIENTS, PG, SETTINGS, SIGNER
 from app.http.handlers.common import identity_from_body, json_response, read_json_object, required_string
 from app.http.problems import InvalidField
 from app.identity import mask_number, pseudonym
-from app.ingest.problems import Conflict, KindNotAllowed
+from app.ingest.errors import Conflict, KindNotAllowed
 from signing.encoding import b64url_decode, b64url_encode
 from signing.errors import BadToken
 from signing.jws import MAX_TOKEN_LENGTH, TokenVerifier
