@@ -17,6 +17,9 @@ import orjson
 
 log = logging.getLogger(__name__)
 
+# A plain connection or one lent by a pool: what code that runs queries takes.
+Conn = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
+
 SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
 _MIGRATION_NAME = re.compile(r"(\d{3})_([a-z0-9_]+)\.sql")
 # Any constant works: it only has to be the same in every process that migrates.

@@ -1,10 +1,10 @@
-"""Bulk writes of status entries: many SET/DEL commands in one buffer, replies read in bulk.
+"""Many commands in one buffer, replies read in bulk: the transport of the hot read and of bulk writes.
 
 redis-py's pipeline builds a Python object per command and parses each reply through its own
-coroutine: measured here (redis-py 8.1 + hiredis 3.5, local Redis 7), ~45 us per entry in
-`StatusCache.put_many`. Packing the RESP protocol by hand into one bytes buffer, writing it on one
-connection from the client's pool and feeding the raw replies to a hiredis reader costs ~2.5 us per
-entry (5,000 entries: pipeline ~220 ms, this ~12 ms, of which Redis itself ~6 ms).
+coroutine: measured here (redis-py 8.1 + hiredis 3.5, local Redis 7), ~45 us per entry of a bulk
+status write. Packing the RESP protocol by hand into one bytes buffer, writing it on one connection
+from the client's pool and feeding the raw replies to a hiredis reader costs ~2.5 us per entry
+(5,000 SETs: pipeline ~220 ms, this ~12 ms, of which Redis itself ~6 ms).
 
 Plain Redis only: a cluster routes each key to its node, which the cluster client's pipeline does.
 """
@@ -21,43 +21,7 @@ from redis.asyncio.connection import AbstractConnection, Connection
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
-# (key, value, expire at in epoch ms) to SET, or (key, None, 0) to DEL.
-Command = tuple[bytes, bytes | None, int]
-
 _READ = 1 << 16
-# A whole chunk's round trip, not one reply: ten thousand SETs take ~20 ms on a quiet server.
-_TIMEOUT = 10.0
-
-
-def pack_commands(commands: Sequence[Command]) -> bytes:
-    """RESP for `SET key value PXAT ms` / `DEL key`, back to back."""
-    out: list[bytes] = []
-    append = out.append
-    for key, value, pxat in commands:
-        if value is None:
-            append(b"*2\r\n$3\r\nDEL\r\n$%d\r\n%b\r\n" % (len(key), key))
-        else:
-            ms = b"%d" % pxat
-            append(
-                b"*5\r\n$3\r\nSET\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n$4\r\nPXAT\r\n$%d\r\n%b\r\n"
-                % (len(key), key, len(value), value, len(ms), ms)
-            )
-    return b"".join(out)
-
-
-async def write_many(redis: Redis, commands: Sequence[Command]) -> None:
-    """Send every command on one pooled connection and wait for every reply.
-
-    Raises ResponseError for the first command Redis refused (after reading every reply, so the
-    connection stays usable), and redis-py's ConnectionError/TimeoutError if the connection fails;
-    a failed connection is dropped, not returned to the pool half-read.
-    """
-    if not commands:
-        return
-    replies = await _round_trip(redis, pack_commands(commands), len(commands), _TIMEOUT)
-    error = next((reply for reply in replies if isinstance(reply, Exception)), None)
-    if error is not None:
-        raise ResponseError(str(error))
 
 
 def pack_mget(keys: Sequence[bytes]) -> bytes:
@@ -70,13 +34,18 @@ async def read_many(redis: Redis, keys: Sequence[bytes], limit_seconds: float) -
     Measured on this machine (redis-py 8.1, hiredis 3.5, local Redis 7): an MGET of 8 keys costs
     ~145 us of CPU through `Redis.mget` and ~21 us this way.
     """
-    (reply,) = await _round_trip(redis, pack_mget(keys), 1, limit_seconds)
+    (reply,) = await round_trip(redis, pack_mget(keys), 1, limit_seconds)
     if isinstance(reply, Exception):
         raise ResponseError(str(reply))
     return cast("list[bytes | None]", reply)
 
 
-async def _round_trip(redis: Redis, payload: bytes, expected: int, limit_seconds: float) -> list[Any]:
+async def round_trip(redis: Redis, payload: bytes, expected: int, limit_seconds: float) -> list[Any]:
+    """Send ``payload`` (``expected`` commands) on one pooled connection and return every reply.
+
+    A reply Redis refused is returned as an exception object, after every reply was read, so the
+    connection stays usable; a failed connection is dropped, not returned to the pool half-read.
+    """
     pool = redis.connection_pool
     conn: AbstractConnection = await pool.get_connection()  # type: ignore[no-untyped-call]
     try:

@@ -1,13 +1,15 @@
 """A computed status as it sits in Redis: a frozen record and its compact binary form.
 
-Layout (little-endian), format version 1::
+Layout (little-endian), format version 2::
 
-    B version | B colour | B test result | B flags | H vaccine doses
-    q last_test_at | q computed_at | q valid_until
+    B format | B colour | B test result | B flags | H vaccine doses
+    q status version | q computed_at | q valid_until | q last_test_at
     H len(reasons) | H len(ruleset) | H len(id_type) | H len(masked_name) | H len(masked_number)
     then those five UTF-8 strings back to back; reasons are joined with U+001F (unit separator).
 
 One fixed struct plus one concatenation, so packing and unpacking cost about a microsecond each.
+The status version and computed_at sit at fixed offsets (`ORDER_OFFSET`), so the version-guarded
+write in Redis (cache/status_writer.py) compares two entries without unpacking the rest.
 """
 
 from __future__ import annotations
@@ -15,10 +17,12 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 REASON_SEPARATOR = "\x1f"
 
-_HEADER = struct.Struct("<BBBBHqqqHHHHH")
+_HEADER = struct.Struct("<BBBBHqqqqHHHHH")
+# Byte offset of (version, computed_at): two little-endian signed 64-bit integers.
+ORDER_OFFSET = 6
 _COLOURS = ("green", "yellow", "red")
 _COLOUR_CODE = {name: code for code, name in enumerate(_COLOURS, start=1)}
 _COLOUR_BY_CODE: tuple[str | None, ...] = (None, *_COLOURS)
@@ -53,6 +57,7 @@ class StatusEntry:
     ruleset: str
     computed_at: int
     valid_until: int
+    version: int  # orders computations of one subject; see sql/004_status_versions.sql
     id_type: str
     masked_name: str
     masked_number: str
@@ -86,9 +91,10 @@ def pack(entry: StatusEntry) -> bytes:
             _RESULT_CODE[entry.last_test_result],
             flags,
             entry.vaccine_doses,
-            last_test_at,
+            entry.version,
             entry.computed_at,
             entry.valid_until,
+            last_test_at,
             len(reasons),
             len(ruleset),
             len(id_type),
@@ -108,14 +114,15 @@ def unpack(data: bytes) -> StatusEntry:
         raise UnknownVersionError(data[0])
     try:
         (
-            _version,
+            _format,
             colour,
             result,
             flags,
             doses,
-            last_test_at,
+            version,
             computed_at,
             valid_until,
+            last_test_at,
             n_reasons,
             n_ruleset,
             n_id_type,
@@ -149,6 +156,7 @@ def unpack(data: bytes) -> StatusEntry:
             ruleset,
             computed_at,
             valid_until,
+            version,
             id_type,
             name,
             number,

@@ -2,9 +2,11 @@
 
 The hot path (a hit or a negative hit) is one GET of one key, and concurrent look-ups issued in the same
 loop turn share one round trip. A miss goes to the loader (Postgres, owned by the app) once per subject
-however many callers are waiting for it, and the answer is written back with a TTL that ends at
-`valid_until`; an unknown subject is written back as a short-lived tombstone. If Redis fails, answers
-come from the loader and a circuit breaker keeps Redis out of the path for a while (no retry storm).
+however many callers are waiting for it, and the answer is written back through the version-guarded
+`StatusWriter` with a TTL that ends at `valid_until` (so a fill can never replace a newer status that a
+recompute published meanwhile); an unknown subject is written back as a short-lived tombstone. If Redis
+fails, answers come from the loader and a circuit breaker keeps Redis out of the path for a while (no
+retry storm). This class only reads; bulk writes are `StatusWriter.put_many`.
 """
 
 from __future__ import annotations
@@ -12,43 +14,31 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
-from enum import Enum
-from typing import Any, cast
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import cast
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
 from cache.breaker import Breaker
-from cache.bulk import Command, read_many, write_many
+from cache.bulk import read_many
 from cache.connection import REDIS_ERRORS
-from cache.entry import EntryFormatError, StatusEntry, UnknownVersionError, pack, unpack
+from cache.entry import EntryFormatError, StatusEntry, unpack
 from cache.keys import TOMBSTONE, status_key
+from cache.status_writer import StatusWriter
 
 log = logging.getLogger(__name__)
 
 Loader = Callable[[bytes], Awaitable[StatusEntry | None]]
 
-WRITE_CHUNK = 1000
-BULK_CHUNK = 10_000
-
-
-class _Fill(Enum):
-    IF_ABSENT = 1  # an ordinary miss: SET NX, so a concurrent put_many with fresher data wins
-    OVERWRITE = 2  # the key holds bytes we cannot read and that no newer writer produced
-    SKIP = 3  # the key holds an entry from a newer format version; leave it to the newer code
-
 
 class _Flight:
     """One in-progress load of one subject, shared by every caller that missed it."""
 
-    __slots__ = ("future", "stale")
+    __slots__ = ("future",)
 
     def __init__(self, future: asyncio.Future[StatusEntry | None]) -> None:
         self.future = future
-        # Set when put_many/forget_many touched the subject during the load: our answer may predate
-        # theirs, so it must not be written to Redis.
-        self.stale = False
 
 
 class StatusCache:
@@ -65,6 +55,7 @@ class StatusCache:
         redis: Redis | RedisCluster,
         loader: Loader,
         *,
+        writer: StatusWriter | None = None,
         negative_ttl_seconds: float = 30,
         breaker_seconds: float = 5.0,
         clock: Callable[[], float] = time.time,
@@ -76,6 +67,7 @@ class StatusCache:
             raise ValueError("negative_ttl_seconds must be positive")
         self._redis = redis
         self._loader = loader
+        self._writer = writer or StatusWriter(redis, clock=clock)
         self._negative_ttl_ms = round(negative_ttl_seconds * 1000)
         self._clock = clock  # wall clock, epoch seconds: compared with valid_until
         self._breaker = Breaker(breaker_seconds, clock=monotonic)  # monotonic: a clock step cannot stick it open
@@ -106,83 +98,23 @@ class StatusCache:
 
     async def get(self, pseudonym: bytes) -> StatusEntry | None:
         """The subject's current status, or None if no agency knows the subject."""
-        key = status_key(pseudonym)
-        fill = _Fill.IF_ABSENT
         if self._breaker.closed:
-            raw = await self._read(key)
+            raw = await self._read(status_key(pseudonym))
             if raw is not None:
                 if raw == TOMBSTONE:
                     self.negative_hits += 1
                     return None
                 try:
                     entry = unpack(raw)
-                except UnknownVersionError:
-                    fill = _Fill.SKIP
-                except EntryFormatError:
-                    log.warning("unreadable status entry in Redis, reloading", extra={"key": key.decode()})
-                    fill = _Fill.OVERWRITE
+                except EntryFormatError as exc:
+                    # Another format (a rolling deploy) or damage: answered from Postgres; the fill's
+                    # guard replaces an older format and leaves a newer one alone.
+                    log.info("status entry in Redis not readable here, loading: %s", exc)
                 else:
                     self.hits += 1
                     return entry
         self.misses += 1
-        return await self._load(pseudonym, key, fill)
-
-    async def put_many(self, entries: Mapping[bytes, StatusEntry]) -> int:
-        """Write fresh entries (after a batch, or to warm the cache); returns how many were stored.
-
-        Entries whose `valid_until` has passed are deleted rather than stored, so an older entry cannot
-        outlive them. Redis errors are raised: a refresh that did not happen must not go unnoticed.
-        """
-        now_ms = int(self._clock() * 1000)
-        stored = 0
-        items = list(entries.items())
-        if isinstance(self._redis, Redis):
-            # Plain Redis: hand-packed commands, replies read in bulk (cache/bulk.py: ~2.5 us an entry
-            # against ~45 us through a redis-py pipeline).
-            commands: list[Command] = []
-            for pseudonym, entry in items:
-                self._mark_stale(pseudonym)
-                expire_ms = entry.valid_until * 1000
-                if expire_ms > now_ms:
-                    commands.append((status_key(pseudonym), pack(entry), expire_ms))
-                    stored += 1
-                else:
-                    commands.append((status_key(pseudonym), None, 0))
-            for start in range(0, len(commands), BULK_CHUNK):
-                try:
-                    await write_many(self._redis, commands[start : start + BULK_CHUNK])
-                except REDIS_ERRORS as exc:
-                    self._redis_failed(exc)
-                    raise
-            return stored
-        for start in range(0, len(items), WRITE_CHUNK):
-            chunk = items[start : start + WRITE_CHUNK]
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for pseudonym, entry in chunk:
-                    self._mark_stale(pseudonym)
-                    expire_ms = entry.valid_until * 1000
-                    if expire_ms > now_ms:
-                        pipe.set(status_key(pseudonym), pack(entry), pxat=expire_ms)
-                        stored += 1
-                    else:
-                        pipe.delete(status_key(pseudonym))
-                await self._guard(pipe.execute())
-        return stored
-
-    async def forget_many(self, pseudonyms: Iterable[bytes]) -> int:
-        """Delete cached entries and tombstones; returns how many keys existed. Redis errors are raised."""
-        keys = []
-        for pseudonym in pseudonyms:
-            self._mark_stale(pseudonym)
-            keys.append(status_key(pseudonym))
-        deleted = 0
-        for start in range(0, len(keys), WRITE_CHUNK):
-            # One DEL per key: a multi-key DEL would cross cluster slots.
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for key in keys[start : start + WRITE_CHUNK]:
-                    pipe.delete(key)
-                deleted += sum(await self._guard(pipe.execute()))
-        return deleted
+        return await self._load(pseudonym)
 
     async def drain(self) -> None:
         """Wait for background round trips and cache fills; call before closing the Redis client."""
@@ -250,16 +182,16 @@ class StatusCache:
 
     # -- single-flight loads ----------------------------------------------------------------------
 
-    async def _load(self, pseudonym: bytes, key: bytes, fill: _Fill) -> StatusEntry | None:
+    async def _load(self, pseudonym: bytes) -> StatusEntry | None:
         flight = self._flights.get(pseudonym)
         if flight is None:
             flight = _Flight(asyncio.get_running_loop().create_future())
             self._flights[pseudonym] = flight
-            self._spawn(self._load_and_fill(pseudonym, key, flight, fill))
+            self._spawn(self._load_and_fill(pseudonym, flight))
         # shield: one waiter giving up must not cancel the load the others are waiting for.
         return await asyncio.shield(flight.future)
 
-    async def _load_and_fill(self, pseudonym: bytes, key: bytes, flight: _Flight, fill: _Fill) -> None:
+    async def _load_and_fill(self, pseudonym: bytes, flight: _Flight) -> None:
         try:
             self.loads += 1
             try:
@@ -273,41 +205,27 @@ class StatusCache:
             flight.future.set_result(entry)
             # The flight stays registered until the fill is done, so callers arriving meanwhile join
             # the finished future instead of missing in Redis and loading again.
-            if fill is not _Fill.SKIP and not flight.stale and self._breaker.closed:
-                await self._fill(key, entry, if_absent=fill is _Fill.IF_ABSENT)
+            if self._breaker.closed:
+                await self._fill(pseudonym, entry)
         finally:
             if self._flights.get(pseudonym) is flight:
                 del self._flights[pseudonym]
 
-    async def _fill(self, key: bytes, entry: StatusEntry | None, *, if_absent: bool) -> None:
+    async def _fill(self, pseudonym: bytes, entry: StatusEntry | None) -> None:
         try:
             if entry is None:
-                await self._redis.set(key, TOMBSTONE, px=self._negative_ttl_ms, nx=if_absent)
-                return
-            expire_ms = entry.valid_until * 1000
-            if expire_ms <= int(self._clock() * 1000):
-                return  # already out of date: caching it would only serve it after it has changed
-            await self._redis.set(key, pack(entry), pxat=expire_ms, nx=if_absent)
+                await self._writer.put_tombstone(pseudonym, self._negative_ttl_ms)
+            else:
+                # Guarded: a status published while this load ran (newer version) is not replaced.
+                await self._writer.put(pseudonym, entry)
         except REDIS_ERRORS as exc:
             self._redis_failed(exc)
         except ValueError:
             # The loader gave an entry the format cannot carry; the caller has its answer, only
             # caching is lost. Logged, not raised: this runs after the answer was delivered.
-            log.exception("status entry could not be packed; not cached", extra={"key": key.decode()})
+            log.exception("status entry could not be packed; not cached")
 
     # -- helpers ----------------------------------------------------------------------------------
-
-    def _mark_stale(self, pseudonym: bytes) -> None:
-        flight = self._flights.get(pseudonym)
-        if flight is not None:
-            flight.stale = True
-
-    async def _guard(self, call: Awaitable[list[Any]]) -> list[Any]:
-        try:
-            return await call
-        except REDIS_ERRORS as exc:
-            self._redis_failed(exc)
-            raise
 
     def _redis_failed(self, exc: BaseException) -> None:
         self.redis_errors += 1
@@ -325,12 +243,3 @@ def _cancel(batch: dict[bytes, list[asyncio.Future[bytes | None]]]) -> None:
     for futures in batch.values():
         for future in futures:
             future.cancel()
-
-
-async def _refuse_load(pseudonym: bytes) -> None:
-    raise RuntimeError("this status cache only writes entries; reading through it is a bug")
-
-
-def writer_cache(redis: Redis | RedisCluster) -> StatusCache:
-    """A cache for work that only writes entries (warming, loads, sweeps, overrides, the demo)."""
-    return StatusCache(redis, _refuse_load)

@@ -12,6 +12,7 @@ import orjson
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
+from redis.asyncio import Redis
 
 from app.clients import revoke_client
 from app.dev.demo import load_population
@@ -20,7 +21,8 @@ from app.http.appkeys import CLIENTS, PG, STATUS_CACHE, STATUS_LOADER
 from app.identity import Identity, mask_name, mask_number, pseudonym
 from app.rules.ruleset import load_ruleset
 from app.settings import Settings
-from app.statuses.compute import load_risk_areas, recompute_subjects
+from app.statuses.publish import StatusPublisher
+from cache.status_writer import StatusWriter
 from signing.encoding import b64url_encode
 from tests.conftest import AppFactory
 from tests.support import bearer
@@ -222,12 +224,12 @@ SITUATIONS = {
 
 
 async def test_people_computed_from_records_get_the_rule_sets_answer(
-    api: Api, db: asyncpg.Connection, settings: Settings, client_keys: dict[str, str]
+    api: Api, db: asyncpg.Connection, redis: Redis, settings: Settings, client_keys: dict[str, str]
 ) -> None:
     people = list(synthetic_people(200, 7))
     now = int(time.time())
     pseudonyms = await load_population(db, people, settings.pepper, now)
-    await recompute_subjects(db, pseudonyms, load_ruleset(settings.ruleset), now, await load_risk_areas(db))
+    await StatusPublisher(StatusWriter(redis), load_ruleset(settings.ruleset)).recompute(db, pseudonyms, now)
     first = {p.situation: p for p in reversed(people)}
     for situation, (colour, reasons, popup) in SITUATIONS.items():
         person = first[situation]

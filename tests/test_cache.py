@@ -27,6 +27,7 @@ from cache.entry import (
 )
 from cache.keys import TOMBSTONE, status_key
 from cache.status_cache import StatusCache
+from cache.status_writer import StatusWriter
 
 # Same server as the rest of the suite (REDIS_URL, as `make test` exports it), db 14 for these tests.
 REDIS_URL = urlunsplit(urlsplit(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))._replace(path="/14"))
@@ -100,6 +101,7 @@ def make_entry(**changes: Any) -> StatusEntry:
         ruleset="cq-2022.03",
         computed_at=now - 60,
         valid_until=now + 3600,
+        version=1,
         id_type="resident",
         masked_name="欧阳*",
         masked_number="5***************2X",
@@ -135,6 +137,11 @@ async def dead_redis() -> AsyncIterator[CountingRedis]:
 @pytest.fixture
 def loader() -> Loader:
     return Loader()
+
+
+@pytest.fixture
+def writer(redis: CountingRedis) -> StatusWriter:
+    return StatusWriter(redis)
 
 
 @pytest.fixture
@@ -180,15 +187,15 @@ def test_pack_round_trip(entry: StatusEntry) -> None:
 
 
 def test_pack_is_compact() -> None:
-    # Header 40 bytes plus the strings' UTF-8 bytes; no field names, no JSON.
+    # Header 48 bytes plus the strings' UTF-8 bytes; no field names, no JSON.
     entry = make_entry()
     strings = "\x1f".join(entry.reasons) + entry.ruleset + entry.id_type + entry.masked_name + entry.masked_number
-    assert len(pack(entry)) == 40 + len(strings.encode())
+    assert len(pack(entry)) == 48 + len(strings.encode())
 
 
 def test_unpack_unknown_version_is_a_clear_error() -> None:
     data = bytes([FORMAT_VERSION + 1]) + pack(make_entry())[1:]
-    with pytest.raises(UnknownVersionError, match=r"format version 2 is not supported \(this code reads 1\)"):
+    with pytest.raises(UnknownVersionError, match=r"format version 3 is not supported \(this code reads 2\)"):
         unpack(data)
 
 
@@ -300,9 +307,11 @@ async def test_negative_ttl_is_configurable(redis: CountingRedis, loader: Loader
     assert 2_400 <= await redis.pttl(status_key(pseudonym(6))) <= 2_500
 
 
-async def test_concurrent_gets_share_one_round_trip(cache: StatusCache, redis: CountingRedis, loader: Loader) -> None:
+async def test_concurrent_gets_share_one_round_trip(
+    cache: StatusCache, redis: CountingRedis, loader: Loader, writer: StatusWriter
+) -> None:
     entries = {pseudonym(n): make_entry(vaccine_doses=n % 4) for n in range(50)}
-    await cache.put_many(entries)
+    await writer.put_many(entries)
     redis.reset_counts()
 
     results = await asyncio.gather(*(cache.get(p) for p in entries), cache.get(pseudonym(1)))
@@ -315,9 +324,9 @@ async def test_concurrent_gets_share_one_round_trip(cache: StatusCache, redis: C
 
 
 async def test_sequential_turns_each_get_their_own_round_trip(
-    cache: StatusCache, redis: CountingRedis, loader: Loader
+    cache: StatusCache, redis: CountingRedis, loader: Loader, writer: StatusWriter
 ) -> None:
-    await cache.put_many({pseudonym(1): make_entry()})
+    await writer.put_many({pseudonym(1): make_entry()})
     redis.reset_counts()
     await cache.get(pseudonym(1))
     await cache.get(pseudonym(1))
@@ -378,15 +387,16 @@ async def test_newer_format_is_read_as_miss_but_left_in_place(
 
 
 async def test_put_many_during_a_load_wins_over_the_load(
-    cache: StatusCache, redis: CountingRedis, loader: Loader
+    cache: StatusCache, redis: CountingRedis, loader: Loader, writer: StatusWriter
 ) -> None:
-    old, new = make_entry(colour="green", reasons=()), make_entry(colour="red", reasons=("case.confirmed",))
+    old = make_entry(colour="green", reasons=())
+    new = make_entry(colour="red", reasons=("case.confirmed",), version=2)
     loader.known[pseudonym(11)] = old
     loader.gate = asyncio.Event()
     reader = asyncio.create_task(cache.get(pseudonym(11)))
     await until(lambda: len(loader.calls) == 1)
 
-    await cache.put_many({pseudonym(11): new})  # a batch recomputed the status meanwhile
+    await writer.put_many({pseudonym(11): new})  # a batch recomputed the status meanwhile
     loader.gate.set()
     assert await reader == old  # that reader asked first
     await cache.drain()
@@ -397,12 +407,12 @@ async def test_put_many_during_a_load_wins_over_the_load(
 async def test_fill_does_not_overwrite_a_concurrent_writer(
     cache: StatusCache, redis: CountingRedis, loader: Loader
 ) -> None:
-    # Another process stored a fresh entry between our miss and our fill: SET NX keeps it.
+    # Another process stored a newer entry between our miss and our fill: the guarded fill keeps it.
     loader.known[pseudonym(12)] = make_entry(colour="green", reasons=())
     loader.gate = asyncio.Event()
     reader = asyncio.create_task(cache.get(pseudonym(12)))
     await until(lambda: len(loader.calls) == 1)
-    fresh = pack(make_entry(colour="red", reasons=("case.confirmed",)))
+    fresh = pack(make_entry(colour="red", reasons=("case.confirmed",), version=2))
     await redis.set(status_key(pseudonym(12)), fresh)
     loader.gate.set()
     await reader
@@ -468,30 +478,30 @@ async def test_redis_failing_during_fill_opens_breaker(loader: Loader) -> None:
 
         assert await reader == make_entry()
         await cache.drain()
-        assert (cache.reads, client.commands) == (1, ["SET"])
+        assert (cache.reads, client.commands) == (1, [])  # the fill is a hand-packed guarded write
         assert cache.redis_errors == 1
         assert cache.redis_available is False
     finally:
         await client.aclose()
 
 
-async def test_put_many_raises_when_redis_is_down(dead_redis: CountingRedis, loader: Loader) -> None:
-    cache = StatusCache(dead_redis, loader)
+async def test_put_many_raises_when_redis_is_down(dead_redis: CountingRedis) -> None:
     with pytest.raises(RedisConnectionError):
-        await cache.put_many({pseudonym(16): make_entry()})
-    assert cache.redis_errors == 1
+        await StatusWriter(dead_redis).put_many({pseudonym(16): make_entry()})
 
 
 # -- bulk writes ----------------------------------------------------------------------------------
 
 
-async def test_put_many_stores_every_entry_with_ttl_in_bulk(cache: StatusCache, redis: CountingRedis) -> None:
+async def test_put_many_stores_every_entry_with_ttl_in_bulk(
+    cache: StatusCache, redis: CountingRedis, writer: StatusWriter
+) -> None:
     now = int(time.time())
     entries = {pseudonym(n): make_entry(valid_until=now + 600 + n) for n in range(2500)}
     await redis.set(status_key(pseudonym(0)), TOMBSTONE, px=30_000)  # a real entry replaces a tombstone
     redis.reset_counts()
 
-    assert await cache.put_many(entries) == 2500
+    assert await writer.put_many(entries) == 2500
 
     assert redis.pipelines == 0  # plain Redis: hand-packed bulk writes (cache/bulk.py), no redis-py pipeline
     assert await redis.dbsize() == 2500
@@ -502,29 +512,16 @@ async def test_put_many_stores_every_entry_with_ttl_in_bulk(cache: StatusCache, 
     assert expected - 50 <= await redis.pttl(status_key(pseudonym(2499))) <= expected
 
 
-async def test_put_many_deletes_entries_already_expired(cache: StatusCache, redis: CountingRedis) -> None:
-    await cache.put_many({pseudonym(1): make_entry()})
+async def test_put_many_deletes_entries_already_expired(
+    cache: StatusCache, redis: CountingRedis, writer: StatusWriter
+) -> None:
+    await writer.put_many({pseudonym(1): make_entry()})
     expired = make_entry(valid_until=int(time.time()) - 5)
 
-    assert await cache.put_many({pseudonym(1): expired, pseudonym(2): make_entry()}) == 1
+    assert await writer.put_many({pseudonym(1): expired, pseudonym(2): make_entry()}) == 1
 
     assert await redis.exists(status_key(pseudonym(1))) == 0
     assert await redis.exists(status_key(pseudonym(2))) == 1
-
-
-async def test_forget_many_deletes_entries_and_tombstones(
-    cache: StatusCache, redis: CountingRedis, loader: Loader
-) -> None:
-    await cache.put_many({pseudonym(1): make_entry(), pseudonym(2): make_entry()})
-    assert await cache.get(pseudonym(3)) is None  # tombstone
-    await cache.drain()
-    assert await redis.dbsize() == 3
-
-    assert await cache.forget_many([pseudonym(1), pseudonym(3), pseudonym(4)]) == 2
-
-    assert await redis.dbsize() == 1
-    loader.known[pseudonym(3)] = make_entry()
-    assert await cache.get(pseudonym(3)) == make_entry()
 
 
 def test_status_key_layout() -> None:

@@ -24,7 +24,7 @@ from app.dev.population import synthetic_people
 from app.identity import resident_check_char
 from app.keys import lifecycle as keys
 from app.settings import Settings, SettingsError
-from app.statuses.loader import STATUS_QUERY, entry_from_row
+from app.statuses.stored import STATUS_QUERY, entry_from_row
 from cache.entry import unpack
 from cache.keys import status_key
 from tests.conftest import AppFactory

@@ -6,13 +6,15 @@ import time
 from datetime import date
 
 import asyncpg
+from redis.asyncio import Redis
 
 from app.dev.demo import load_population
 from app.dev.population import SITUATIONS, synthetic_people
 from app.identity import Identity, mask_name, mask_number, parse_identity, pseudonym
 from app.rules.ruleset import load_ruleset
 from app.settings import Settings
-from app.statuses.compute import load_risk_areas, recompute_subjects
+from app.statuses.publish import StatusPublisher
+from cache.status_writer import StatusWriter
 
 RECORD_TABLES = ("vaccinations", "nucleic_tests", "travel_arrivals", "designations")
 
@@ -67,11 +69,13 @@ async def test_loading_again_replaces_instead_of_adding(db: asyncpg.Connection, 
     assert await counts(db) == first
 
 
-async def test_every_colour_and_the_popup_come_out_of_the_rules(db: asyncpg.Connection, settings: Settings) -> None:
+async def test_every_colour_and_the_popup_come_out_of_the_rules(
+    db: asyncpg.Connection, redis: Redis, settings: Settings
+) -> None:
     people = list(synthetic_people(200, 3))
     now = int(time.time())
     pseudonyms = await load_population(db, people, settings.pepper, now)
-    entries = await recompute_subjects(db, pseudonyms, load_ruleset(settings.ruleset), now, await load_risk_areas(db))
+    entries = await StatusPublisher(StatusWriter(redis), load_ruleset(settings.ruleset)).recompute(db, pseudonyms, now)
     assert len(entries) == 200
     by_situation: dict[str, set[tuple[str, bool]]] = {}
     for person, p in zip(people, pseudonyms, strict=True):

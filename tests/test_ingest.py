@@ -27,14 +27,11 @@ from app.ingest.upload import receive_batch
 from app.rules.ruleset import load_ruleset
 from app.settings import Settings
 from app.statuses.overrides import OverrideError, override_status
-from cache.status_cache import StatusCache
+from app.statuses.publish import StatusPublisher
+from cache.status_writer import StatusWriter
 from tests.test_ingest_helpers import ago, csv_body, number
 
 RULESET = load_ruleset()
-
-
-async def _never(pseudonym: bytes) -> None:
-    raise AssertionError("not read through")
 
 
 def _rows(kind: str, pieces: list[str]) -> list[object]:
@@ -101,7 +98,7 @@ async def _stage(db: asyncpg.Connection, settings: Settings, kind: str, data: by
 async def processor(settings: Settings, db: asyncpg.Connection, redis: Redis) -> AsyncIterator[BatchProcessor]:
     pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=2)
     try:
-        yield BatchProcessor(pool, RULESET, StatusCache(redis, _never))
+        yield BatchProcessor(pool, StatusPublisher(StatusWriter(redis), RULESET))
     finally:
         await pool.close()
 
@@ -264,8 +261,8 @@ async def test_override_rules(settings: Settings, db: asyncpg.Connection, redis:
     subject = pseudonym(parse_identity("resident", number(1)), settings.pepper)
     now = int(time.time())
     later = datetime.now(UTC) + timedelta(hours=1)
-    cache = StatusCache(redis, _never)
-    kw: dict[str, Any] = {"ruleset": RULESET, "cache": cache, "now": now, "actor": "cdc", "expires_at": later}
+    publisher = StatusPublisher(StatusWriter(redis), RULESET)
+    kw: dict[str, Any] = {"publisher": publisher, "now": now, "actor": "cdc", "expires_at": later}
     with pytest.raises(OverrideError, match="registered"):
         await override_status(db, subject, colour="red", reason="manual", **kw)
     await db.execute("INSERT INTO subjects (pseudonym, id_type, masked_number) VALUES ($1, 'resident', 'x')", subject)

@@ -6,31 +6,36 @@ import time
 
 import asyncpg
 import pytest
+from redis.asyncio import Redis
 
 from app.dev.demo import load_population
 from app.dev.population import synthetic_people
 from app.rules.ruleset import load_ruleset
 from app.settings import Settings
-from app.statuses.compute import load_risk_areas, recompute_subjects
+from app.statuses.compute import load_risk_areas
+from app.statuses.publish import StatusPublisher
+from cache.status_writer import StatusWriter
 
 _ROWS = """SELECT pseudonym, colour, reasons, popup, vaccine_doses, vaccine_complete, last_test_at, last_test_result,
-                  ruleset, computed_at, valid_until FROM statuses ORDER BY pseudonym"""
+                  ruleset, computed_at, valid_until, version FROM statuses ORDER BY pseudonym"""
 
 
 @pytest.mark.slow
-async def test_bulk_and_single_recompute_store_the_same_statuses(db: asyncpg.Connection, settings: Settings) -> None:
+async def test_bulk_and_single_recompute_store_the_same_statuses(
+    db: asyncpg.Connection, redis: Redis, settings: Settings
+) -> None:
     people = list(synthetic_people(300, 7))
     now = int(time.time())
     pseudonyms = await load_population(db, people, settings.pepper, now)
-    ruleset = load_ruleset(settings.ruleset)
+    publisher = StatusPublisher(StatusWriter(redis), load_ruleset(settings.ruleset))
     areas = await load_risk_areas(db)
 
-    bulk = await recompute_subjects(db, [*pseudonyms, pseudonyms[0]], ruleset, now, areas)  # a key twice counts once
+    bulk = await publisher.recompute(db, [*pseudonyms, pseudonyms[0]], now, areas)  # a key twice counts once
     bulk_rows = await db.fetch(_ROWS)
     await db.execute("DELETE FROM statuses")
     single = {}
     for p in pseudonyms:
-        single.update(await recompute_subjects(db, [p], ruleset, now, areas))
+        single.update(await publisher.recompute(db, [p], now, areas))
 
     assert len(bulk) == 300
     assert bulk == single
@@ -38,15 +43,17 @@ async def test_bulk_and_single_recompute_store_the_same_statuses(db: asyncpg.Con
     assert {r["colour"] for r in bulk_rows} == {"green", "yellow", "red"}
 
 
-async def test_bulk_stores_twice_in_one_outer_transaction(db: asyncpg.Connection, settings: Settings) -> None:
+async def test_bulk_stores_twice_in_one_outer_transaction(
+    db: asyncpg.Connection, redis: Redis, settings: Settings
+) -> None:
     people = list(synthetic_people(250, 8))
     now = int(time.time())
     pseudonyms = await load_population(db, people, settings.pepper, now)
-    ruleset = load_ruleset(settings.ruleset)
+    publisher = StatusPublisher(StatusWriter(redis), load_ruleset(settings.ruleset))
 
     async with db.transaction():
-        first = await recompute_subjects(db, pseudonyms[:150], ruleset, now)
-        second = await recompute_subjects(db, pseudonyms[100:], ruleset, now + 1)
+        first = await publisher.recompute(db, pseudonyms[:150], now)
+        second = await publisher.recompute(db, pseudonyms[100:], now + 1)
 
     assert len(first) == 150
     assert len(second) == 150

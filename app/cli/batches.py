@@ -48,12 +48,10 @@ async def load(args: argparse.Namespace, settings: Settings) -> int:
 async def sweep(args: argparse.Namespace, settings: Settings) -> int:
     import time
 
-    from app.ingest.process import sweep_expired
-    from app.rules.ruleset import load_ruleset
-    from app.stores import open_stores
-    from cache.status_cache import writer_cache
+    from app.statuses.standalone import open_publisher
+    from app.statuses.sweep import sweep_expired
 
-    async with open_stores(settings.database_url, settings.redis_url) as (conn, redis):
-        count = await sweep_expired(conn, load_ruleset(settings.ruleset), writer_cache(redis), int(time.time()))
+    async with open_publisher(settings) as (conn, publisher):
+        count = await sweep_expired(conn, publisher, int(time.time()))
     print(f"recomputed {count} expired statuses")
     return 0

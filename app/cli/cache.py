@@ -15,8 +15,10 @@ def add_parser(sub: Any) -> None:
 
 
 async def warm(args: argparse.Namespace, settings: Settings) -> int:
+    from app.statuses.standalone import open_publisher
     from app.statuses.warm import warm_cache
 
-    count = await warm_cache(settings, progress=True)
+    async with open_publisher(settings) as (conn, publisher):
+        count = await warm_cache(conn, publisher, progress=True)
     print(f"warmed {count} status entries")
     return 0

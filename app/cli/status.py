@@ -32,10 +32,8 @@ async def override(args: argparse.Namespace, settings: Settings) -> int:
     import time
 
     from app.identity import InvalidIdentity, parse_identity, pseudonym
-    from app.rules.ruleset import load_ruleset
     from app.statuses.overrides import OverrideError, override_status
-    from app.stores import open_stores
-    from cache.status_cache import writer_cache
+    from app.statuses.standalone import open_publisher
 
     try:
         subject = pseudonym(parse_identity(args.id_type, args.id_number), settings.pepper)
@@ -51,7 +49,7 @@ async def override(args: argparse.Namespace, settings: Settings) -> int:
     )
 
     try:
-        async with open_stores(settings.database_url, settings.redis_url) as (conn, redis):
+        async with open_publisher(settings) as (conn, publisher):
             override_id = await override_status(
                 conn,
                 subject,
@@ -59,8 +57,7 @@ async def override(args: argparse.Namespace, settings: Settings) -> int:
                 reason=args.reason,
                 expires_at=until,
                 actor=args.actor,
-                ruleset=load_ruleset(settings.ruleset),
-                cache=writer_cache(redis),
+                publisher=publisher,
                 now=int(time.time()),
             )
     except OverrideError as exc:

@@ -22,9 +22,10 @@ from app.identity import Identity, mask_name, mask_number, pseudonym
 from app.keys import lifecycle as keys
 from app.rules.ruleset import load_ruleset
 from app.settings import Settings
-from app.statuses.compute import load_risk_areas, recompute_subjects
+from app.statuses.compute import load_risk_areas
+from app.statuses.publish import StatusPublisher
 from cache.connection import open_redis
-from cache.status_cache import writer_cache
+from cache.status_writer import StatusWriter
 
 # Demo rows carry this batch id so that a second `demo` run replaces them instead of adding more.
 DEMO_BATCH_ID: Final = 0
@@ -78,7 +79,8 @@ def _records(person: Person, now: int) -> dict[str, list[tuple[Any, ...]]]:
 _INSERTS: Final = {
     "subjects": """INSERT INTO subjects (pseudonym, id_type, masked_name, masked_number)
         SELECT * FROM unnest($1::bytea[], $2::text[], $3::text[], $4::text[])
-        ON CONFLICT (pseudonym) DO UPDATE SET masked_name = excluded.masked_name, updated_at = now()""",
+        ON CONFLICT (pseudonym) DO UPDATE SET masked_name = excluded.masked_name, updated_at = now(),
+            revision = subjects.revision + 1""",
     "vaccinations": """INSERT INTO vaccinations (pseudonym, product, dose, vaccinated_on, batch_id)
         SELECT p, a, b, c, 0 FROM unnest($1::bytea[], $2::text[], $3::int[], $4::date[]) AS t(p, a, b, c)
         ON CONFLICT DO NOTHING""",
@@ -110,6 +112,8 @@ async def load_population(conn: asyncpg.Connection, people: Iterable[Person], pe
             "INSERT INTO risk_areas (area_code, level, valid_from, valid_until, batch_id) VALUES ($1, $2, $3, $4, $5)",
             [(code, level, _ts(now - 10 * DAY), _ts(now + 20 * DAY), DEMO_BATCH_ID) for code, level in DEMO_RISK_AREAS],
         )
+        # Risk areas are everyone's input; their revision is part of every status version.
+        await conn.execute("UPDATE input_revisions SET value = value + 1 WHERE name = 'risk_areas'")
     pseudonyms: list[bytes] = []
     chunk: list[Person] = []
 
@@ -179,10 +183,9 @@ async def run_demo(settings: Settings, *, people: int, seed: int, list_people: b
         ruleset = load_ruleset(settings.ruleset)
         areas = await load_risk_areas(conn)
 
-        cache = writer_cache(redis)
+        publisher = StatusPublisher(StatusWriter(redis), ruleset)
         for start in tqdm(range(0, len(pseudonyms), CHUNK), unit="chunk", desc="statuses"):
-            entries = await recompute_subjects(conn, pseudonyms[start : start + CHUNK], ruleset, now, areas)
-            await cache.put_many(entries)
+            await publisher.recompute(conn, pseudonyms[start : start + CHUNK], now, areas)
     finally:
         await redis.aclose()
         await conn.close()

@@ -36,10 +36,12 @@ from app.rules.ruleset import load_ruleset
 from app.scans import ScanRecorder, ScanWriter, ensure_scan_partitions
 from app.settings import Settings
 from app.statuses.loader import StatusLoader
+from app.statuses.publish import StatusPublisher
 from cache.connection import open_redis
 from cache.rate_limit import RateLimiter
 from cache.scan_stream import ScanStream
 from cache.status_cache import StatusCache
+from cache.status_writer import StatusWriter
 
 log = logging.getLogger(__name__)
 
@@ -84,12 +86,16 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     app[SIGNER] = SignerState(settings.keys_dir, settings.issuer, settings.token_ttl_seconds, settings.signing_key_pems)
     await app[SIGNER].refresh(pool)
     app[SIGNER].status_signer()  # refuse to start without a signing key
-    loader = app[STATUS_LOADER] = StatusLoader(pool, load_ruleset(settings.ruleset))
-    app[STATUS_CACHE] = StatusCache(redis, loader.load, negative_ttl_seconds=settings.negative_ttl_seconds)
+    writer = StatusWriter(redis)
+    publisher = StatusPublisher(writer, load_ruleset(settings.ruleset))
+    loader = app[STATUS_LOADER] = StatusLoader(pool, publisher)
+    app[STATUS_CACHE] = StatusCache(
+        redis, loader.load, writer=writer, negative_ttl_seconds=settings.negative_ttl_seconds
+    )
     app[SCANS] = ScanRecorder(ScanStream(redis), pool)
     app[RATE_LIMITER] = RateLimiter(redis)
     await ensure_scan_partitions(pool, datetime.now(UTC).date())
-    app[INGEST] = BatchProcessor(pool, loader.ruleset, app[STATUS_CACHE])
+    app[INGEST] = BatchProcessor(pool, publisher)
     yield
     await app[INGEST].close()
     await app[STATUS_CACHE].drain()  # pending cache fills finish before the Redis client closes

@@ -23,8 +23,9 @@ from app.ingest.store import Conn, batch_by_id, rejections
 from app.ingest.upload import kind_named, receive_batch
 from app.rules.ruleset import load_ruleset
 from app.settings import Settings
+from app.statuses.publish import StatusPublisher
 from app.stores import open_stores
-from cache.status_cache import writer_cache
+from cache.status_writer import StatusWriter
 
 READ_CHUNK: Final = 1 << 20
 # Operator loads without --agency are recorded against this client id (no API client has it).
@@ -108,10 +109,10 @@ async def load_file(
                     progress=progress,
                 )
             if received.created:
-                cache = writer_cache(redis)
+                publisher = StatusPublisher(StatusWriter(redis), ruleset)
                 # Statuses are stored on a second connection while the first reads records.
-                async with connection(settings.database_url) as writer:
-                    await process_batch(conn, received.batch_id, ruleset, cache, int(time.time()), writer=writer)
+                async with connection(settings.database_url) as store_conn:
+                    await process_batch(conn, received.batch_id, publisher, int(time.time()), store_conn=store_conn)
         if out is not None:
             await report(conn, received.batch_id, out, seen_before=not received.created)
         return received.batch_id

@@ -23,18 +23,28 @@ class Merged:
 
 
 # People named by identity in any kind but population become subjects if they are not yet known, so a
-# lab's result for someone the registry has not sent yet still gives that person a status.
+# lab's result for someone the registry has not sent yet still gives that person a status. Known ones
+# get their revision bumped in the merge's transaction: their inputs change with it, and every status
+# computed from the new records must outrank any computed before (sql/004_status_versions.sql).
 _SUBJECTS_FROM = """INSERT INTO subjects (pseudonym, id_type, masked_number)
-    SELECT pseudonym, id_type, masked_number FROM {table} WHERE batch_id = $1 AND pseudonym IS NOT NULL
+    SELECT DISTINCT ON (pseudonym) pseudonym, id_type, masked_number
+    FROM {table} WHERE batch_id = $1 AND pseudonym IS NOT NULL
     ORDER BY pseudonym, row_no
-    ON CONFLICT (pseudonym) DO NOTHING"""
+    ON CONFLICT (pseudonym) DO UPDATE SET revision = subjects.revision + 1"""
+# Test results named by a registered sample only: their people are known (a sample names one).
+_SAMPLE_SUBJECTS_REVISED = """UPDATE subjects s SET revision = s.revision + 1
+    FROM (SELECT DISTINCT m.pseudonym FROM staging_test t JOIN samples m ON m.sample_id = t.sample_id
+          WHERE t.batch_id = $1 AND t.pseudonym IS NULL) r
+    WHERE s.pseudonym = r.pseudonym"""
+# Risk areas are everyone's input: one revision for all of them.
+_AREAS_REVISED = "UPDATE input_revisions SET value = value + 1 WHERE name = 'risk_areas'"
 
 _MERGE: Final[dict[str, str]] = {
     "population": """INSERT INTO subjects (pseudonym, id_type, masked_name, masked_number)
         SELECT DISTINCT ON (pseudonym) pseudonym, id_type, masked_name, masked_number
         FROM staging_population WHERE batch_id = $1 ORDER BY pseudonym, row_no DESC
         ON CONFLICT (pseudonym) DO UPDATE SET masked_name = excluded.masked_name,
-            masked_number = excluded.masked_number, updated_at = now()
+            masked_number = excluded.masked_number, updated_at = now(), revision = subjects.revision + 1
         WHERE subjects.masked_name IS DISTINCT FROM excluded.masked_name
            OR subjects.masked_number IS DISTINCT FROM excluded.masked_number""",
     "vaccination": """INSERT INTO vaccinations (pseudonym, product, dose, vaccinated_on, site, batch_id)
@@ -87,7 +97,7 @@ def _count(status: str) -> int:
 
 
 async def merge_batch(conn: Conn, batch_id: int, kind: str) -> Merged:
-    """Run inside the caller's transaction."""
+    """Run inside the caller's transaction; bumps the revision of every subject the batch names."""
     # Rows go in in key order (and, within a key, in row order, so the first of two rows with one
     # natural key is the one stored): index insertions then walk each index once instead of touching
     # pages all over it. The sort needs memory of its own, or it spills to disk.
@@ -98,7 +108,11 @@ async def merge_batch(conn: Conn, batch_id: int, kind: str) -> Merged:
         rejected = _count(await conn.execute(_TEST_REJECTIONS, batch_id))
     if kind not in ("population", "risk_area"):
         await conn.execute(_SUBJECTS_FROM.format(table=f"staging_{kind}"), batch_id)
+    if kind == "test":
+        await conn.execute(_SAMPLE_SUBJECTS_REVISED, batch_id)
     accepted = _count(await conn.execute(_MERGE[kind], batch_id))
+    if kind == "risk_area" and accepted:
+        await conn.execute(_AREAS_REVISED)
     return Merged(accepted, rejected, staged - rejected - accepted)
 
 

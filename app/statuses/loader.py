@@ -1,4 +1,4 @@
-"""Reading computed statuses from Postgres, the source of truth, on a cache miss."""
+"""The read-through cache's loader: a status from Postgres, the source of truth, on a cache miss."""
 
 from __future__ import annotations
 
@@ -7,51 +7,21 @@ from collections.abc import Callable
 
 import asyncpg
 
-from app.rules.ruleset import RuleSet
-from app.statuses.compute import recompute_subjects
+from app.statuses.publish import StatusPublisher
+from app.statuses.stored import STATUS_QUERY, entry_from_row, is_fresh
 from cache.entry import StatusEntry
-
-# A subject and its stored status (NULL columns when none is stored), as `entry_from_row` reads them.
-STATUS_SELECT = """
-SELECT sub.pseudonym, sub.id_type, sub.masked_name, sub.masked_number,
-       st.colour, st.reasons, st.popup, st.vaccine_doses, st.vaccine_complete,
-       extract(epoch FROM st.last_test_at)::bigint AS last_test_at, st.last_test_result, st.ruleset,
-       extract(epoch FROM st.computed_at)::bigint AS computed_at,
-       extract(epoch FROM st.valid_until)::bigint AS valid_until
-FROM subjects sub LEFT JOIN statuses st ON st.pseudonym = sub.pseudonym
-"""
-STATUS_QUERY = STATUS_SELECT + "WHERE sub.pseudonym = $1"
-
-
-def is_fresh(row: asyncpg.Record, now: int) -> bool:
-    """Whether the row holds a stored status that is still valid at `now`."""
-    return row["colour"] is not None and row["valid_until"] > now
-
-
-def entry_from_row(row: asyncpg.Record) -> StatusEntry:
-    return StatusEntry(
-        colour=row["colour"],
-        reasons=tuple(row["reasons"]),
-        popup=row["popup"],
-        vaccine_doses=row["vaccine_doses"],
-        vaccine_complete=row["vaccine_complete"],
-        last_test_at=row["last_test_at"],
-        last_test_result=row["last_test_result"],
-        ruleset=row["ruleset"],
-        computed_at=row["computed_at"],
-        valid_until=row["valid_until"],
-        id_type=row["id_type"],
-        masked_name=row["masked_name"],
-        masked_number=row["masked_number"],
-    )
 
 
 class StatusLoader:
-    """The cache's loader: the stored status, recomputed first when missing or past its valid_until."""
+    """The stored status, recomputed (and published) first when missing or past its valid_until.
 
-    def __init__(self, pool: asyncpg.Pool, ruleset: RuleSet, clock: Callable[[], float] = time.time) -> None:
+    The cache fills Redis with what this returns through the version-guarded writer, so a fill that
+    races a recompute can never put the older status back.
+    """
+
+    def __init__(self, pool: asyncpg.Pool, publisher: StatusPublisher, clock: Callable[[], float] = time.time) -> None:
         self.pool = pool
-        self.ruleset = ruleset
+        self.publisher = publisher
         self.clock = clock
         self.reads = 0  # Postgres reads, for tests and metrics
 
@@ -63,6 +33,7 @@ class StatusLoader:
             if row is None:
                 return None
             if is_fresh(row, now):
+                await self.publisher.pause("loaded")
                 return entry_from_row(row)
-            recomputed = await recompute_subjects(conn, [subject], self.ruleset, now)
+            recomputed = await self.publisher.recompute(conn, [subject], now)
             return recomputed.get(subject)

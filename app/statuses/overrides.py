@@ -4,11 +4,9 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from app.ingest.process import refresh_subjects
-from app.ingest.store import Conn
+from app.db import Conn
 from app.rules.records import COLOURS
-from app.rules.ruleset import RuleSet
-from cache.status_cache import StatusCache
+from app.statuses.publish import StatusPublisher
 
 MIN_REASON = 3
 
@@ -25,11 +23,14 @@ async def override_status(
     reason: str,
     expires_at: datetime,
     actor: str,
-    ruleset: RuleSet,
-    cache: StatusCache,
+    publisher: StatusPublisher,
     now: int,
 ) -> int:
-    """Record the override and its audit entry in one transaction, then recompute; returns its id."""
+    """Record the override and its audit entry in one transaction, then recompute; returns its id.
+
+    The transaction bumps the subject's revision, so the recompute's status outranks any computed
+    before the override (a sweep running meanwhile cannot put the old colour back).
+    """
     if colour not in COLOURS:
         raise OverrideError(f"colour must be one of {', '.join(COLOURS)}")
     if len(reason.strip()) < MIN_REASON:
@@ -39,7 +40,10 @@ async def override_status(
     if expires_at.timestamp() <= now:
         raise OverrideError("the override must expire in the future")
     async with conn.transaction():
-        if await conn.fetchval("SELECT 1 FROM subjects WHERE pseudonym = $1", subject) is None:
+        bumped = await conn.fetchval(
+            "UPDATE subjects SET revision = revision + 1 WHERE pseudonym = $1 RETURNING revision", subject
+        )
+        if bumped is None:
             raise OverrideError("no such person is registered")
         override_id = await conn.fetchval(
             """INSERT INTO status_overrides (pseudonym, colour, reason, actor, expires_at)
@@ -61,5 +65,5 @@ async def override_status(
                 "expires_at": expires_at.isoformat(),
             },
         )
-    await refresh_subjects(conn, [subject], ruleset, cache, now)
+    await publisher.recompute(conn, [subject], now)
     return int(override_id)

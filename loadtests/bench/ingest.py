@@ -37,8 +37,9 @@ from app.ingest.load import file_chunks, paused_gc
 from app.ingest.process import process_batch
 from app.ingest.upload import receive_batch
 from app.rules.ruleset import RuleSet, load_ruleset
+from app.statuses.publish import StatusPublisher
 from app.stores import open_stores
-from cache.status_cache import writer_cache
+from cache.status_writer import StatusWriter
 from loadtests.bench import BenchError
 
 DATABASE: Final = "healthcode_bench_ingest"
@@ -101,8 +102,8 @@ async def _end_to_end(
         )
         staged_seconds = time.perf_counter() - started
         async with connection(url) as writer:
-            cache = writer_cache(redis)
-            await process_batch(conn, received.batch_id, ruleset, cache, int(time.time()), writer=writer)
+            publisher = StatusPublisher(StatusWriter(redis), ruleset)
+            await process_batch(conn, received.batch_id, publisher, int(time.time()), store_conn=writer)
         return received.batch_id, staged_seconds, time.perf_counter() - started
 
 

@@ -72,7 +72,7 @@ async def upload(request: web.Request) -> web.Response:
         body=_body(request),
         key=key.strip() if key else None,
         pepper=app[SETTINGS].pepper,
-        ruleset=processor.ruleset,
+        ruleset=processor.publisher.ruleset,
         now=datetime.now(UTC),
         max_bytes=limit,
         gzip=encoding != "identity",

@@ -1,0 +1,149 @@
+"""The version-guarded status writer (cache/status_writer.py) against real Redis."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import replace
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError
+
+from cache.bulk import round_trip
+from cache.entry import FORMAT_VERSION, StatusEntry, unpack
+from cache.keys import TOMBSTONE, status_key
+from cache.status_writer import StatusWriter
+
+
+def subject(n: int) -> bytes:
+    return hashlib.sha256(b"writer-%d" % n).digest()[:16]
+
+
+def entry(**changes: Any) -> StatusEntry:
+    now = int(time.time())
+    base = StatusEntry(
+        colour="green",
+        reasons=(),
+        popup=False,
+        vaccine_doses=2,
+        vaccine_complete=True,
+        last_test_at=None,
+        last_test_result=None,
+        ruleset="cq-2022.03",
+        computed_at=now - 10,
+        valid_until=now + 600,
+        version=5,
+        id_type="resident",
+        masked_name="张*",
+        masked_number="5***************1X",
+    )
+    return replace(base, **changes)
+
+
+async def stored(redis: Redis, n: int) -> StatusEntry:
+    raw = await redis.get(status_key(subject(n)))
+    assert isinstance(raw, bytes)
+    return unpack(raw)
+
+
+@pytest.fixture
+async def writer(redis: Redis) -> StatusWriter:
+    await redis.script_flush()  # every test starts with the script unknown to the server
+    return StatusWriter(redis)
+
+
+async def test_stores_entries_with_their_expiry(redis: Redis, writer: StatusWriter) -> None:
+    now = int(time.time())
+    entries = {subject(n): entry(valid_until=now + 600 + n) for n in range(2500)}
+
+    assert await writer.put_many(entries) == 2500
+
+    assert await redis.dbsize() == 2500
+    assert await stored(redis, 7) == entries[subject(7)]
+    assert await redis.pexpiretime(status_key(subject(2499)).decode()) == (now + 600 + 2499) * 1000
+
+
+async def test_an_older_version_never_replaces_a_newer_one(redis: Redis, writer: StatusWriter) -> None:
+    red = entry(colour="red", reasons=("case.confirmed",), version=6)
+    await writer.put_many({subject(1): red})
+
+    assert await writer.put_many({subject(1): entry(version=5)}) == 0
+    assert await writer.put_many({subject(1): entry(version=6, computed_at=red.computed_at - 1)}) == 0
+
+    assert await stored(redis, 1) == red
+    assert writer.refused == 2
+
+
+async def test_a_newer_version_or_a_later_computation_replaces(redis: Redis, writer: StatusWriter) -> None:
+    await writer.put_many({subject(1): entry(version=5)})
+    later = entry(version=5, computed_at=int(time.time()))
+    newer = entry(colour="yellow", reasons=("contact.secondary",), version=6)
+
+    assert await writer.put_many({subject(1): later}) == 1
+    assert await stored(redis, 1) == later
+    assert await writer.put_many({subject(1): newer}) == 1
+    assert await stored(redis, 1) == newer
+
+
+async def test_an_expired_entry_deletes_an_older_one_only(redis: Redis, writer: StatusWriter) -> None:
+    expired = entry(version=6, valid_until=int(time.time()) - 5)
+    await writer.put_many({subject(1): entry(version=5), subject(2): entry(version=7)})
+
+    assert await writer.put_many({subject(1): expired, subject(2): expired}) == 0
+
+    assert await redis.exists(status_key(subject(1))) == 0
+    assert (await stored(redis, 2)).version == 7
+
+
+async def test_tombstones_older_formats_and_junk_are_replaced(redis: Redis, writer: StatusWriter) -> None:
+    await redis.set(status_key(subject(1)), TOMBSTONE)
+    await redis.set(status_key(subject(2)), bytes([FORMAT_VERSION - 1]) + b"\x00" * 60)
+    await redis.set(status_key(subject(3)), b"junk")
+
+    assert await writer.put_many({subject(n): entry() for n in (1, 2, 3)}) == 3
+
+    assert [await stored(redis, n) for n in (1, 2, 3)] == [entry()] * 3
+
+
+async def test_an_entry_of_a_newer_format_is_left_alone(redis: Redis, writer: StatusWriter) -> None:
+    newer = bytes([FORMAT_VERSION + 1]) + b"\x00" * 60
+    await redis.set(status_key(subject(1)), newer)
+
+    assert await writer.put_many({subject(1): entry(version=10**9)}) == 0
+    assert await redis.get(status_key(subject(1))) == newer
+
+
+async def test_a_tombstone_never_replaces_a_status(redis: Redis, writer: StatusWriter) -> None:
+    await writer.put_many({subject(1): entry()})
+    await writer.put_tombstone(subject(1), 30_000)
+    await writer.put_tombstone(subject(2), 30_000)
+
+    assert await stored(redis, 1) == entry()
+    assert await redis.get(status_key(subject(2))) == TOMBSTONE
+
+
+async def test_the_script_is_loaded_again_after_a_flush(redis: Redis, writer: StatusWriter) -> None:
+    await writer.put_many({subject(1): entry(version=1)})
+    await redis.script_flush()
+
+    assert await writer.put_many({subject(1): entry(version=2)}) == 1
+    assert (await stored(redis, 1)).version == 2
+
+
+async def test_every_reply_is_read_before_raising(redis: Redis, writer: StatusWriter) -> None:
+    await redis.hset(status_key(subject(2)), "field", "a hash where a status belongs")
+
+    with pytest.raises(ResponseError, match="WRONGTYPE"):
+        await writer.put_many({subject(n): entry() for n in (1, 2, 3)})
+
+    # The writes around the refused one were applied, and the pooled connection still answers in step.
+    assert [await stored(redis, n) for n in (1, 3)] == [entry()] * 2
+    assert await round_trip(redis, b"*1\r\n$4\r\nPING\r\n", 1, 1.0) == [b"PONG"]
+    assert await writer.put_many({subject(4): entry()}) == 1
+
+
+async def test_nothing_to_write_sends_nothing(redis: Redis, writer: StatusWriter) -> None:
+    assert await writer.put_many({}) == 0
+    assert await redis.dbsize() == 0
