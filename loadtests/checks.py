@@ -85,6 +85,8 @@ def check_status(
         return "token subject differs from the answer's subject", None
     if claims.get("pop") != int(bool(body.get("popup"))) or claims.get("vac") != int(bool(complete)):
         return "token pop-up or vaccination flag differs from the answer", None
+    if claims.get("ver") != body.get("version"):
+        return "token status version differs from the answer's version", None
     exp = claims.get("exp")
     if not isinstance(exp, int) or body.get("token_expires_at") != exp:
         return "token_expires_at differs from the token's exp", None

@@ -126,12 +126,18 @@ class TokenSigner:
             raise ValueError(f"claims {sorted(reserved)} are set by the signer")
         return self._finish(orjson.dumps({"iss": self._iss, **claims, "iat": now, "exp": now + self._ttl}))
 
-    def sign_status(self, sub_b64: str, st: str, pop: int, vac: int, now: int) -> str:
-        """The hot path: a status token, byte for byte what ``sign`` makes from the same claims."""
+    def sign_status(self, sub_b64: str, st: str, pop: int, vac: int, now: int, *, ver: int) -> str:
+        """The hot path: a status token, byte for byte what ``sign`` makes from the same claims.
+
+        ``ver`` is the version of the status computation shown, so an operator can tell which one a
+        scanner saw.
+        """
         if st not in COLOURS:
             raise ValueError(f"st must be one of G, Y, R, not {st!r}")
         _check_flag("pop", pop)
         _check_flag("vac", vac)
+        if type(ver) is not int or ver < 0:
+            raise ValueError(f"ver must be a non-negative integer, not {ver!r}")
         payload = orjson.dumps(
             {
                 "iss": self._iss,
@@ -139,6 +145,7 @@ class TokenSigner:
                 "st": st,
                 "pop": pop,
                 "vac": vac,
+                "ver": ver,
                 "iat": now,
                 "exp": now + self._ttl,
             }
@@ -240,6 +247,9 @@ class TokenVerifier:
                 _check_flag("vac", claims.get("vac"))
             except ValueError as exc:
                 raise MalformedToken(str(exc)) from None
+            ver = claims.get("ver", 0)  # absent from tokens signed before versions existed
+            if type(ver) is not int or ver < 0:
+                raise MalformedToken("status claim ver is not a non-negative integer")
         if exp <= now:
             raise TokenExpired(f"expired at {exp}, now {now}")
         if iat > now + self._leeway:

@@ -28,7 +28,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 def token_for(api: Api, *, now: int | None = None) -> str:
     signer = api.app[SIGNER].signer
     assert signer is not None
-    return signer.sign_status(b64url_encode(bytes(16)), "G", 0, 1, int(time.time()) if now is None else now)
+    return signer.sign_status(b64url_encode(bytes(16)), "G", 0, 1, int(time.time()) if now is None else now, ver=1)
 
 
 # --- probes ----------------------------------------------------------------------------------------------
@@ -166,7 +166,7 @@ async def test_qr_refuses_tokens_that_do_not_verify(api: Api, client_keys: dict[
     cases = {
         "malformed": "not-a-token",
         "expired": token_for(api, now=int(time.time()) - 1000),
-        "unknown_key": stranger.sign_status(b64url_encode(bytes(16)), "G", 0, 1, int(time.time())),
+        "unknown_key": stranger.sign_status(b64url_encode(bytes(16)), "G", 0, 1, int(time.time()), ver=1),
     }
     for reason, token in cases.items():
         r = await api.get(path, params={"token": token}, headers=headers)

@@ -51,6 +51,7 @@ async def insert_status(
     last_test: tuple[int, str] | None = None,
     computed_at: int | None = None,
     valid_until: int | None = None,
+    version: int = 0,
 ) -> bytes:
     """A subject and its computed status, written straight into Postgres; returns the pseudonym."""
     now = int(time.time())
@@ -64,9 +65,9 @@ async def insert_status(
     )
     await db.execute(
         """INSERT INTO statuses (pseudonym, colour, reasons, popup, vaccine_doses, vaccine_complete,
-               last_test_at, last_test_result, ruleset, computed_at, valid_until)
+               last_test_at, last_test_result, ruleset, computed_at, valid_until, version)
            VALUES ($1, $2, $3, $4, $5, $6, to_timestamp($7), $8, 'default-2022', to_timestamp($9),
-                   to_timestamp($10))""",
+                   to_timestamp($10), $11)""",
         subject,
         colour,
         list(reasons),
@@ -77,6 +78,7 @@ async def insert_status(
         None if last_test is None else last_test[1],
         computed_at if computed_at is not None else now - 60,
         valid_until if valid_until is not None else now + HOUR,
+        version,
     )
     return subject
 
@@ -132,6 +134,7 @@ async def test_status_answers_everything_and_a_token_pyjwt_verifies(
         last_test=(tested, "negative"),
         computed_at=now - 30,
         valid_until=now + 2 * HOUR,
+        version=3,
     )
     r = await post_status(api, client_keys["citizen-backend"], {"id_type": "resident", "id_number": NUMBER})
     assert r.status == 200, await r.text()
@@ -150,6 +153,7 @@ async def test_status_answers_everything_and_a_token_pyjwt_verifies(
         "vaccination": {"doses": 3, "complete": True},
         "last_test": {"sampled_at": tested, "result": "negative", "hours_ago": 20},
         "ruleset": "default-2022",
+        "version": 3,
         "computed_at": now - 30,
         "valid_until": now + 2 * HOUR,
     }
@@ -160,6 +164,7 @@ async def test_status_answers_everything_and_a_token_pyjwt_verifies(
         "st": "Y",
         "pop": 1,
         "vac": 1,
+        "ver": 3,
         "iat": claims["iat"],
         "exp": claims["iat"] + settings.token_ttl_seconds,
     }

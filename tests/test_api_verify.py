@@ -58,7 +58,7 @@ def signer(api: Api) -> TokenSigner:
 
 
 def token_for(api: Api, subject: bytes, st: str = "G", *, now: int | None = None) -> str:
-    return signer(api).sign_status(b64url_encode(subject), st, 0, 1, int(time.time()) if now is None else now)
+    return signer(api).sign_status(b64url_encode(subject), st, 0, 1, int(time.time()) if now is None else now, ver=1)
 
 
 async def post_verify(api: Api, key: str, body: object) -> Any:
@@ -84,6 +84,8 @@ def refused(reason: str) -> dict[str, Any]:
         "checkpoint": CHECKPOINT,
         "token_colour": None,
         "current_colour": None,
+        "token_version": None,
+        "current_version": None,
         "name": None,
         "id_number": None,
     }
@@ -128,6 +130,8 @@ async def test_a_valid_token_shows_both_colours_and_the_masked_person(
         "checkpoint": CHECKPOINT,
         "token_colour": "green",
         "current_colour": "red",
+        "token_version": 1,
+        "current_version": 0,
         "name": "王*",
         "id_number": "50**************39",
     }
@@ -152,7 +156,7 @@ async def test_a_valid_token_for_someone_no_longer_known(
 ) -> None:
     subject = pseudonym(Identity("resident", NUMBER), settings.pepper)
     body = await verify_ok(api, client_keys["scanner"], token_for(api, subject, "Y"))
-    assert body == {**refused("ok"), "valid": True, "token_colour": "yellow"}
+    assert body == {**refused("ok"), "valid": True, "token_colour": "yellow", "token_version": 1}
 
 
 async def test_the_scan_is_recorded_against_the_checkpoint(
@@ -256,7 +260,7 @@ async def test_a_damaged_signature_is_a_bad_signature(api: Api, client_keys: dic
 
 async def test_a_token_signed_by_an_unknown_key_is_refused(api: Api, client_keys: dict[str, str]) -> None:
     stranger = TokenSigner(KeyRecord.from_private_key(generate_private_key()), "healthcode", 300)
-    token = stranger.sign_status(b64url_encode(bytes(16)), "G", 0, 1, int(time.time()))
+    token = stranger.sign_status(b64url_encode(bytes(16)), "G", 0, 1, int(time.time()), ver=1)
     assert await verify_ok(api, client_keys["scanner"], token) == refused("unknown_key")
 
 
@@ -270,7 +274,9 @@ async def test_a_stranger_using_our_kid_is_a_bad_signature(api: Api, client_keys
         state="active",
         private_key=record.private_key,
     )
-    token = TokenSigner(forged, "healthcode", 300).sign_status(b64url_encode(bytes(16)), "G", 0, 1, int(time.time()))
+    token = TokenSigner(forged, "healthcode", 300).sign_status(
+        b64url_encode(bytes(16)), "G", 0, 1, int(time.time()), ver=1
+    )
     assert await verify_ok(api, client_keys["scanner"], token) == refused("bad_signature")
 
 

@@ -38,7 +38,7 @@ def signing_kid(api: Api) -> str:
 def sign(api: Api, st: str = "G") -> str:
     signer = api.app[SIGNER].signer
     assert signer is not None
-    return signer.sign_status(SUB, st, 0, 1, int(time.time()))
+    return signer.sign_status(SUB, st, 0, 1, int(time.time()), ver=1)
 
 
 async def published(api: Api) -> dict[str, dict[str, Any]]:
@@ -240,7 +240,7 @@ async def test_the_active_private_key_can_come_from_the_environment(
     state = SignerState(settings.keys_dir, "healthcode", 300, Settings.from_env(env).signing_key_pems)
     await state.refresh(db)
 
-    token = state.status_signer().sign_status(SUB, "G", 0, 1, int(time.time()))
+    token = state.status_signer().sign_status(SUB, "G", 0, 1, int(time.time()), ver=1)
     assert jwt.get_unverified_header(token)["kid"] == kid(thumbprint)
     assert state.verifier is not None
     assert state.verifier.verify(token, int(time.time()))["st"] == "G"

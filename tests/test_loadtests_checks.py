@@ -38,7 +38,8 @@ def _answer(signer: TokenSigner, colour: str = "green", popup: bool = False) -> 
         "colour": colour,
         "popup": popup,
         "vaccination": {"doses": 2, "complete": True},
-        "token": signer.sign_status(sub, letter, int(popup), 1, NOW),
+        "version": 1,
+        "token": signer.sign_status(sub, letter, int(popup), 1, NOW, ver=1),
         "token_expires_at": NOW + 300,
     }
 
@@ -51,6 +52,10 @@ def test_status_answers_are_checked_against_the_published_keys() -> None:
     assert problem is None and issued == Issued(str(good["token"]), NOW + 300, "yellow")
 
     assert check_status({**good, "token": None}, verifier, NOW)[0] == "status answer without a token"
+    assert (
+        check_status({**good, "version": 2}, verifier, NOW)[0]
+        == "token status version differs from the answer's version"
+    )
     assert (
         check_status({**good, "colour": "green"}, verifier, NOW)[0] == "token colour differs from the answer's colour"
     )

@@ -245,7 +245,7 @@ async def test_live_answers_fit_their_documented_schemas(
 
     signer = api.app[SIGNER].signer
     assert signer is not None
-    expired = signer.sign_status(b64url_encode(subject), "Y", 1, 1, int(time.time()) - 3600)
+    expired = signer.sign_status(b64url_encode(subject), "Y", 1, 1, int(time.time()) - 3600, ver=1)
     r = await api.post("/v1/verify", json={"token": expired, "checkpoint": "gate-1"}, headers=scanner)
     assert (await assert_documented(r, "/v1/verify", "post"))["reason"] == "expired"
 

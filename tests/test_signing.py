@@ -100,11 +100,11 @@ def verifier(ring: KeyRing) -> TokenVerifier:
 
 @pytest.fixture
 def token(ring: KeyRing) -> str:
-    return ring.signer.sign_status(SUB, "Y", 1, 0, NOW)
+    return ring.signer.sign_status(SUB, "Y", 1, 0, NOW, ver=1)
 
 
 def status_claims(st: str = "Y", pop: int = 1, vac: int = 0, now: int = NOW) -> dict[str, object]:
-    return {"iss": ISS, "sub": SUB, "st": st, "pop": pop, "vac": vac, "iat": now, "exp": now + TTL}
+    return {"iss": ISS, "sub": SUB, "st": st, "pop": pop, "vac": vac, "ver": 1, "iat": now, "exp": now + TTL}
 
 
 # --- round trips ---------------------------------------------------------------------------------------
@@ -114,27 +114,27 @@ def test_round_trip(token: str, verifier: TokenVerifier, record: KeyRecord, alg:
     assert verifier.verify(token, NOW) == status_claims()
     header, payload, signature = segments(token)
     assert header == {"alg": alg, "kid": record.kid, "typ": "hcs+jwt"}
-    assert list(payload) == ["iss", "sub", "st", "pop", "vac", "iat", "exp"]
+    assert list(payload) == ["iss", "sub", "st", "pop", "vac", "ver", "iat", "exp"]
     assert len(signature) == 64
     assert len(token) <= 340, token  # the QR must stay small
 
 
 @pytest.mark.parametrize(("st", "pop", "vac"), [("G", 0, 1), ("R", 0, 0), ("Y", 1, 1)])
 def test_every_status_round_trips(ring: KeyRing, verifier: TokenVerifier, st: str, pop: int, vac: int) -> None:
-    token = ring.signer.sign_status(SUB, st, pop, vac, NOW)
+    token = ring.signer.sign_status(SUB, st, pop, vac, NOW, ver=1)
     assert verifier.verify(token, NOW + TTL - 1) == status_claims(st, pop, vac)
 
 
 def test_sign_status_matches_generic_sign(ring: KeyRing) -> None:
-    fast = ring.signer.sign_status(SUB, "R", 0, 1, NOW)
-    generic = ring.signer.sign({"sub": SUB, "st": "R", "pop": 0, "vac": 1}, NOW)
+    fast = ring.signer.sign_status(SUB, "R", 0, 1, NOW, ver=1)
+    generic = ring.signer.sign({"sub": SUB, "st": "R", "pop": 0, "vac": 1, "ver": 1}, NOW)
     assert fast.split(".")[:2] == generic.split(".")[:2]
 
 
 def test_es256_signature_is_raw_r_s(es_key: PrivateKey) -> None:
     assert isinstance(es_key, ec.EllipticCurvePrivateKey)
     signer = TokenSigner(KeyRecord.from_private_key(es_key), ISS, TTL)
-    token = signer.sign_status(SUB, "G", 0, 0, NOW)
+    token = signer.sign_status(SUB, "G", 0, 0, NOW, ver=1)
     signing_input, _, sig_b64 = token.rpartition(".")
     signature = b64url_decode(sig_b64)
     assert len(signature) == 64
@@ -147,7 +147,7 @@ def test_es256_signature_is_raw_r_s(es_key: PrivateKey) -> None:
 
 def test_pyjwt_verifies_our_tokens(ring: KeyRing, record: KeyRecord, alg: str) -> None:
     now = int(time.time())
-    token = ring.signer.sign_status(SUB, "G", 0, 1, now)
+    token = ring.signer.sign_status(SUB, "G", 0, 1, now, ver=1)
     key = jwt.PyJWK(record.public_jwk)
     assert jwt.get_unverified_header(token) == {"alg": alg, "kid": record.kid, "typ": "hcs+jwt"}
     claims = jwt.decode(token, key=key, algorithms=[alg], issuer=ISS, options={"require": ["exp", "iat"]})
@@ -160,7 +160,7 @@ def test_pyjwt_verifies_our_tokens(ring: KeyRing, record: KeyRecord, alg: str) -
 def test_pyjwt_reads_our_jwks(ring: KeyRing, record: KeyRecord, alg: str) -> None:
     keyset = jwt.PyJWKSet.from_dict(jwks_document(ring.published(NOW)))
     now = int(time.time())
-    token = ring.signer.sign_status(SUB, "R", 1, 1, now)
+    token = ring.signer.sign_status(SUB, "R", 1, 1, now, ver=1)
     key = keyset[record.kid]
     assert jwt.decode(token, key=key, algorithms=[alg], issuer=ISS) == status_claims("R", 1, 1, now)
 
@@ -198,8 +198,8 @@ def test_header_from_another_key(es_key: PrivateKey, ed_key: PrivateKey) -> None
     es, ed = KeyRecord.from_private_key(es_key), KeyRecord.from_private_key(ed_key, state="pending")
     ring = KeyRing([es, ed], TTL, issuer=ISS)
     verifier = TokenVerifier(ring, ISS, STATUS_TYP)
-    es_token = ring.signer.sign_status(SUB, "R", 0, 0, NOW)
-    ed_token = TokenSigner(KeyRecord.from_private_key(ed_key), ISS, TTL).sign_status(SUB, "G", 0, 0, NOW)
+    es_token = ring.signer.sign_status(SUB, "R", 0, 0, NOW, ver=1)
+    ed_token = TokenSigner(KeyRecord.from_private_key(ed_key), ISS, TTL).sign_status(SUB, "G", 0, 0, NOW, ver=1)
     assert verifier.verify(ed_token, NOW)["st"] == "G"  # a pending key already verifies
     _, es_p, es_s = es_token.split(".")
     ed_h, ed_p, ed_s = ed_token.split(".")
@@ -273,7 +273,7 @@ def test_wrong_type(ring: KeyRing, verifier: TokenVerifier) -> None:
         verifier.verify(other, NOW)
     claims = TokenVerifier(ring, ISS, "hct+jwt").verify(other, NOW)
     assert claims == {"iss": ISS, "sub": SUB, "code": "X7", "iat": NOW, "exp": NOW + TTL}
-    status = ring.signer.sign_status(SUB, "G", 0, 0, NOW)
+    status = ring.signer.sign_status(SUB, "G", 0, 0, NOW, ver=1)
     assert reason(TokenVerifier(ring, ISS, "hct+jwt"), status) == "wrong_type"
 
 
@@ -294,6 +294,8 @@ def test_wrong_issuer(ring: KeyRing, token: str) -> None:
         {"st": "B"},
         {"pop": 2},
         {"vac": True},
+        {"ver": -1},
+        {"ver": "7"},
         {"exp": "soon"},
         {"iat": 1.5},
     ],
@@ -351,7 +353,10 @@ def test_signer_refuses_bad_input(ring: KeyRing) -> None:
     signer = ring.signer
     for args in [("B", 0, 0), ("G", 2, 0), ("G", 0, True), ("", 0, 0)]:
         with pytest.raises(ValueError):
-            signer.sign_status(SUB, *args, NOW)
+            signer.sign_status(SUB, *args, NOW, ver=1)
+    for ver in (-1, True):
+        with pytest.raises(ValueError, match="ver"):
+            signer.sign_status(SUB, "G", 0, 0, NOW, ver=ver)
     with pytest.raises(ValueError, match="exp"):
         signer.sign({"sub": SUB, "exp": NOW + 10**9}, NOW)
 
@@ -379,17 +384,17 @@ def test_two_keys_sharing_a_kid(es_key: PrivateKey, ed_key: PrivateKey) -> None:
     assert len(ring.candidates("samekid")) == 3
     verifier = TokenVerifier(ring, ISS, STATUS_TYP)
     for record in (a, b, c):
-        token = TokenSigner(record, ISS, TTL).sign_status(SUB, "G", 0, 0, NOW)
+        token = TokenSigner(record, ISS, TTL).sign_status(SUB, "G", 0, 0, NOW, ver=1)
         assert segments(token)[0]["kid"] == "samekid"
         assert verifier.verify(token, NOW)["sub"] == SUB
     stranger = colliding(generate_private_key(ES256), "samekid")
-    assert reason(verifier, TokenSigner(stranger, ISS, TTL).sign_status(SUB, "G", 0, 0, NOW)) == "bad_signature"
+    assert reason(verifier, TokenSigner(stranger, ISS, TTL).sign_status(SUB, "G", 0, 0, NOW, ver=1)) == "bad_signature"
 
 
 def test_rotation(es_key: PrivateKey, ed_key: PrivateKey) -> None:
     retired_at = NOW + 100
     old_active = KeyRecord.from_private_key(es_key)
-    token = TokenSigner(old_active, ISS, TTL).sign_status(SUB, "Y", 0, 0, retired_at - 1)
+    token = TokenSigner(old_active, ISS, TTL).sign_status(SUB, "Y", 0, 0, retired_at - 1, ver=1)
 
     clock = Clock(retired_at)
     old = KeyRecord.from_public_jwk(old_active.public_jwk, "retired", retired_at)
@@ -405,7 +410,7 @@ def test_rotation(es_key: PrivateKey, ed_key: PrivateKey) -> None:
 
     # Past the window the old key no longer verifies: if it leaks later, what it signs is refused.
     clock.now = retired_at + TTL
-    leaked = TokenSigner(old_active, ISS, TTL).sign_status(SUB, "G", 0, 0, int(clock.now))
+    leaked = TokenSigner(old_active, ISS, TTL).sign_status(SUB, "G", 0, 0, int(clock.now), ver=1)
     assert verifier.verify(leaked, int(clock.now))["st"] == "G"
     clock.now += 1
     assert reason(verifier, leaked, int(clock.now)) == "unknown_key"

@@ -155,7 +155,7 @@ def test_key_record_checks_its_metadata() -> None:
 def test_public_key_is_built_once(monkeypatch: pytest.MonkeyPatch) -> None:
     record = KeyRecord.from_private_key(generate_private_key(ES256))
     ring = KeyRing([record], 60, issuer="iss")
-    token = ring.signer.sign_status("c3Vi", "G", 0, 0, 1000)
+    token = ring.signer.sign_status("c3Vi", "G", 0, 0, 1000, ver=1)
 
     def refuse(jwk: dict[str, str]) -> None:
         raise AssertionError("public key rebuilt")

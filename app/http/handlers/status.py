@@ -33,7 +33,9 @@ async def status(request: web.Request) -> web.Response:
         raise SubjectNotFound("no status is held for this document; the person may not be registered yet")
     now = int(time.time())
     sub = b64url_encode(subject)
-    token = signer.sign_status(sub, COLOUR_LETTER[entry.colour], int(entry.popup), int(entry.vaccine_complete), now)
+    token = signer.sign_status(
+        sub, COLOUR_LETTER[entry.colour], int(entry.popup), int(entry.vaccine_complete), now, ver=entry.version
+    )
     return json_response(status_payload(sub, entry, token, now, now + settings.token_ttl_seconds))
 
 
@@ -55,6 +57,7 @@ def status_payload(sub: str, entry: StatusEntry, token: str, now: int, token_exp
             "hours_ago": (now - entry.last_test_at) // 3600,
         },
         "ruleset": entry.ruleset,
+        "version": entry.version,
         "computed_at": entry.computed_at,
         "valid_until": entry.valid_until,
         "token": token,

@@ -32,6 +32,8 @@ async def verify(request: web.Request) -> web.Response:
 
     subject: bytes | None = None
     token_colour = current_colour = name = number = None
+    token_version: int | None = None
+    current_version: int | None = None
     try:
         claims = verifier.verify(token, now)
     except BadToken as exc:
@@ -39,10 +41,12 @@ async def verify(request: web.Request) -> web.Response:
     else:
         valid, reason = True, "ok"
         token_colour = _LETTER_COLOUR.get(str(claims["st"]))
+        token_version = int(str(claims.get("ver", 0)))
         subject = b64url_decode(str(claims["sub"]))
         entry = await app[STATUS_CACHE].get(subject)
         if entry is not None:
             current_colour, name, number = entry.colour, entry.masked_name, entry.masked_number
+            current_version = entry.version
 
     await app[SCANS].record(ScanEvent(now, checkpoint, client.id, subject, valid, reason, token_colour, current_colour))
     return json_response(
@@ -52,6 +56,8 @@ async def verify(request: web.Request) -> web.Response:
             "checkpoint": checkpoint,
             "token_colour": token_colour,
             "current_colour": current_colour,
+            "token_version": token_version,
+            "current_version": current_version,
             "name": name,
             "id_number": number,
             "scanned_at": now,
