@@ -52,9 +52,10 @@ def test_the_status_key_layout_has_one_home() -> None:
 
 def test_the_guards_are_where_the_write_path_says() -> None:
     text = sources()
-    assert "WHERE (statuses.version, statuses.computed_at) <= (excluded.version, excluded.computed_at)" in text[
-        "app/statuses/publish.py"
-    ]
+    assert (
+        "WHERE (statuses.version, statuses.computed_at) <= (excluded.version, excluded.computed_at)"
+        in text["app/statuses/publish.py"]
+    )
     assert "redis.call('SET', KEYS[1], ARGV[1], 'PXAT', ARGV[2])" in text["cache/status_writer.py"]
     # No plain SET of a status key anywhere else: the bulk protocol packs EVALSHA, never SET.
     assert not [name for name, body in text.items() if "$3\\r\\nSET\\r\\n" in body]
