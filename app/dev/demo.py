@@ -12,20 +12,16 @@ from pathlib import Path
 from typing import Any, Final
 
 import asyncpg
-from redis.asyncio import Redis
 from tqdm import tqdm
 
 from app.clients import add_client, hash_secret
-from app.db import connect, migrate
+from app.db import migrate
 from app.dev.population import Person, synthetic_people
 from app.identity import Identity, mask_name, mask_number, pseudonym
 from app.keys import lifecycle as keys
-from app.rules.ruleset import load_ruleset
 from app.settings import Settings
 from app.statuses.compute import load_risk_areas
-from app.statuses.publish import StatusPublisher
-from cache.connection import open_redis
-from cache.status_writer import StatusWriter
+from app.statuses.standalone import open_publisher
 
 # Demo rows carry this batch id so that a second `demo` run replaces them instead of adding more.
 DEMO_BATCH_ID: Final = 0
@@ -168,9 +164,7 @@ async def run_demo(settings: Settings, *, people: int, seed: int, list_people: b
             print(f"{situation:20} {' '.join(numbers[:5])}")
         return 0
 
-    conn = await connect(settings.database_url)
-    redis: Redis = open_redis(settings.redis_url)
-    try:
+    async with open_publisher(settings) as (conn, publisher):
         await migrate(conn)
         active = await conn.fetchval("SELECT thumbprint FROM signing_keys WHERE state = 'active'")
         # A database shared with another checkout may have an active key whose private half is not here.
@@ -180,15 +174,10 @@ async def run_demo(settings: Settings, *, people: int, seed: int, list_people: b
         now = int(time.time())
         print(f"loading {people} synthetic people…", flush=True)
         pseudonyms = await load_population(conn, population, settings.pepper, now)
-        ruleset = load_ruleset(settings.ruleset)
         areas = await load_risk_areas(conn)
 
-        publisher = StatusPublisher(StatusWriter(redis), ruleset)
         for start in tqdm(range(0, len(pseudonyms), CHUNK), unit="chunk", desc="statuses"):
             await publisher.recompute(conn, pseudonyms[start : start + CHUNK], now, areas)
-    finally:
-        await redis.aclose()
-        await conn.close()
 
     examples = {p.situation: p.number for p in reversed(population)}
     print("\nhealthcode demo is ready")
