@@ -10,8 +10,8 @@ from typing import Final
 import asyncpg
 
 from app.http.problems import Forbidden, Unauthenticated
+from app.scopes import CLIENT_KINDS
 
-CLIENT_KINDS: Final = ("citizen-backend", "scanner", "agency")
 _SECRET_PREFIX: Final = "hc_"
 _HEADER_MEMO_LIMIT: Final = 1024
 

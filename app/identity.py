@@ -15,6 +15,8 @@ from hashlib import sha256
 from operator import mul
 from typing import Final
 
+from cache.keys import PSEUDONYM_BYTES
+
 ID_TYPES: Final = ("resident", "passport", "hk_macao_permit", "taiwan_permit", "foreign_permanent")
 
 # GB 11643-1999 / ISO 7064 MOD 11-2: weights of the first 17 characters, and the check character.
@@ -36,7 +38,6 @@ _OTHER_SHAPES: Final = {
     "taiwan_permit": re.compile(r"[0-9]{8}|[0-9]{10}[A-Z0-9]?"),
     "foreign_permanent": re.compile(r"[A-Z]{3}[0-9]{12}|9[0-9]{16}[0-9X]"),
 }
-PSEUDONYM_BYTES: Final = 16
 
 
 class InvalidIdentity(ValueError):

@@ -13,12 +13,12 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from signing import BadToken, KeyRecord, TokenVerifier
+from signing.colours import COLOUR_LETTER
 from signing.encoding import b64url_decode, b64url_encode
 from signing.jws import STATUS_TYP
 from signing.keys import jwk_thumbprint
 from signing.records import ACTIVE
 
-COLOUR_LETTERS: Final = {"green": "G", "yellow": "Y", "red": "R"}
 # Within this many seconds of `exp` either verdict is right: the scanner's clock and ours differ a little.
 EXPIRY_SLACK: Final = 1
 TAMPERED_REASONS: Final = frozenset({"bad_signature", "malformed"})
@@ -69,7 +69,7 @@ def check_status(
     token, colour = body.get("token"), body.get("colour")
     if not isinstance(token, str) or not token:
         return "status answer without a token", None
-    if colour not in COLOUR_LETTERS:
+    if colour not in COLOUR_LETTER:
         return "status answer without a colour", None
     if verifier is None:
         return "no published keys to verify the token with", None
@@ -79,7 +79,7 @@ def check_status(
         return f"token does not verify with the published keys ({exc.reason})", None
     vaccination = body.get("vaccination")
     complete = vaccination.get("complete") if isinstance(vaccination, dict) else None
-    if claims.get("st") != COLOUR_LETTERS[colour]:
+    if claims.get("st") != COLOUR_LETTER[colour]:
         return "token colour differs from the answer's colour", None
     if claims.get("sub") != body.get("subject"):
         return "token subject differs from the answer's subject", None
@@ -115,7 +115,8 @@ def tamper(token: str, rng: random.Random) -> str:
     variant = rng.randrange(3)
     if variant == 0:
         claims = json.loads(b64url_decode(payload))
-        claims["st"] = "R" if claims.get("st") == "G" else "G"
+        green, red = COLOUR_LETTER["green"], COLOUR_LETTER["red"]
+        claims["st"] = red if claims.get("st") == green else green
         return f"{header}.{b64url_encode(json.dumps(claims, separators=(',', ':')).encode())}.{signature}"
     if variant == 1:
         claims = json.loads(b64url_decode(payload))
@@ -150,7 +151,7 @@ def check_verdict(
             return f"valid token refused ({reason})"
         if body.get("token_colour") != issued.colour:
             return "verdict names another colour than the token's"
-        if body.get("current_colour") not in COLOUR_LETTERS:
+        if body.get("current_colour") not in COLOUR_LETTER:
             return "verdict without the current colour"
         return None
     if valid:

@@ -36,6 +36,8 @@ from datetime import UTC, date, datetime
 from itertools import accumulate
 from typing import Final, TextIO
 
+from signing.colours import COLOURS
+
 # --- GB 11643-1999 check character (ISO 7064 MOD 11-2) -------------------------------------------------
 
 _WEIGHTS: Final = tuple(pow(2, 17 - i, 11) for i in range(17))  # 7, 9, 10, 5, 8, 4, 2, 1, 6, 3, ...
@@ -101,7 +103,6 @@ SITUATIONS: Final[dict[str, tuple[str, float, bool, bool]]] = {
     "positive_test": ("red", 0.20, False, True),
     "confirmed": ("red", 0.20, False, True),
 }
-COLOURS: Final = ("green", "yellow", "red")
 DEFAULT_SHARES: Final[Mapping[str, float]] = {"green": 0.90, "yellow": 0.06, "red": 0.04}
 
 HIGH_RISK_AREA: Final = "310115"

@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
 
+from signing.colours import STATUS_LETTERS as COLOURS
 from signing.encoding import b64url_decode
 from signing.errors import (
     BadSignature,
@@ -35,7 +36,6 @@ STATUS_TYP: Final = "hcs+jwt"
 MAX_TOKEN_LENGTH: Final = 2048
 SIGNATURE_BYTES: Final = 64  # r||s for ES256 (RFC 7518 3.4), and an Ed25519 signature (RFC 8032)
 
-COLOURS: Final = frozenset({"G", "Y", "R"})
 _RESERVED: Final = frozenset({"iss", "iat", "exp"})
 _HEADER_MEMBERS: Final = frozenset({"alg", "kid", "typ"})
 _ECDSA_SHA256: Final = ec.ECDSA(hashes.SHA256())

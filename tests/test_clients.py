@@ -7,8 +7,9 @@ import hashlib
 import asyncpg
 import pytest
 
-from app.clients import CLIENT_KINDS, Client, ClientRegistry, add_client, hash_secret, list_clients, revoke_client
+from app.clients import Client, ClientRegistry, add_client, hash_secret, list_clients, revoke_client
 from app.http.problems import Forbidden, Unauthenticated
+from app.scopes import CLIENT_KINDS
 
 
 async def test_add_stores_only_a_hash_and_a_short_prefix(db: asyncpg.Connection) -> None:

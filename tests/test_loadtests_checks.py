@@ -20,6 +20,7 @@ from loadtests.checks import (
 )
 from loadtests.shared import TokenPool
 from signing import KeyRecord, TokenSigner, generate_private_key, jwks_document
+from signing.colours import COLOUR_LETTER
 from signing.encoding import b64url_encode
 
 NOW = 1_700_000_000
@@ -32,7 +33,7 @@ def _signer() -> tuple[TokenSigner, dict[str, list[dict[str, str]]]]:
 
 def _answer(signer: TokenSigner, colour: str = "green", popup: bool = False) -> dict[str, object]:
     sub = b64url_encode(bytes(16))
-    letter = {"green": "G", "yellow": "Y", "red": "R"}[colour]
+    letter = COLOUR_LETTER[colour]
     return {
         "subject": sub,
         "colour": colour,

@@ -5,11 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any, Final
+from typing import Any
 
+from app.scopes import RECORD_KINDS
 from app.settings import Settings
-
-KINDS: Final = ("population", "vaccination", "test", "travel", "designation", "risk_area")
 
 
 def add_parser(sub: Any) -> None:
@@ -20,7 +19,7 @@ def add_parser(sub: Any) -> None:
         "the statuses it touches and refreshes Redis; prints the rejection report. A file loaded "
         "before (same content) changes nothing. Format: .ndjson/.jsonl is NDJSON, anything else CSV.",
     )
-    load_parser.add_argument("--kind", required=True, choices=KINDS)
+    load_parser.add_argument("--kind", required=True, choices=RECORD_KINDS)
     load_parser.add_argument("--agency", help="record the batch against this agency (must have the kind in its scopes)")
     load_parser.add_argument("file", type=Path)
     load_parser.set_defaults(run=load)

@@ -6,6 +6,7 @@ import argparse
 import sys
 from typing import Any
 
+from app.scopes import CLIENT_KINDS
 from app.settings import Settings
 
 
@@ -13,7 +14,7 @@ def add_parser(sub: Any) -> None:
     clients_parser = sub.add_parser("clients", help="API clients: add, list, revoke")
     actions = clients_parser.add_subparsers(dest="action", required=True, metavar="ACTION")
     add = actions.add_parser("add", help="create a client and print its secret (shown once)")
-    add.add_argument("--kind", required=True, choices=("citizen-backend", "scanner", "agency"))
+    add.add_argument("--kind", required=True, choices=CLIENT_KINDS)
     add.add_argument("--name", required=True)
     add.add_argument("--scope", action="append", default=[], help="for agencies: a record kind it may upload")
     add.set_defaults(run=add_client)

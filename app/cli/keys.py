@@ -7,6 +7,7 @@ import sys
 from typing import Any, Final
 
 from app.settings import Settings
+from signing.keys import EDDSA, ES256
 
 # The actions that name an existing key (a kid or a thumbprint prefix).
 _KEY_ACTIONS: Final = (
@@ -21,7 +22,7 @@ def add_parser(sub: Any) -> None:
     keys_parser = sub.add_parser("keys", help="signing keys: new, list, activate, retire, revoke")
     actions = keys_parser.add_subparsers(dest="action", required=True, metavar="ACTION")
     new = actions.add_parser("new", help="generate a key (pending: published, not yet signing)")
-    new.add_argument("--alg", choices=("ES256", "EdDSA"), default="ES256")
+    new.add_argument("--alg", choices=(ES256, EDDSA), default=ES256)
     new.add_argument("--activate", action="store_true", help="make it the signing key at once")
     new.set_defaults(run=keys)
     actions.add_parser("list", help="every key with its state").set_defaults(run=keys)

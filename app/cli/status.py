@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from app.settings import Settings
+from signing.colours import COLOURS
 
 
 def add_parser(sub: Any) -> None:
@@ -19,7 +20,7 @@ def add_parser(sub: Any) -> None:
     )
     override_parser.add_argument("--id-type", default="resident")
     override_parser.add_argument("--id-number", required=True, help="used to derive the pseudonym; never stored")
-    override_parser.add_argument("--colour", required=True, choices=("green", "yellow", "red"))
+    override_parser.add_argument("--colour", required=True, choices=COLOURS)
     override_parser.add_argument("--reason", required=True, help="why (kept in the audit log)")
     override_parser.add_argument("--actor", required=True, help="the authority making the change")
     until = override_parser.add_mutually_exclusive_group(required=True)

@@ -11,6 +11,7 @@ from datetime import UTC, date, datetime, timedelta, timezone
 from typing import Final
 
 from app.identity import InvalidIdentity, mask_number, parse_identity
+from cache.keys import PSEUDONYM_BYTES
 
 CHINA_STANDARD_TIME: Final = timezone(timedelta(hours=8), "CST")
 # A record dated a little after our clock is an agency clock running ahead, not a record of the future.
@@ -120,7 +121,7 @@ class Pseudonymiser:
         except InvalidIdentity as exc:
             raise RowError(exc.field, exc.code, exc.message) from None
         # Same value as app.identity.pseudonym; the one-shot digest skips building an HMAC object.
-        digest = hmac.digest(self._pepper, identity.canonical, "sha256")[:16]
+        digest = hmac.digest(self._pepper, identity.canonical, "sha256")[:PSEUDONYM_BYTES]
         return digest, identity.id_type, mask_number(identity.number)
 
 

@@ -17,9 +17,9 @@ from typing import Final, TextIO
 
 from tqdm import tqdm
 
-from app.db import connection
+from app.db import Conn, connection
 from app.ingest.process import process_batch
-from app.ingest.store import Conn, batch_by_id, rejections
+from app.ingest.store import batch_by_id, rejections
 from app.ingest.upload import kind_named, receive_batch
 from app.rules.ruleset import load_ruleset
 from app.settings import Settings

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
-from app.ingest.store import Conn
+from app.db import Conn
 from app.rules.areas import area_prefix
 
 

@@ -6,10 +6,8 @@ from collections.abc import AsyncIterator
 from typing import Any, Final
 
 import asyncpg
-import asyncpg.pool
 
-# A connection of its own or one lent by a pool; both run the same queries.
-Conn = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
+from app.db import Conn
 
 STATES: Final = ("received", "loading", "done", "failed")
 

@@ -18,11 +18,12 @@ from typing import Final
 
 import asyncpg
 
+from app.db import Conn
 from app.ingest.errors import UnknownKind
 from app.ingest.fields import Pseudonymiser, RowError
 from app.ingest.kinds import KINDS, Context, Kind
 from app.ingest.reader import BodyDecoder, CsvRows, NdjsonRows, Parsed
-from app.ingest.store import Conn, batch_by_key
+from app.ingest.store import batch_by_key
 from app.rules.ruleset import RuleSet
 
 FORMATS: Final = ("csv", "ndjson")

@@ -4,10 +4,11 @@ Pure Python with no I/O beyond reading a rule set file at start-up; callers fetc
 them in. Moments are ints of epoch seconds (UTC) throughout.
 """
 
+from signing.colours import COLOURS
+
 from .areas import RiskAreaIndex, area_prefix
 from .engine import EVALUATION_ERRORS, REASON_CODES, ErrorCounter, Evaluation, evaluate
 from .records import (
-    COLOURS,
     DESIGNATION_KINDS,
     RISK_LEVELS,
     TEST_RESULTS,

@@ -10,14 +10,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final, Literal
 
-Colour = Literal["green", "yellow", "red"]
+from signing.colours import COLOURS, Colour
+
 TestResult = Literal["negative", "positive"]
 DesignationKind = Literal["confirmed", "close_contact", "secondary_contact", "quarantine", "cleared"]
 RiskLevel = Literal["high", "medium", "low"]
 
-COLOURS: Final = ("green", "yellow", "red")
 # Higher is more severe; the evaluated colour is the most severe of every active reason.
-SEVERITY: Final[dict[str, int]] = {"green": 0, "yellow": 1, "red": 2}
+SEVERITY: Final[dict[str, int]] = {colour: rank for rank, colour in enumerate(COLOURS)}
 TEST_RESULTS: Final = ("negative", "positive")
 DESIGNATION_KINDS: Final = ("confirmed", "close_contact", "secondary_contact", "quarantine", "cleared")
 RISK_LEVELS: Final = ("high", "medium", "low")

@@ -15,7 +15,9 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Final
 
-from .records import COLOURS, DESIGNATION_KINDS, RISK_LEVELS
+from signing.colours import COLOURS
+
+from .records import DESIGNATION_KINDS, RISK_LEVELS
 
 RULESETS_DIR: Final = Path(__file__).resolve().parent.parent / "rulesets"
 DEFAULT_RULESET: Final = "default-2022"

@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import datetime
 
 from app.db import Conn
-from app.rules.records import COLOURS
 from app.statuses.publish import StatusPublisher
+from signing.colours import COLOURS
 
 MIN_REASON = 3
 

@@ -19,6 +19,7 @@ from app.http.handlers.common import identity_from_body, json_response, read_jso
 from app.http.problems import InvalidField
 from app.identity import mask_number, pseudonym
 from app.ingest.errors import Conflict, KindNotAllowed
+from cache.keys import PSEUDONYM_BYTES
 from signing.encoding import b64url_decode, b64url_encode
 from signing.errors import BadToken
 from signing.jws import MAX_TOKEN_LENGTH, TokenVerifier
@@ -72,7 +73,7 @@ async def register_sample(request: web.Request) -> web.Response:
         raise InvalidField("token", exc.reason, f"the test-registration code is not valid: {exc}") from None
     except (KeyError, ValueError):
         raise InvalidField("token", "malformed", "the test-registration code lacks its claims") from None
-    if len(subject) != 16 or not isinstance(code_id, str):
+    if len(subject) != PSEUDONYM_BYTES or not isinstance(code_id, str):
         raise InvalidField("token", "malformed", "the test-registration code lacks its claims")
     pool = app[PG]
     inserted = await pool.fetchval(

@@ -12,11 +12,10 @@ from app.http.handlers.common import identity_from_body, json_response, read_jso
 from app.http.problems import SubjectNotFound
 from app.identity import pseudonym
 from cache.entry import StatusEntry
+from signing.colours import COLOUR_LETTER
 from signing.encoding import b64url_encode
 
 routes = web.RouteTableDef()
-
-COLOUR_LETTER = {"green": "G", "yellow": "Y", "red": "R"}
 
 
 @routes.post("/v1/status")

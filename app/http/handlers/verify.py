@@ -8,8 +8,8 @@ from aiohttp import web
 
 from app.http.appkeys import CLIENTS, SCANS, SIGNER, STATUS_CACHE
 from app.http.handlers.common import json_response, read_json_object, required_string
-from app.http.handlers.status import COLOUR_LETTER
 from app.scans import ScanEvent
+from signing.colours import COLOUR_LETTER
 from signing.encoding import b64url_decode
 from signing.errors import BadToken
 from signing.jws import MAX_TOKEN_LENGTH

@@ -1,0 +1,13 @@
+"""Who may do what: the kinds of API client, and the record kinds an agency's scopes name.
+
+Plain names without imports, so that the command line offers them as choices without loading the
+service. app.clients checks a client's kind against CLIENT_KINDS; app.ingest.kinds defines how each of
+RECORD_KINDS is read, and an agency may upload a kind only if its scopes name it.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+CLIENT_KINDS: Final = ("citizen-backend", "scanner", "agency")
+RECORD_KINDS: Final = ("population", "vaccination", "test", "travel", "designation", "risk_area")
