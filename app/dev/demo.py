@@ -19,6 +19,7 @@ from app.db import migrate
 from app.dev.population import Person, synthetic_people
 from app.identity import Identity, mask_name, mask_number, pseudonym
 from app.keys import lifecycle as keys
+from app.scopes import CLIENT_KINDS, RECORD_KINDS
 from app.settings import Settings
 from app.statuses.compute import load_risk_areas
 from app.statuses.standalone import open_publisher
@@ -30,8 +31,6 @@ HOUR: Final = 3600
 DAY: Final = 24 * HOUR
 HIGH_RISK_AREA: Final = "310115"
 DEMO_RISK_AREAS: Final = (("310115", "high"), ("110105", "medium"), ("440305", "low"))
-DEMO_CLIENT_KINDS: Final = ("citizen-backend", "scanner", "agency")
-AGENCY_SCOPES: Final = ("population", "vaccination", "test", "travel", "designation", "risk_area")
 
 _RECORD_TABLES: Final = ("vaccinations", "nucleic_tests", "travel_arrivals", "designations")
 
@@ -143,11 +142,11 @@ async def _demo_clients(conn: asyncpg.Connection, path: Path) -> dict[str, str]:
     active = {
         bytes(r["key_hash"]) for r in await conn.fetch("SELECT key_hash FROM api_clients WHERE revoked_at IS NULL")
     }
-    for kind in DEMO_CLIENT_KINDS:
+    for kind in CLIENT_KINDS:
         if kind in saved and hash_secret(saved[kind]) in active:
             continue
         name = f"demo-{kind}-{int(time.time())}"
-        scopes = AGENCY_SCOPES if kind == "agency" else ()
+        scopes = RECORD_KINDS if kind == "agency" else ()
         saved[kind] = (await add_client(conn, name, kind, scopes)).secret
     path.write_text(json.dumps(saved, indent=2))
     os.chmod(path, 0o600)
@@ -182,7 +181,7 @@ async def run_demo(settings: Settings, *, people: int, seed: int, list_people: b
     examples = {p.situation: p.number for p in reversed(population)}
     print("\nhealthcode demo is ready")
     print(f"  base URL            {base_url}")
-    for kind in DEMO_CLIENT_KINDS:
+    for kind in CLIENT_KINDS:
         print(f"  {kind + ' key':19} {secrets[kind]}")
     print("  a person per situation (synthetic numbers; `healthcode demo --list` prints more):")
     for situation, number in sorted(examples.items()):
