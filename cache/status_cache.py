@@ -32,15 +32,6 @@ log = logging.getLogger(__name__)
 Loader = Callable[[bytes], Awaitable[StatusEntry | None]]
 
 
-class _Flight:
-    """One in-progress load of one subject, shared by every caller that missed it."""
-
-    __slots__ = ("future",)
-
-    def __init__(self, future: asyncio.Future[StatusEntry | None]) -> None:
-        self.future = future
-
-
 class StatusCache:
     """Read-through cache of computed statuses keyed by pseudonym.
 
@@ -80,7 +71,8 @@ class StatusCache:
 
         self._batch: dict[bytes, list[asyncio.Future[bytes | None]]] = {}
         self._pumping = False  # a _pump task is sending batches
-        self._flights: dict[bytes, _Flight] = {}
+        # One in-progress load per subject, shared by every caller that missed it.
+        self._flights: dict[bytes, asyncio.Future[StatusEntry | None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
         # Counters for metrics; plain ints, read them whenever.
@@ -185,24 +177,24 @@ class StatusCache:
     async def _load(self, pseudonym: bytes) -> StatusEntry | None:
         flight = self._flights.get(pseudonym)
         if flight is None:
-            flight = _Flight(asyncio.get_running_loop().create_future())
+            flight = asyncio.get_running_loop().create_future()
             self._flights[pseudonym] = flight
             self._spawn(self._load_and_fill(pseudonym, flight))
         # shield: one waiter giving up must not cancel the load the others are waiting for.
-        return await asyncio.shield(flight.future)
+        return await asyncio.shield(flight)
 
-    async def _load_and_fill(self, pseudonym: bytes, flight: _Flight) -> None:
+    async def _load_and_fill(self, pseudonym: bytes, flight: asyncio.Future[StatusEntry | None]) -> None:
         try:
             self.loads += 1
             try:
                 entry = await self._loader(pseudonym)
             except asyncio.CancelledError:
-                flight.future.cancel()
+                flight.cancel()
                 raise
             except Exception as exc:
-                flight.future.set_exception(exc)
+                flight.set_exception(exc)
                 return
-            flight.future.set_result(entry)
+            flight.set_result(entry)
             # The flight stays registered until the fill is done, so callers arriving meanwhile join
             # the finished future instead of missing in Redis and loading again.
             if self._breaker.closed:
