@@ -14,18 +14,19 @@ LOAD_ARGS = $(if $(DURATION),--duration '$(DURATION)') $(if $(OUT),--out '$(OUT)
 	$(if $(HOST),--host '$(HOST)') $(if $(WORKERS),--workers '$(WORKERS)')
 
 .DEFAULT_GOAL := help
-.PHONY: help install servers servers-stop run test test-fast lint format wrk bench load clean
+.PHONY: help install servers servers-stop run test test-fast test-redis-floor lint format wrk bench load clean
 
 help:
-	@echo "make run           install, start Postgres and Redis, load the demo, serve the API"
-	@echo "make test          install, start Postgres and Redis, run the whole test suite"
-	@echo "make test-fast     the same without the tests marked slow (Locust, embedded servers, large samples)"
-	@echo "make lint          ruff check, ruff format --check, mypy (strict, tests included)"
-	@echo "make format        ruff format and ruff check --fix"
-	@echo "make bench         signing and hot-path micro-benchmarks (DURATION, OUT)"
-	@echo "make load          Locust load test, 45 s by default, against a local service it starts or HOST (DURATION, OUT, HOST, WORKERS)"
-	@echo "make servers-stop  stop the embedded Postgres and Valkey, if they were started"
-	@echo "make clean         stop embedded servers, remove $(VENV) and $(STATE)"
+	@echo "make run               install, start Postgres and Redis, load the demo, serve the API"
+	@echo "make test              install, start Postgres and Redis, run the whole test suite"
+	@echo "make test-fast         the same without the tests marked slow (Locust, embedded servers, large samples)"
+	@echo "make test-redis-floor  the cache tests on the lowest redis-py that pyproject.toml allows, in a venv of their own"
+	@echo "make lint              ruff check, ruff format --check, mypy (strict, tests included)"
+	@echo "make format            ruff format and ruff check --fix"
+	@echo "make bench             signing and hot-path micro-benchmarks (DURATION, OUT)"
+	@echo "make load              Locust load test, 45 s by default, against a local service it starts or HOST (DURATION, OUT, HOST, WORKERS)"
+	@echo "make servers-stop      stop the embedded Postgres and Valkey, if they were started"
+	@echo "make clean             stop embedded servers, remove $(VENV) and $(STATE)"
 
 $(VENV)/bin/python:
 	@test -n "$(PYTHON)" || { echo "Python 3.11 not found: install python3.11 (or set PYTHON=...)" >&2; exit 1; }
@@ -49,6 +50,21 @@ test: servers
 # The inner loop: everything but the tests marked slow. CI runs them all through `make test`.
 test-fast: servers
 	$(WITH_ENV) $(VENV)/bin/pytest -m "not slow" $(PYTEST_ARGS)
+
+# cache/bulk.py reads private attributes of redis-py's asyncio connection, so the lowest redis-py that
+# pyproject.toml allows is tested too: the cache tests, in a venv of their own with exactly that version.
+REDIS_FLOOR := $(shell sed -n 's/^ *"redis\[hiredis\]>=\([0-9.]*\),.*/\1/p' pyproject.toml)
+FLOOR_VENV := $(STATE)/venv-redis-floor
+CACHE_TESTS := tests/test_cache.py tests/test_cache_stream.py tests/test_status_writer.py
+
+$(FLOOR_VENV)/.installed: pyproject.toml
+	@test -n "$(REDIS_FLOOR)" || { echo 'no "redis[hiredis]>=X.Y,..." found in pyproject.toml' >&2; exit 1; }
+	@test -x $(FLOOR_VENV)/bin/python || $(PYTHON) -m venv $(FLOOR_VENV)
+	$(FLOOR_VENV)/bin/python -m pip install --quiet -e '.[dev]' 'redis[hiredis]==$(REDIS_FLOOR)'
+	touch $@
+
+test-redis-floor: servers $(FLOOR_VENV)/.installed
+	$(WITH_ENV) $(FLOOR_VENV)/bin/pytest -p no:cacheprovider $(CACHE_TESTS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
