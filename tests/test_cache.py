@@ -88,8 +88,12 @@ def pseudonym(n: int) -> bytes:
     return hashlib.sha256(n.to_bytes(8, "big")).digest()[:16]
 
 
+# One moment for every entry of a run, so that two entries made apart compare equal.
+NOW = int(time.time())
+
+
 def make_entry(**changes: Any) -> StatusEntry:
-    now = int(time.time())
+    now = NOW
     entry = StatusEntry(
         colour="yellow",
         reasons=("contact.secondary", "arrival.risk_area.medium"),
