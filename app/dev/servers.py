@@ -329,8 +329,11 @@ def start_postgres(state: StateDir) -> int:
     return port
 
 
-def stop_postgres(state: StateDir) -> bool:
-    """Stop the embedded PostgreSQL if it runs; True when it was running."""
+def stop_postgres(state: StateDir, mode: str = "fast") -> bool:
+    """Stop the embedded PostgreSQL if it runs; True when it was running.
+
+    `mode` is pg_ctl's: "fast" ends sessions cleanly; "immediate" is a crash (fault tests).
+    """
     if not state.pg_home.exists():
         return False
     port = pg_running_port(state)
@@ -342,7 +345,7 @@ def stop_postgres(state: StateDir) -> bool:
             "-D",
             str(state.pg_data),
             "-m",
-            "fast",
+            mode,
             "-w",
             "-t",
             str(int(STOP_TIMEOUT)),
