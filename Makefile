@@ -14,7 +14,7 @@ LOAD_ARGS = $(if $(DURATION),--duration '$(DURATION)') $(if $(OUT),--out '$(OUT)
 	$(if $(HOST),--host '$(HOST)') $(if $(WORKERS),--workers '$(WORKERS)')
 
 .DEFAULT_GOAL := help
-.PHONY: help install servers servers-stop run test test-fast test-redis-floor lint format wrk bench load clean
+.PHONY: help install servers servers-stop run test test-fast test-redis-floor lint format wrk bench load chaos clean
 
 help:
 	@echo "make run               install, start Postgres and Redis, load the demo, serve the API"
@@ -24,6 +24,7 @@ help:
 	@echo "make lint              ruff check, ruff format --check, mypy (strict, tests included)"
 	@echo "make format            ruff format and ruff check --fix"
 	@echo "make bench             signing and hot-path micro-benchmarks (DURATION, OUT)"
+	@echo "make chaos             the fault suite: its own Postgres, Valkey and API, load, one fault at a time"
 	@echo "make load              Locust load test, 45 s by default, against a local service it starts or HOST (DURATION, OUT, HOST, WORKERS)"
 	@echo "make servers-stop      stop the embedded Postgres and Valkey, if they were started"
 	@echo "make clean             stop embedded servers, remove $(VENV) and $(STATE)"
@@ -83,6 +84,10 @@ wrk:
 
 bench: servers wrk
 	$(WITH_ENV) $(VENV)/bin/python -m loadtests.bench $(LOAD_ARGS)
+
+# Starts its own servers (never the ones `make servers` chose), so it needs only the install.
+chaos: $(STAMP)
+	$(VENV)/bin/python -m app.dev.chaos $(CHAOS_ARGS)
 
 load: servers
 	$(WITH_ENV) $(VENV)/bin/python -m loadtests.run $(LOAD_ARGS)

@@ -99,18 +99,22 @@ async def poison(stack: Stack, size: Size) -> Outcome:
         await poll(lambda: bool(driver.tally.tokens))  # the first status answer brings a token to scan
         await driver.verify(checkpoint="gate\x00poison")
         bad_quotes = gzip.compress(b'id_number,sampled_at,result,lab\n"' + b"\n" * 2_000_000)
-        async with driver.session.post(
-            f"{stack.base_url}/v1/batches?kind=test",
-            data=bad_quotes,
-            headers={
-                "Authorization": f"Bearer {stack.keys['agency']}",
-                "Content-Type": "text/csv",
-                "Content-Encoding": "gzip",
-            },
-        ) as r:
-            driver.tally.answers[f"bad-quote-upload {r.status}"] += 1
-            if r.status >= 500:
-                driver.tally.unexpected.append(f"bad-quote upload: {r.status}")
+        try:
+            async with driver.session.post(
+                f"{stack.base_url}/v1/batches?kind=test",
+                data=bad_quotes,
+                headers={
+                    "Authorization": f"Bearer {stack.keys['agency']}",
+                    "Content-Type": "text/csv",
+                    "Content-Encoding": "gzip",
+                },
+            ) as r:
+                driver.tally.answers[f"bad-quote-upload {r.status}"] += 1
+                if r.status >= 500:
+                    driver.tally.unexpected.append(f"bad-quote upload: {r.status}")
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            driver.tally.answers["bad-quote-upload failed"] += 1
+            driver.tally.unexpected.append(f"bad-quote upload: {exc.__class__.__name__}")
         await load
         return await settle("poison", stack, driver)
 

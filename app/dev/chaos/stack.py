@@ -66,6 +66,8 @@ class Stack:
         self.pg_port = await asyncio.to_thread(servers.start_postgres, self.state)
         await asyncio.to_thread(servers.ensure_database, self.pg_port)
         self.redis_port = await asyncio.to_thread(servers.start_valkey, self.state)
+        # Recorded, so that a server started again after a fault comes back on the same port.
+        self.state.write_servers({"postgres": {"port": self.pg_port}, "redis": {"port": self.redis_port}})
         await self._cli("demo", "--people", str(self.people), "--seed", str(SEED))
         self.keys = json.loads((self.state.keys_dir / "demo-clients.json").read_text())
         self.numbers = [p.number for p in synthetic_people(self.people, SEED)]
@@ -93,13 +95,15 @@ class Stack:
 
     async def start_redis(self) -> None:
         """Valkey again, on the same port and with nothing in it (it keeps no data on disk)."""
-        await asyncio.to_thread(servers.start_valkey, self.state)
+        port = await asyncio.to_thread(servers.start_valkey, self.state)
+        assert port == self.redis_port, f"valkey came back on {port}, not {self.redis_port}"
 
     async def stop_postgres(self) -> None:
         await asyncio.to_thread(servers.stop_postgres, self.state, "immediate")
 
     async def start_postgres(self) -> None:
-        await asyncio.to_thread(servers.start_postgres, self.state)
+        port = await asyncio.to_thread(servers.start_postgres, self.state)
+        assert port == self.pg_port, f"postgres came back on {port}, not {self.pg_port}"
 
     async def fetchval(self, query: str, *args: object) -> object:
         conn = await asyncpg.connect(self.database_url)
