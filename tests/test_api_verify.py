@@ -12,11 +12,13 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
 
-from app.http.appkeys import PG, SIGNER, STATUS_LOADER
+from app.http.appkeys import PG, SCANS, SIGNER, STATUS_LOADER
 from app.identity import Identity, mask_name, mask_number, pseudonym
+from app.scan_refusals import OVERFLOW_CHECKPOINT, RefusalCounts
 from app.scans import ScanWriter
 from app.settings import Settings
 from cache.connection import open_redis
+from cache.keys import SCAN_STREAM
 from cache.scan_stream import ScanStream
 from signing.encoding import b64url_decode, b64url_encode
 from signing.jws import TokenSigner
@@ -165,33 +167,85 @@ async def test_the_scan_is_recorded_against_the_checkpoint(
     subject = await insert_person(db, settings.pepper, colour="yellow", reasons=("secondary_contact",))
     key = client_keys["scanner"]
     await verify_ok(api, key, token_for(api, subject, "G"))
-    await verify_ok(api, key, "not-a-token")
     assert await scan_rows(db) == []  # on the stream, not yet in Postgres
-    assert await drain_scans(api, settings) == 2
+    assert await drain_scans(api, settings) == 1
     rows = await scan_rows(db)
     for row in rows:
         assert abs(row.pop("at") - time.time()) < 5
-    client_id = await scanner_id(db)
     assert rows == [
         {
             "checkpoint": CHECKPOINT,
-            "client_id": client_id,
+            "client_id": await scanner_id(db),
             "pseudonym": subject,
             "valid": True,
             "reason": "ok",
             "token_colour": "green",
             "current_colour": "yellow",
-        },
-        {
-            "checkpoint": CHECKPOINT,
-            "client_id": client_id,
-            "pseudonym": None,
-            "valid": False,
-            "reason": "malformed",
-            "token_colour": None,
-            "current_colour": None,
-        },
+        }
     ]
+
+
+async def refusal_rows(db: asyncpg.Connection) -> list[tuple[int, str, int, str, int]]:
+    rows = await db.fetch(
+        """SELECT extract(epoch FROM hour)::bigint AS hour, checkpoint, client_id, reason, scans
+           FROM scan_refusals ORDER BY checkpoint, reason"""
+    )
+    return [(r["hour"], r["checkpoint"], r["client_id"], r["reason"], r["scans"]) for r in rows]
+
+
+async def test_refused_tokens_are_counted_per_checkpoint_not_streamed(
+    api: Api, db: asyncpg.Connection, redis: Redis, client_keys: dict[str, str]
+) -> None:
+    key = client_keys["scanner"]
+    expired = token_for(api, bytes(16), now=int(time.time()) - 3600)
+    for token, checkpoint in [("junk", "gate-1")] * 50 + [("junk", "gate-2"), (expired, "gate-1")]:
+        r = await post_verify(api, key, {"token": token, "checkpoint": checkpoint})
+        assert r.status == 200, await r.text()
+    # Junk adds nothing to the capped stream, so it cannot push real scans out of it.
+    assert await redis.xlen(SCAN_STREAM) == 0
+    recorder = api.app[SCANS]
+    assert (recorder.refusals.counted, recorder.refusals.unflushed) == (52, 52)
+
+    assert await recorder.refusals.flush(api.app[PG]) == 52
+    hour = int(time.time()) // 3600 * 3600
+    client_id = await scanner_id(db)
+    assert await refusal_rows(db) == [
+        (hour, "gate-1", client_id, "expired", 1),
+        (hour, "gate-1", client_id, "malformed", 50),
+        (hour, "gate-2", client_id, "malformed", 1),
+    ]
+    await post_verify(api, key, {"token": "junk", "checkpoint": "gate-1"})
+    assert await recorder.refusals.flush(api.app[PG]) == 1  # added to the row, not a second row
+    assert (await refusal_rows(db))[1] == (hour, "gate-1", client_id, "malformed", 51)
+    assert await scan_rows(db) == []
+
+
+async def test_refused_counts_survive_a_failed_flush(
+    api: Api, db: asyncpg.Connection, settings: Settings, client_keys: dict[str, str]
+) -> None:
+    await post_verify(api, client_keys["scanner"], {"token": "junk", "checkpoint": "gate-1"})
+    refusals = api.app[SCANS].refusals
+    broken = await asyncpg.connect(settings.database_url, server_settings={"search_path": "nowhere"})
+    try:
+        with pytest.raises(asyncpg.UndefinedTableError):
+            await refusals.flush(broken)
+    finally:
+        await broken.close()
+    assert refusals.unflushed == 1
+    assert await refusals.flush(api.app[PG]) == 1
+    assert [row[-1] for row in await refusal_rows(db)] == [1]
+
+
+def test_refusal_keys_are_capped() -> None:
+    counts = RefusalCounts(max_keys=2)
+    for checkpoint in ("a", "b", "c", "d", "a"):
+        counts.add(7205, checkpoint, 1, "malformed")
+    assert counts.counted == 5
+    assert dict(counts._counts) == {
+        (7200, "a", 1, "malformed"): 2,
+        (7200, "b", 1, "malformed"): 1,
+        (7200, OVERFLOW_CHECKPOINT, 1, "malformed"): 2,
+    }
 
 
 async def test_redis_down_writes_the_scan_straight_to_postgres(

@@ -10,6 +10,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 
+import asyncpg
 from aiohttp import web
 from redis.asyncio import Redis
 
@@ -22,6 +23,7 @@ from app.http.appkeys import (
     PG,
     RATE_LIMITER,
     REDIS,
+    SCAN_WRITER,
     SCANS,
     SETTINGS,
     SIGNER,
@@ -99,6 +101,10 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     yield
     await app[INGEST].close()
     await app[STATUS_CACHE].drain()  # pending cache fills finish before the Redis client closes
+    try:
+        await app[SCANS].refusals.flush(pool)  # the last few seconds of refused-scan counts
+    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+        log.warning("refused-scan counts lost at shutdown: %d scans (%s)", app[SCANS].refusals.unflushed, exc)
 
 
 async def _background(app: web.Application) -> AsyncIterator[None]:
@@ -107,7 +113,7 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
     writer_redis: Redis = open_redis(settings.redis_url, max_connections=2, socket_timeout=10.0)
     # One consumer name per host: a restarted process picks up what its predecessor read but did not
     # acknowledge (inserts are idempotent on the stream id, so sharing the name is safe).
-    writer = ScanWriter(ScanStream(writer_redis), pool, consumer=socket.gethostname())
+    writer = app[SCAN_WRITER] = ScanWriter(ScanStream(writer_redis), pool, consumer=socket.gethostname())
 
     async def refresh() -> None:
         await app[CLIENTS].refresh(pool)
@@ -116,6 +122,7 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
 
     tasks = [
         asyncio.create_task(writer.run(), name="scan-writer"),
+        asyncio.create_task(app[SCANS].run(SCAN_GUARD_SECONDS), name="scan-recorder"),
         asyncio.create_task(_every(settings.refresh_seconds, refresh), name="refresh"),
         # Batches left unfinished by a crash or another process, then statuses past valid_until.
         asyncio.create_task(_ingest_upkeep(app[INGEST]), name="ingest-upkeep"),
@@ -130,6 +137,8 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
 
 
 SWEEP_SECONDS = 60.0
+# How often scans kept by the recorder are checked against Redis, and refused-scan counts flushed.
+SCAN_GUARD_SECONDS = 1.0
 
 
 async def _ingest_upkeep(processor: BatchProcessor) -> None:

@@ -10,7 +10,7 @@ from app.clients import ClientRegistry
 from app.http.middleware import FrontDoor
 from app.ingest.process import BatchProcessor
 from app.keys.signer import SignerState
-from app.scans import ScanRecorder
+from app.scans import ScanRecorder, ScanWriter
 from app.settings import Settings
 from app.statuses.loader import StatusLoader
 from cache.rate_limit import RateLimiter
@@ -25,5 +25,6 @@ STATUS_LOADER = web.AppKey("status_loader", StatusLoader)  # its read counter is
 SIGNER = web.AppKey("signer", SignerState)
 RATE_LIMITER = web.AppKey("rate_limiter", RateLimiter)
 SCANS = web.AppKey("scans", ScanRecorder)
+SCAN_WRITER = web.AppKey("scan_writer", ScanWriter)  # only with background tasks
 FRONT_DOOR = web.AppKey("front_door", FrontDoor)
 INGEST = web.AppKey("ingest", BatchProcessor)
