@@ -1,12 +1,16 @@
-"""GET /metrics: requests served, cache hits and misses, shed requests, in Prometheus text format."""
+"""GET /metrics: requests served, cache hits and misses, shed requests, scans, in Prometheus text format."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Iterable
 
 from aiohttp import web
+from redis.exceptions import RedisError
 
-from app.http.appkeys import CLIENTS, FRONT_DOOR, STATUS_CACHE
+from app.http.appkeys import CLIENTS, FRONT_DOOR, SCAN_WRITER, SCANS, STATUS_CACHE
+from cache.scan_stream import Backlog
 
 routes = web.RouteTableDef()
 
@@ -63,6 +67,92 @@ def render(app: web.Application) -> str:
     return "\n".join(lines) + "\n"
 
 
+# The scan backlog is read from Redis at scrape time, so a writer that died shows too; bounded, so a
+# Redis outage does not hold the scrape.
+_BACKLOG_TIMEOUT = 1.0
+
+
+async def scan_backlog(app: web.Application) -> Backlog | None:
+    recorder = app.get(SCANS)
+    if recorder is None:
+        return None
+    try:
+        return await asyncio.wait_for(recorder.stream.backlog(), _BACKLOG_TIMEOUT)
+    except (RedisError, OSError, TimeoutError):
+        return None
+
+
+def render_scans(app: web.Application, backlog: Backlog | None, now: float) -> list[str]:
+    """Scans recorded and refused by this process, written by its writer, and the shared backlog."""
+    lines: list[str] = []
+    recorder = app.get(SCANS)
+    if recorder is not None:
+        lines += _family(
+            "healthcode_scans_recorded_total",
+            "counter",
+            "Scans of verified tokens recorded, by where to: the stream, or Postgres directly when Redis failed.",
+            [('{to="stream"}', recorder.to_stream), ('{to="postgres"}', recorder.to_postgres)],
+        )
+        refusals = recorder.refusals
+        lines += _family(
+            "healthcode_scans_refused_total",
+            "counter",
+            "Scans of tokens that failed verification, counted per checkpoint and reason, not stored one by one.",
+            [("", refusals.counted)],
+        )
+        lines += _family(
+            "healthcode_scans_refused_unflushed",
+            "gauge",
+            "Refused scans counted but not yet added to Postgres.",
+            [("", refusals.unflushed)],
+        )
+    writer = app.get(SCAN_WRITER)
+    if writer is not None:
+        for name, value, text in (
+            ("written", writer.written, "Scan entries this process's writer stored in Postgres."),
+            ("dead_lettered", writer.dead_lettered, "Scan entries it moved to the dead-letter stream."),
+            ("claimed", writer.claimed, "Idle scan entries it took over from other consumers."),
+            ("failures", writer.failures, "Writer rounds that failed on a dependency and backed off."),
+        ):
+            lines += _family(f"healthcode_scan_writer_{name}_total", "counter", text, [("", value)])
+        lines += _family(
+            "healthcode_scan_writer_last_write_time_seconds",
+            "gauge",
+            "When this process's writer last stored scans (0: not yet).",
+            [("", writer.last_written_at or 0.0)],
+        )
+    if recorder is not None:
+        lines += _family(
+            "healthcode_scan_backlog_up",
+            "gauge",
+            "1 if the scan backlog below could be read from Redis at this scrape.",
+            [("", int(backlog is not None))],
+        )
+    if backlog is not None:
+        lines += _family(
+            "healthcode_scan_backlog_entries",
+            "gauge",
+            "Scans in Redis not yet stored in Postgres (pending in the group, or never read).",
+            [('{state="pending"}', backlog.pending), ('{state="undelivered"}', backlog.undelivered)],
+        )
+        lines += _family(
+            "healthcode_scan_backlog_oldest_seconds",
+            "gauge",
+            "Age of the oldest scan not yet stored in Postgres; growing means the writers are stuck.",
+            [("", backlog.oldest_age_seconds(int(now * 1000)))],
+        )
+        lines += _family(
+            "healthcode_scan_dead_letters_total",
+            "counter",
+            "Scan entries in the dead-letter stream since Redis last started (every writer's).",
+            [("", backlog.dead_letters)],
+        )
+    return lines
+
+
 @routes.get("/metrics")
 async def metrics(request: web.Request) -> web.Response:
-    return web.Response(body=render(request.app).encode(), headers={"Content-Type": CONTENT_TYPE})
+    backlog = await scan_backlog(request.app)
+    scans = render_scans(request.app, backlog, time.time())
+    text = render(request.app) + "".join(line + "\n" for line in scans)
+    return web.Response(body=text.encode(), headers={"Content-Type": CONTENT_TYPE})
