@@ -352,3 +352,10 @@ async def test_an_agency_past_its_upload_rate_is_told_to_back_off(
     assert refused["detail"] == "upload limit reached: 1 a second per agency"
     # A refused upload leaves nothing behind.
     assert await db.fetchval("SELECT count(*) FROM batches") == statuses.count(202)
+
+
+async def test_a_batch_id_no_bigint_holds_is_not_found(api: Api, client_keys: dict[str, str]) -> None:
+    for path in ("/v1/batches/99999999999999999999", "/v1/batches/99999999999999999999/rejections"):
+        r = await api.get(path, headers=bearer(client_keys["agency"]))
+        assert r.status == 404, await r.text()
+        assert (await r.json())["type"] == "/problems/not-found"

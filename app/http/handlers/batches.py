@@ -19,6 +19,8 @@ from app.ingest.upload import kind_named, receive_batch
 
 routes = web.RouteTableDef()
 
+_MAX_BATCH_ID = 2**63 - 1  # batches.id is a bigint
+
 FORMATS: Final = {"text/csv": "csv", "application/x-ndjson": "ndjson", "application/ndjson": "ndjson"}
 READ_CHUNK: Final = 256 * 1024
 MAX_KEY_LENGTH: Final = 200
@@ -93,6 +95,8 @@ async def _own_batch(request: web.Request) -> int:
         batch_id = int(request.match_info["batch_id"])
     except ValueError:
         raise NotFound("no such batch") from None
+    if not 0 < batch_id <= _MAX_BATCH_ID:
+        raise NotFound(f"no batch {batch_id} for this agency")  # no bigint holds it: none was ever made
     row = await batch_by_id(request.app[PG], batch_id)
     # Another agency's batch is answered like a missing one: its existence is not ours to reveal.
     if row is None or row["client_id"] != client.id:
