@@ -359,3 +359,26 @@ async def test_a_batch_id_no_bigint_holds_is_not_found(api: Api, client_keys: di
         r = await api.get(path, headers=bearer(client_keys["agency"]))
         assert r.status == 404, await r.text()
         assert (await r.json())["type"] == "/problems/not-found"
+
+
+async def test_a_batch_id_out_of_range_is_not_found(api: Api, client_keys: dict[str, str]) -> None:
+    """Ids past bigint (or below 1) name no batch: a 404 problem, never a 500 from Postgres."""
+    secret = client_keys["agency"]
+    for path in (
+        "/v1/batches/99999999999999999999",
+        "/v1/batches/99999999999999999999/rejections",
+        "/v1/batches/9223372036854775808",
+        "/v1/batches/0",
+        "/v1/batches/-1",
+    ):
+        r = await api.get(path, headers=bearer(secret))
+        assert r.status == 404, (path, await r.text())
+        assert r.content_type == "application/problem+json"
+        number_part = path.split("/")[3]
+        assert await r.json() == {
+            "type": "/problems/not-found",
+            "title": "No such resource",
+            "status": 404,
+            "detail": f"no batch {number_part} for this agency",
+            "instance": path,
+        }
