@@ -382,3 +382,12 @@ async def test_a_batch_id_out_of_range_is_not_found(api: Api, client_keys: dict[
             "detail": f"no batch {number_part} for this agency",
             "instance": path,
         }
+
+
+async def test_a_multi_member_gzip_upload_is_read_to_the_end(api: Api, client_keys: dict[str, str]) -> None:
+    """`cat a.gz b.gz`: every member's rows are read, none silently dropped."""
+    more = "".join(f"resident,{number(i)},李{i}\n" for i in (3, 4, 5)).encode()
+    body = gzip.compress(people(1, 2)) + gzip.compress(more)
+    status, batch = await upload(api, client_keys["agency"], "population", body, headers={"Content-Encoding": "gzip"})
+    assert status == 202
+    assert batch["counts"] == {"read": 5, "accepted": 5, "rejected": 0, "duplicates": 0}

@@ -1,7 +1,8 @@
 """Incremental reading of an upload: bytes (maybe gzip) to text to rows, never the whole body at once.
 
 `BodyDecoder` counts bytes before and after decompression against the limit and decompresses with a
-bounded output per step, so a small gzip bomb cannot expand in memory. `CsvRows` and `NdjsonRows`
+bounded output per step, so a small gzip bomb cannot expand in memory; a body of several gzip members
+(what ``cat a.gz b.gz`` makes) is read to its end, the limit applying to the total. `CsvRows` and `NdjsonRows`
 turn text pieces into complete rows, keeping an incomplete tail (a line, or a quoted CSV field with a
 newline in it) for the next piece. Row numbers count data rows from 1 (a CSV header is not counted).
 """
@@ -23,7 +24,8 @@ from app.ingest.fields import RowError
 from app.ingest.kinds import Kind, Row, header_problems
 
 GZIP_MAGIC: Final = b"\x1f\x8b"
-_STEP: Final = 1 << 20  # most decompressed bytes produced per step
+# Most decompressed bytes produced per step: small enough that one step is a fraction of a millisecond.
+_STEP: Final = 1 << 16
 _MAX_LINE: Final = 1 << 20  # a single row longer than this is not a record, it is a broken file
 
 csv.field_size_limit(_MAX_LINE)
@@ -52,13 +54,27 @@ class BodyDecoder:
             yield self._decode(data)
             return
         try:
-            chunk = self._inflate.decompress(data, _STEP)
-            yield self._decode(chunk)
-            while self._inflate.unconsumed_tail:
-                chunk = self._inflate.decompress(self._inflate.unconsumed_tail, _STEP)
-                yield self._decode(chunk)
+            yield from self._inflate_all(data)
         except zlib.error as exc:
             raise BadBatch("bad_gzip", f"the gzip body cannot be decompressed ({exc}); send valid gzip") from None
+
+    def _inflate_all(self, data: bytes) -> Iterator[str]:
+        """Decompress a bounded step at a time; a member's end starts the next (``cat a.gz b.gz``)."""
+        pending = data
+        while True:
+            if self._inflate.eof:
+                # gzip itself allows zero padding after a member; anything else must be another member.
+                pending = self._inflate.unused_data + pending
+                pending = pending.lstrip(b"\0")
+                if not pending:
+                    return
+                self._inflate = zlib.decompressobj(wbits=31)
+            chunk = self._inflate.decompress(pending, _STEP)
+            yield self._decode(chunk)
+            pending = self._inflate.unconsumed_tail
+            # A full step may leave output inside zlib with no input left: ask again until it is drained.
+            if not pending and not self._inflate.eof and len(chunk) < _STEP:
+                return
 
     def finish(self) -> str:
         if self.gzip and not self._inflate.eof:
