@@ -101,31 +101,67 @@ Parsed = tuple[int, Row | RowError]
 
 
 class CsvRows:
-    """CSV with a header row naming the kind's columns, in any order."""
+    """CSV with a header row naming the kind's columns, in any order.
+
+    A newline inside a quoted field is not a record boundary. Where records end is found in one pass
+    over each piece (quotes toggle a flag, newlines outside quotes are boundaries), and an incomplete
+    record is kept as pieces joined once it completes: linear in the input, however the quotes fall.
+    """
 
     def __init__(self, kind: Kind) -> None:
         self.kind = kind
         self.header: list[str] | None = None
         self.rows = 0
-        self._tail = ""
+        self._pending: list[str] = []  # an incomplete record, in pieces
+        self._pending_length = 0
+        self._quoted = False  # whether the pending text ends inside a quoted field
 
     def feed(self, text: str) -> list[Parsed]:
-        data = self._tail + text
-        cut = data.rfind("\n") + 1
-        # A newline inside a quoted field is not a record boundary: back off while quotes are unbalanced.
-        while cut and data.count('"', 0, cut) % 2:
-            cut = data.rfind("\n", 0, cut - 1) + 1
-        self._tail = data[cut:]
-        if len(self._tail) > _MAX_LINE:
-            raise BadBatch("bad_csv", f"a record is longer than {_MAX_LINE} characters (unbalanced quotes?)")
-        return self._parse(data[:cut]) if cut else []
+        cut = self._last_boundary(text)
+        if cut < 0:
+            self._keep(text)
+            return []
+        data = "".join(self._pending) + text[:cut] if self._pending else text[:cut]
+        self._pending, self._pending_length = [], 0
+        self._keep(text[cut:])
+        return self._parse(data)
 
     def finish(self) -> list[Parsed]:
-        data, self._tail = self._tail, ""
+        data = "".join(self._pending)
+        self._pending, self._pending_length = [], 0
         parsed = self._parse(data) if data.strip() else []
         if self.header is None:
             raise BadBatch("missing_header", f"the CSV has no header row; start with: {self._example()}")
         return parsed
+
+    def _keep(self, text: str) -> None:
+        if not text:
+            return
+        self._pending.append(text)
+        self._pending_length += len(text)
+        if self._pending_length > _MAX_LINE:
+            raise BadBatch("bad_csv", f"a record is longer than {_MAX_LINE} characters (unbalanced quotes?)")
+
+    def _last_boundary(self, text: str) -> int:
+        """The index just after the last newline of ``text`` outside quotes, or -1; carries the quote state.
+
+        Each quote is found once and each unquoted stretch searched once, so this is linear in ``text``.
+        """
+        quoted = self._quoted
+        cut = -1
+        start = 0
+        while True:
+            quote = text.find('"', start)
+            if not quoted:
+                newline = text.rfind("\n", start, len(text) if quote < 0 else quote)
+                if newline >= 0:
+                    cut = newline + 1
+            if quote < 0:
+                break
+            quoted = not quoted  # "" inside a quoted field toggles twice
+            start = quote + 1
+        self._quoted = quoted
+        return cut
 
     def _example(self) -> str:
         return ",".join(sorted(self.kind.required | self.kind.one_of))
@@ -180,18 +216,30 @@ class NdjsonRows:
     def __init__(self, kind: Kind) -> None:
         self.kind = kind
         self.rows = 0
-        self._tail = ""
+        self._pending: list[str] = []  # an incomplete line, in pieces (joined once, when it ends)
+        self._pending_length = 0
 
     def feed(self, text: str) -> list[Parsed]:
-        data = self._tail + text
-        cut = data.rfind("\n") + 1
-        self._tail = data[cut:]
-        if len(self._tail) > _MAX_LINE:
+        cut = text.rfind("\n") + 1
+        if not cut:
+            self._keep(text)
+            return []
+        data = "".join(self._pending) + text[:cut] if self._pending else text[:cut]
+        self._pending, self._pending_length = [], 0
+        self._keep(text[cut:])
+        return self._parse(data)
+
+    def _keep(self, text: str) -> None:
+        if not text:
+            return
+        self._pending.append(text)
+        self._pending_length += len(text)
+        if self._pending_length > _MAX_LINE:
             raise BadBatch("bad_ndjson", f"a line is longer than {_MAX_LINE} characters")
-        return self._parse(data[:cut]) if cut else []
 
     def finish(self) -> list[Parsed]:
-        data, self._tail = self._tail, ""
+        data = "".join(self._pending)
+        self._pending, self._pending_length = [], 0
         return self._parse(data)
 
     def _parse(self, data: str) -> list[Parsed]:

@@ -29,8 +29,11 @@ from app.rules.ruleset import RuleSet
 FORMATS: Final = ("csv", "ndjson")
 # Rows per COPY: large enough that per-call overhead vanishes, small enough to bound memory.
 COPY_CHUNK: Final = 20_000
-# Rows parsed between chances for a background COPY to send more (it writes as Postgres reads).
-_YIELD_EVERY: Final = 500
+# Rows validated between turns of the event loop, and text parsed at a time: each stretch of work
+# stays around a millisecond, so an upload never holds up the requests of its process (and a
+# background COPY sends its next piece meanwhile).
+_YIELD_EVERY: Final = 200
+_SLICE: Final = 8192
 Progress = Callable[[int, int], None]  # (raw bytes read, rows read)
 
 
@@ -76,8 +79,8 @@ class Stager:
         parse, ctx, batch_id = self.kind.parse, self.ctx, self.batch_id
         staged, rejections = self._staged, self._rejections
         for n, (row_no, row) in enumerate(parsed, 1):
-            if n % _YIELD_EVERY == 0 and self._copying is not None:
-                await asyncio.sleep(0)  # the COPY in flight sends its next piece, or finishes
+            if n % _YIELD_EVERY == 0:
+                await asyncio.sleep(0)
             if isinstance(row, RowError):
                 rejections.append((batch_id, row_no, row.field, row.code, row.message))
                 continue
@@ -220,12 +223,10 @@ async def _stream(
     try:
         async for chunk in body:
             for text in decoder.feed(chunk):
-                if text:
-                    await stager.add(rows.feed(text))
+                await _add_text(stager, rows, text)
             if progress is not None:
                 progress(decoder.raw_bytes, stager.read)
-        tail = decoder.finish()
-        await stager.add(rows.feed(tail) if tail else [])
+        await _add_text(stager, rows, decoder.finish())
         await stager.add(rows.finish())
         await stager.flush()
     except BaseException:
@@ -234,3 +235,10 @@ async def _stream(
     if progress is not None:
         progress(decoder.raw_bytes, stager.read)
     return stager, decoder.digest.hexdigest()
+
+
+async def _add_text(stager: Stager, rows: CsvRows | NdjsonRows, text: str) -> None:
+    """Parse and stage ``text`` a slice at a time, letting the event loop run between slices."""
+    for start in range(0, len(text), _SLICE):
+        await stager.add(rows.feed(text[start : start + _SLICE]))
+        await asyncio.sleep(0)
