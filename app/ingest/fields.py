@@ -7,6 +7,8 @@ the time every agency in the province keeps. Dates are ``YYYY-MM-DD``.
 from __future__ import annotations
 
 import hmac
+import re
+from collections.abc import Iterable
 from datetime import UTC, date, datetime, timedelta, timezone
 from typing import Final
 
@@ -16,7 +18,13 @@ from cache.keys import PSEUDONYM_BYTES
 CHINA_STANDARD_TIME: Final = timezone(timedelta(hours=8), "CST")
 # A record dated a little after our clock is an agency clock running ahead, not a record of the future.
 CLOCK_SKEW: Final = timedelta(minutes=5)
+# The latest moment a record may name. Far past any real end of a designation or risk area, and well
+# inside what Postgres, Python's datetime (year 9999, in any offset) and the rules' arithmetic can hold.
+LATEST_MOMENT: Final = datetime(2100, 1, 1, tzinfo=UTC)
 MAX_TEXT: Final = 200
+# What a Postgres text column refuses: NUL, and (in a UTF-8 database) unpaired surrogates, which
+# strict UTF-8 decoding never yields but a JSON escape could.
+_UNSTORABLE: Final = re.compile("[\x00\ud800-\udfff]")
 # Province-level prefixes of GB/T 2260 (as in app.identity), for area codes.
 _PROVINCES: Final = frozenset(
     {"11", "12", "13", "14", "15", "21", "22", "23", "31", "32", "33", "34", "35", "36", "37", "41"}
@@ -33,6 +41,23 @@ class RowError(ValueError):
         self.field = field
         self.code = code
         self.message = message
+
+
+def unstorable(values: Iterable[tuple[str, str | None]]) -> RowError | None:
+    """The rejection for the first value holding a character Postgres cannot store, if any."""
+    for field, value in values:
+        if value is not None and (found := _UNSTORABLE.search(value)) is not None:
+            return RowError(
+                field,
+                "bad_character",
+                f"{field} holds {found.group()!a} at position {found.start()}, which cannot be stored; remove it",
+            )
+    return None
+
+
+def storable(value: str) -> str:
+    """``value`` with what Postgres cannot store escaped: for the text of a rejection that quotes a row."""
+    return _UNSTORABLE.sub(lambda m: ascii(m.group())[1:-1], value)
 
 
 def text(value: str | None, field: str, *, required: bool = True, max_length: int = MAX_TEXT) -> str:
@@ -64,6 +89,12 @@ def moment(value: str | None, field: str, *, now: datetime | None = None, requir
         raise RowError(field, "bad_time", f"{field} must be an ISO 8601 time like 2022-05-01T08:30:00+08:00") from None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=CHINA_STANDARD_TIME)
+    try:
+        in_range = parsed < LATEST_MOMENT  # compared in UTC, which year 9999 in a western offset overflows
+    except OverflowError:
+        in_range = False
+    if not in_range:
+        raise RowError(field, "time_out_of_range", f"{field} {raw} is not before {LATEST_MOMENT.year}")
     if now is not None and parsed > now + CLOCK_SKEW:
         raise RowError(field, "date_in_future", f"{field} {raw} is later than now")
     if parsed.year < 2019:

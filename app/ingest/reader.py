@@ -20,7 +20,7 @@ from typing import Final
 import orjson
 
 from app.ingest.errors import BadBatch, BatchTooLarge
-from app.ingest.fields import RowError
+from app.ingest.fields import RowError, storable, unstorable
 from app.ingest.kinds import Kind, Row, header_problems
 
 GZIP_MAGIC: Final = b"\x1f\x8b"
@@ -173,6 +173,9 @@ class CsvRows:
         except csv.Error as exc:
             raise BadBatch("bad_csv", f"the CSV cannot be parsed: {exc}") from None
         header = self.header
+        # NUL is the one character UTF-8 text can hold and Postgres cannot; rows are searched for it only
+        # when the text has one.
+        check = "\x00" in data
         for record in records:
             if not record:
                 continue  # blank line
@@ -184,8 +187,9 @@ class CsvRows:
                 out.append(
                     (self.rows, RowError("", "bad_row", f"the row has {len(record)} fields, the header {len(header)}"))
                 )
-            else:
-                out.append((self.rows, dict(zip(header, record, strict=True))))
+                continue
+            row = dict(zip(header, record, strict=True))
+            out.append((self.rows, (check and unstorable(row.items())) or row))
         return out
 
     def _set_header(self, record: list[str]) -> list[str]:
@@ -260,6 +264,9 @@ class NdjsonRows:
             return RowError("", "bad_json", "the line is not valid JSON")
         if not isinstance(value, dict):
             return RowError("", "bad_json", "each line must be a JSON object")
+        # Only a \u escape can put NUL into a JSON string (orjson refuses unpaired surrogates).
+        if "\\u" in line and any(storable(key) != key for key in value):
+            return RowError("", "bad_character", "a field name holds a character that cannot be stored; remove it")
         row: dict[str, str | None] = {}
         for key, item in value.items():
             if key not in columns:
@@ -270,4 +277,6 @@ class NdjsonRows:
                 row[key] = str(item)
             else:
                 return RowError(key, "bad_type", f"{key} must be a string or a number")
+        if "\\u" in line:
+            return unstorable(row.items()) or row
         return row

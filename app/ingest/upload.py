@@ -20,7 +20,7 @@ import asyncpg
 
 from app.db import Conn
 from app.ingest.errors import UnknownKind
-from app.ingest.fields import Pseudonymiser, RowError
+from app.ingest.fields import Pseudonymiser, RowError, storable
 from app.ingest.kinds import KINDS, Context, Kind
 from app.ingest.reader import BodyDecoder, CsvRows, NdjsonRows, Parsed
 from app.ingest.store import batch_by_key
@@ -82,12 +82,12 @@ class Stager:
             if n % _YIELD_EVERY == 0:
                 await asyncio.sleep(0)
             if isinstance(row, RowError):
-                rejections.append((batch_id, row_no, row.field, row.code, row.message))
+                rejections.append(_rejection(batch_id, row_no, row))
                 continue
             try:
                 staged.append((batch_id, row_no, *parse(row, ctx)))
             except RowError as exc:
-                rejections.append((batch_id, row_no, exc.field, exc.code, exc.message))
+                rejections.append(_rejection(batch_id, row_no, exc))
         self.read += len(parsed)
         if len(staged) >= COPY_CHUNK or len(rejections) >= COPY_CHUNK:
             await self._start_copy()
@@ -125,6 +125,11 @@ class Stager:
                 records=rejections,
                 columns=("batch_id", "row_no", "field", "code", "message"),
             )
+
+
+def _rejection(batch_id: int, row_no: int, error: RowError) -> tuple[object, ...]:
+    # A rejection may quote the row (a field name, a value): what Postgres cannot store is escaped.
+    return batch_id, row_no, storable(error.field), error.code, storable(error.message)
 
 
 async def receive_batch(
