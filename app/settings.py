@@ -32,6 +32,8 @@ class Settings:
     refresh_seconds: float = 5.0
     # Uploads an agency may start per second, across every process (a retry storm is refused early).
     agency_uploads_per_second: int = 20
+    # Rejected rows past which a batch is refused as a whole (with counts by code), not stored row by row.
+    max_rejections_per_batch: int = 10_000
     # Private signing keys given in the environment (PEM), used before key files.
     signing_key_pems: tuple[bytes, ...] = ()
 
@@ -55,6 +57,9 @@ class Settings:
             refresh_seconds=float(_int(env, "HEALTHCODE_REFRESH_SECONDS", 5, low=1, high=3600)),
             agency_uploads_per_second=_int(env, "HEALTHCODE_AGENCY_UPLOADS_PER_SECOND", 20, low=1, high=100_000),
             signing_key_pems=_pems(env, "HEALTHCODE_SIGNING_KEYS"),
+            max_rejections_per_batch=_int(
+                env, "HEALTHCODE_MAX_REJECTIONS_PER_BATCH", 10_000, low=0, high=1_000_000_000
+            ),
         )
 
 

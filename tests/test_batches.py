@@ -391,3 +391,38 @@ async def test_a_multi_member_gzip_upload_is_read_to_the_end(api: Api, client_ke
     status, batch = await upload(api, client_keys["agency"], "population", body, headers={"Content-Encoding": "gzip"})
     assert status == 202
     assert batch["counts"] == {"read": 5, "accepted": 5, "rejected": 0, "duplicates": 0}
+
+
+async def test_rejections_past_the_cap_refuse_the_batch_with_a_summary(
+    make_client: AppFactory, client_keys: dict[str, str], db: asyncpg.Connection
+) -> None:
+    """A few hundred KB of gzipped `{}` lines is millions of bad rows: refused at the cap, none stored."""
+    api = await make_client(max_rejections_per_batch=100)
+    secret = client_keys["agency"]
+    junk = gzip.compress(b"{}\n" * 2_000_000)
+    assert len(junk) < 10_000
+    r = await api.post(
+        "/v1/batches?kind=population",
+        data=junk,
+        headers={**bearer(secret), "Content-Type": "application/x-ndjson", "Content-Encoding": "gzip"},
+    )
+    assert r.status == 422, await r.text()
+    assert await r.json() == {
+        "type": "/problems/too-many-rejections",
+        "title": "Too many rows of the batch were rejected",
+        "status": 422,
+        "detail": "more than 100 rows of the batch were rejected (missing_field 101) by row 101; "
+        "nothing was stored: fix the data and send it again",
+        "instance": "/v1/batches",
+        "limit": 100,
+        "rows_read": 101,
+        "rejections_by_code": {"missing_field": 101},
+    }
+    assert await db.fetchval("SELECT count(*) FROM batches") == 0
+    assert await db.fetchval("SELECT count(*) FROM batch_rejections") == 0
+    # Counted by code, whatever the mix; up to the cap a batch is stored with its rejections.
+    mixed = csv_body(POPULATION, *(f"resident,{number(i)},张{i}" for i in range(5)), *(["x,y,z"] * 60), *(["a,b"] * 50))
+    status, problem = await upload(api, secret, "population", mixed)
+    assert (status, problem["rejections_by_code"]) == (422, {"unknown_id_type": 60, "bad_row": 41})
+    status, batch = await upload(api, secret, "population", mixed[: mixed.index(b"a,b")])
+    assert (status, batch["counts"]["rejected"]) == (202, 60)

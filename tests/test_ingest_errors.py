@@ -9,7 +9,15 @@ import pytest
 
 from app.http.problems import INGEST_PROBLEMS, ingest_problem
 from app.ingest import errors
-from app.ingest.errors import BadBatch, BatchTooLarge, Conflict, IngestError, KindNotAllowed, UnknownKind
+from app.ingest.errors import (
+    BadBatch,
+    BatchTooLarge,
+    Conflict,
+    IngestError,
+    KindNotAllowed,
+    TooManyRejections,
+    UnknownKind,
+)
 
 
 @pytest.mark.parametrize(
@@ -39,6 +47,21 @@ from app.ingest.errors import BadBatch, BatchTooLarge, Conflict, IngestError, Ki
                 "code": "bad_columns",
                 "missing": ["name"],
                 "unknown": ["nick"],
+            },
+        ),
+        (
+            TooManyRejections(100, 130, {"bad_json": 70, "missing_field": 31}),
+            422,
+            {
+                "type": "/problems/too-many-rejections",
+                "title": "Too many rows of the batch were rejected",
+                "status": 422,
+                "detail": "more than 100 rows of the batch were rejected (bad_json 70, missing_field 31) by row 130; "
+                "nothing was stored: fix the data and send it again",
+                "instance": "/v1/batches",
+                "limit": 100,
+                "rows_read": 130,
+                "rejections_by_code": {"bad_json": 70, "missing_field": 31},
             },
         ),
         (
@@ -92,6 +115,7 @@ def test_every_ingest_error_has_a_problem_of_its_own() -> None:
     assert defined <= set(INGEST_PROBLEMS)
     assert {cls.code for cls in defined if cls is not BadBatch} == {
         "batch_too_large",
+        "too_many_rejections",
         "unknown_kind",
         "kind_not_allowed",
         "conflict",

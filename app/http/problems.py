@@ -8,7 +8,15 @@ from typing import Any, ClassVar, Final
 import orjson
 from aiohttp import web
 
-from app.ingest.errors import BadBatch, BatchTooLarge, Conflict, IngestError, KindNotAllowed, UnknownKind
+from app.ingest.errors import (
+    BadBatch,
+    BatchTooLarge,
+    Conflict,
+    IngestError,
+    KindNotAllowed,
+    TooManyRejections,
+    UnknownKind,
+)
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"
 # Relative type URIs resolve against the service's own address, where /problems/ documents them.
@@ -171,6 +179,12 @@ class BadBatchProblem(IngestProblem):
         return cls(error.detail, extra={"code": error.code, **error.extra})
 
 
+class TooManyRejectionsProblem(IngestProblem):
+    status = 422
+    slug = "too-many-rejections"
+    title = "Too many rows of the batch were rejected"
+
+
 class UnknownKindProblem(IngestProblem):
     status = 422
     slug = "unknown-kind"
@@ -194,6 +208,7 @@ class ConflictProblem(IngestProblem):
 INGEST_PROBLEMS: Final[Mapping[type[IngestError], type[IngestProblem]]] = {
     BatchTooLarge: BatchTooLargeProblem,
     BadBatch: BadBatchProblem,
+    TooManyRejections: TooManyRejectionsProblem,
     UnknownKind: UnknownKindProblem,
     KindNotAllowed: KindNotAllowedProblem,
     Conflict: ConflictProblem,

@@ -40,6 +40,26 @@ class BadBatch(IngestError):
         self.code = code
 
 
+class TooManyRejections(IngestError):
+    """More rows were rejected than a batch may have rejections: the data is wrong as a whole.
+
+    Reading stops there and nothing is stored; the answer counts the rejections seen by code, so that
+    the sender can tell what is wrong without a billion rejection rows to read.
+    """
+
+    code = "too_many_rejections"
+
+    def __init__(self, limit: int, rows_read: int, by_code: dict[str, int]) -> None:
+        summary = ", ".join(f"{code} {count}" for code, count in sorted(by_code.items(), key=lambda i: (-i[1], i[0])))
+        super().__init__(
+            f"more than {limit} rows of the batch were rejected ({summary}) by row {rows_read}; "
+            "nothing was stored: fix the data and send it again",
+            limit=limit,
+            rows_read=rows_read,
+            rejections_by_code=by_code,
+        )
+
+
 class UnknownKind(IngestError):
     """The record kind named is not one of app.ingest.kinds.KINDS."""
 

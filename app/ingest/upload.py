@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
+from collections import Counter
 from collections.abc import AsyncIterable, AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -19,7 +20,7 @@ from typing import Final
 import asyncpg
 
 from app.db import Conn
-from app.ingest.errors import UnknownKind
+from app.ingest.errors import TooManyRejections, UnknownKind
 from app.ingest.fields import Pseudonymiser, RowError, storable
 from app.ingest.kinds import KINDS, Context, Kind
 from app.ingest.reader import BodyDecoder, CsvRows, NdjsonRows, Parsed
@@ -27,6 +28,8 @@ from app.ingest.store import batch_by_key
 from app.rules.ruleset import RuleSet
 
 FORMATS: Final = ("csv", "ndjson")
+# Rejected rows a batch may have before it is refused as a whole (the settings' default).
+MAX_REJECTIONS: Final = 10_000
 # Rows per COPY: large enough that per-call overhead vanishes, small enough to bound memory.
 COPY_CHUNK: Final = 20_000
 # Rows validated between turns of the event loop, and text parsed at a time: each stretch of work
@@ -63,13 +66,15 @@ class Stager:
     every COPY), and `settle` on failure (the connection is free again once it returns).
     """
 
-    def __init__(self, conn: Conn, kind: Kind, batch_id: int, ctx: Context) -> None:
+    def __init__(self, conn: Conn, kind: Kind, batch_id: int, ctx: Context, max_rejections: int) -> None:
         self.conn = conn
         self.kind = kind
         self.batch_id = batch_id
         self.ctx = ctx
+        self.max_rejections = max_rejections
         self.read = 0
         self.rejected = 0
+        self._codes: Counter[str] = Counter()  # every rejection so far, copied or not, by code
         self._staged: list[tuple[object, ...]] = []
         self._rejections: list[tuple[object, ...]] = []
         self._columns = ("batch_id", "row_no", *kind.staging_columns)
@@ -82,15 +87,21 @@ class Stager:
             if n % _YIELD_EVERY == 0:
                 await asyncio.sleep(0)
             if isinstance(row, RowError):
-                rejections.append(_rejection(batch_id, row_no, row))
+                self._reject(row_no, row)
                 continue
             try:
                 staged.append((batch_id, row_no, *parse(row, ctx)))
             except RowError as exc:
-                rejections.append(_rejection(batch_id, row_no, exc))
+                self._reject(row_no, exc)
         self.read += len(parsed)
         if len(staged) >= COPY_CHUNK or len(rejections) >= COPY_CHUNK:
             await self._start_copy()
+
+    def _reject(self, row_no: int, error: RowError) -> None:
+        self._rejections.append(_rejection(self.batch_id, row_no, error))
+        self._codes[error.code] += 1
+        if self._codes.total() > self.max_rejections:
+            raise TooManyRejections(self.max_rejections, row_no, dict(self._codes))
 
     async def flush(self) -> None:
         await self._start_copy()
@@ -146,6 +157,7 @@ async def receive_batch(
     max_bytes: int,
     gzip: bool | None = None,
     progress: Progress | None = None,
+    max_rejections: int = MAX_REJECTIONS,
 ) -> Received:
     """Stream ``body`` into staging; an upload seen before (same key, or same content) returns its batch."""
     if fmt not in FORMATS:
@@ -154,7 +166,8 @@ async def receive_batch(
         return Received(found["id"], created=False)
     ctx = Context(Pseudonymiser(pepper, now.date()), now, now.date(), frozenset(ruleset.vaccine_courses))
     async with _connection(pool) as conn:
-        return await _receive(conn, client_id, kind, fmt, body, key, ctx, BodyDecoder(max_bytes, gzip=gzip), progress)
+        decoder = BodyDecoder(max_bytes, gzip=gzip)
+        return await _receive(conn, client_id, kind, fmt, body, key, ctx, decoder, progress, max_rejections)
 
 
 @contextlib.asynccontextmanager
@@ -176,6 +189,7 @@ async def _receive(
     ctx: Context,
     decoder: BodyDecoder,
     progress: Progress | None,
+    max_rejections: int,
 ) -> Received:
     final_key = key
     try:
@@ -187,7 +201,7 @@ async def _receive(
                 fmt,
                 key or f"pending:{secrets.token_hex(16)}",
             )
-            stager, digest = await _stream(conn, kind, fmt, body, batch_id, ctx, decoder, progress)
+            stager, digest = await _stream(conn, kind, fmt, body, batch_id, ctx, decoder, progress, max_rejections)
             if final_key is None:
                 # No Idempotency-Key: the content (and kind) is the key.
                 final_key = f"sha256:{kind.name}:{digest}"
@@ -221,10 +235,11 @@ async def _stream(
     ctx: Context,
     decoder: BodyDecoder,
     progress: Progress | None,
+    max_rejections: int,
 ) -> tuple[Stager, str]:
     """Returns the stager (with its counts) and the SHA-256 of the decompressed body."""
     rows = CsvRows(kind) if fmt == "csv" else NdjsonRows(kind)
-    stager = Stager(conn, kind, batch_id, ctx)
+    stager = Stager(conn, kind, batch_id, ctx, max_rejections)
     try:
         async for chunk in body:
             for text in decoder.feed(chunk):

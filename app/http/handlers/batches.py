@@ -78,6 +78,7 @@ async def upload(request: web.Request) -> web.Response:
         now=datetime.now(UTC),
         max_bytes=limit,
         gzip=encoding != "identity",
+        max_rejections=app[SETTINGS].max_rejections_per_batch,
     )
     row = await batch_by_id(app[PG], received.batch_id)
     assert row is not None
