@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import gzip
+import time
+from collections.abc import AsyncIterator
 
 import asyncpg
 
 from app.clients import add_client
+from app.http.appkeys import INGEST
 from tests.conftest import AppFactory
 from tests.support import bearer
 from tests.test_ingest_helpers import (
@@ -426,3 +430,52 @@ async def test_rejections_past_the_cap_refuse_the_batch_with_a_summary(
     assert (status, problem["rejections_by_code"]) == (422, {"unknown_id_type": 60, "bad_row": 41})
     status, batch = await upload(api, secret, "population", mixed[: mixed.index(b"a,b")])
     assert (status, batch["counts"]["rejected"]) == (202, 60)
+
+
+async def uploads_in_transaction(db: asyncpg.Connection, count: int) -> None:
+    """Wait (bounded) until `count` sessions of this database hold a transaction open while idle:
+    uploads whose batch row is written and whose body is still to come."""
+    query = """SELECT count(*) FROM pg_stat_activity
+               WHERE datname = current_database() AND state = 'idle in transaction'"""
+    for _ in range(500):
+        if await db.fetchval(query) >= count:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"fewer than {count} uploads in progress after 5 s")
+
+
+async def test_the_same_key_while_the_first_upload_streams_is_409_at_once(
+    api: Api, client_keys: dict[str, str], db: asyncpg.Connection
+) -> None:
+    secret = client_keys["agency"]
+    headers = {**bearer(secret), "Content-Type": "text/csv", "Idempotency-Key": "upload-9"}
+    release = asyncio.Event()
+
+    async def slow_body() -> AsyncIterator[bytes]:
+        yield people(1, 2)
+        await release.wait()
+        yield f"resident,{number(3)},王三\n".encode()
+
+    first = asyncio.create_task(api.post("/v1/batches?kind=population", data=slow_body(), headers=headers))
+    await uploads_in_transaction(db, 1)
+    started = time.monotonic()
+    r = await asyncio.wait_for(api.post("/v1/batches?kind=population", data=people(5), headers=headers), 10)
+    assert time.monotonic() - started < 2
+    assert r.status == 409, await r.text()
+    assert r.headers["Retry-After"] == "5"
+    assert await r.json() == {
+        "type": "/problems/upload-in-progress",
+        "title": "An upload with this Idempotency-Key is in progress",
+        "status": 409,
+        "detail": "an upload with this Idempotency-Key is still in progress; once it ends, the same request "
+        "answers with its batch",
+        "instance": "/v1/batches",
+    }
+    release.set()
+    done = await first
+    assert done.status == 202, await done.text()
+    batch_id = (await done.json())["id"]
+    r = await api.post("/v1/batches?kind=population", data=people(5), headers=headers)
+    assert (r.status, (await r.json())["id"]) == (200, batch_id)
+    await api.app[INGEST].drain()
+    assert await db.fetchval("SELECT rows_read FROM batches") == 3

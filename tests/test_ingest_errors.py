@@ -17,6 +17,7 @@ from app.ingest.errors import (
     KindNotAllowed,
     TooManyRejections,
     UnknownKind,
+    UploadInProgress,
 )
 
 
@@ -108,6 +109,17 @@ def test_each_ingest_error_is_answered_with_its_problem(
     assert list(problem.body("/v1/batches")) == list(body)  # members in the same order
 
 
+def test_an_upload_in_progress_is_a_conflict_to_retry() -> None:
+    problem = ingest_problem(UploadInProgress("an upload with this key is in progress"))
+    assert (problem.status, problem.headers) == (409, {"Retry-After": "5"})
+    assert problem.body() == {
+        "type": "/problems/upload-in-progress",
+        "title": "An upload with this Idempotency-Key is in progress",
+        "status": 409,
+        "detail": "an upload with this key is in progress",
+    }
+
+
 def test_every_ingest_error_has_a_problem_of_its_own() -> None:
     defined = {cls for cls in vars(errors).values() if isinstance(cls, type) and issubclass(cls, IngestError)} - {
         IngestError
@@ -117,6 +129,7 @@ def test_every_ingest_error_has_a_problem_of_its_own() -> None:
         "batch_too_large",
         "too_many_rejections",
         "unknown_kind",
+        "upload_in_progress",
         "kind_not_allowed",
         "conflict",
     }

@@ -16,6 +16,7 @@ from app.ingest.errors import (
     KindNotAllowed,
     TooManyRejections,
     UnknownKind,
+    UploadInProgress,
 )
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"
@@ -203,6 +204,17 @@ class ConflictProblem(IngestProblem):
     title = "The request conflicts with what is stored"
 
 
+class UploadInProgressProblem(IngestProblem):
+    status = 409
+    slug = "upload-in-progress"
+    title = "An upload with this Idempotency-Key is in progress"
+    RETRY_AFTER: ClassVar[int] = 5
+
+    @classmethod
+    def of(cls, error: IngestError) -> ProblemError:
+        return cls(error.detail, extra=error.extra, headers={"Retry-After": str(cls.RETRY_AFTER)})
+
+
 # The answer to each ingestion error. IngestError itself is the fallback for a subclass not listed here:
 # a 422 that still names its code, never a 500.
 INGEST_PROBLEMS: Final[Mapping[type[IngestError], type[IngestProblem]]] = {
@@ -212,6 +224,7 @@ INGEST_PROBLEMS: Final[Mapping[type[IngestError], type[IngestProblem]]] = {
     UnknownKind: UnknownKindProblem,
     KindNotAllowed: KindNotAllowedProblem,
     Conflict: ConflictProblem,
+    UploadInProgress: UploadInProgressProblem,
     IngestError: BadBatchProblem,
 }
 

@@ -60,6 +60,12 @@ class TooManyRejections(IngestError):
         )
 
 
+class UploadInProgress(IngestError):
+    """An upload with this Idempotency-Key is still streaming: its outcome is not known yet."""
+
+    code = "upload_in_progress"
+
+
 class UnknownKind(IngestError):
     """The record kind named is not one of app.ingest.kinds.KINDS."""
 

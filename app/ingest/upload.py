@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import secrets
 from collections import Counter
 from collections.abc import AsyncIterable, AsyncIterator, Callable
@@ -20,7 +21,7 @@ from typing import Final
 import asyncpg
 
 from app.db import Conn
-from app.ingest.errors import TooManyRejections, UnknownKind
+from app.ingest.errors import TooManyRejections, UnknownKind, UploadInProgress
 from app.ingest.fields import Pseudonymiser, RowError, storable
 from app.ingest.kinds import KINDS, Context, Kind
 from app.ingest.reader import BodyDecoder, CsvRows, NdjsonRows, Parsed
@@ -194,6 +195,8 @@ async def _receive(
     final_key = key
     try:
         async with conn.transaction():
+            if key is not None:
+                await _claim_key(conn, client_id, key)
             batch_id = await conn.fetchval(
                 "INSERT INTO batches (client_id, kind, format, idempotency_key) VALUES ($1, $2, $3, $4) RETURNING id",
                 client_id,
@@ -224,6 +227,28 @@ async def _receive(
             raise
         return Received(found["id"], created=False)
     return Received(batch_id, created=True)
+
+
+async def _claim_key(conn: Conn, client_id: int, key: str) -> None:
+    """Hold the key for this transaction, or refuse at once if another upload holds it.
+
+    Without this, a second upload with the key would wait on the unique index until the first commits
+    (for as long as the first body takes to arrive). The lock ends with the transaction, however it ends.
+    """
+    if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", _key_lock(client_id, key)):
+        raise UploadInProgress(
+            "an upload with this Idempotency-Key is still in progress; once it ends, the same request "
+            "answers with its batch"
+        )
+    # The first upload may have committed between the caller's look-up and the lock.
+    if (found := await batch_by_key(conn, client_id, key)) is not None:
+        raise _SameBatch(found["id"])
+
+
+def _key_lock(client_id: int, key: str) -> int:
+    """A 64-bit advisory lock id for (client, key): a collision only makes an upload wait its turn."""
+    digest = hashlib.blake2b(f"{client_id}:{key}".encode(), digest_size=8, person=b"hc-upload").digest()
+    return int.from_bytes(digest, "big", signed=True)
 
 
 async def _stream(
