@@ -27,6 +27,11 @@ class Settings:
     max_upload_bytes: int = 4 * 1024 * 1024 * 1024
     pg_pool_min: int = 2
     pg_pool_max: int = 10
+    # Uploads and rejection downloads have a pool of their own, so that slow agencies cannot take the
+    # connections that cache misses and the periodic refresh need; an upload whose body stops arriving
+    # for this long is ended (408) and its connection freed.
+    ingest_pool_max: int = 4
+    upload_idle_seconds: int = 30
     ruleset: str = "default-2022"
     # How often a process re-reads clients and keys, so a revocation takes effect everywhere.
     refresh_seconds: float = 5.0
@@ -53,6 +58,8 @@ class Settings:
             max_upload_bytes=_int(env, "HEALTHCODE_MAX_UPLOAD_BYTES", 4 << 30, low=1024, high=1 << 40),
             pg_pool_min=_int(env, "HEALTHCODE_PG_POOL_MIN", 2, low=0, high=1000),
             pg_pool_max=_int(env, "HEALTHCODE_PG_POOL_MAX", 10, low=1, high=1000),
+            ingest_pool_max=_int(env, "HEALTHCODE_INGEST_POOL_MAX", 4, low=1, high=1000),
+            upload_idle_seconds=_int(env, "HEALTHCODE_UPLOAD_IDLE_SECONDS", 30, low=1, high=3600),
             ruleset=env.get("HEALTHCODE_RULESET", "default-2022"),
             refresh_seconds=float(_int(env, "HEALTHCODE_REFRESH_SECONDS", 5, low=1, high=3600)),
             agency_uploads_per_second=_int(env, "HEALTHCODE_AGENCY_UPLOADS_PER_SECOND", 20, low=1, high=100_000),

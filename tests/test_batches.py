@@ -8,9 +8,11 @@ import time
 from collections.abc import AsyncIterator
 
 import asyncpg
+import pytest
+from redis.asyncio import Redis
 
 from app.clients import add_client
-from app.http.appkeys import INGEST
+from app.http.appkeys import INGEST, INGEST_PG
 from tests.conftest import AppFactory
 from tests.support import bearer
 from tests.test_ingest_helpers import (
@@ -479,3 +481,73 @@ async def test_the_same_key_while_the_first_upload_streams_is_409_at_once(
     assert (r.status, (await r.json())["id"]) == (200, batch_id)
     await api.app[INGEST].drain()
     assert await db.fetchval("SELECT rows_read FROM batches") == 3
+
+
+class StalledBodies:
+    """Upload bodies that send their first rows, then stop until released."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+
+    async def body(self, i: int) -> AsyncIterator[bytes]:
+        yield people(i)
+        await self.release.wait()
+
+
+@pytest.mark.slow
+async def test_slow_uploads_cannot_starve_misses_or_readiness(
+    make_client: AppFactory, client_keys: dict[str, str], db: asyncpg.Connection, redis: Redis
+) -> None:
+    """More stalled uploads than the upload pool holds: a status miss and /readyz still answer at once,
+    and the upload past the pool is told to come back."""
+    api = await make_client(pg_pool_max=2, ingest_pool_max=2)
+    secret, citizen = client_keys["agency"], client_keys["citizen-backend"]
+    await upload(api, secret, "population", people(100))
+    await redis.flushdb()  # the next status look-up is a miss, answered from Postgres
+    stalled = StalledBodies()
+    headers = {**bearer(secret), "Content-Type": "text/csv"}
+    slow = [
+        asyncio.create_task(api.post("/v1/batches?kind=population", data=stalled.body(i), headers=headers))
+        for i in range(3)
+    ]
+    await uploads_in_transaction(db, 2)
+    started = time.monotonic()
+    status = await asyncio.wait_for(status_of(api, citizen, number(100)), 5)
+    ready = await asyncio.wait_for(api.get("/readyz"), 5)
+    assert time.monotonic() - started < 1.0
+    assert (status["colour"], ready.status) == ("green", 200)
+    # The third upload found no free slot: a 503 to retry, not a wait without end.
+    done, _ = await asyncio.wait(slow, timeout=10, return_when=asyncio.FIRST_COMPLETED)
+    refused = done.pop().result()
+    assert refused.status == 503, await refused.text()
+    assert refused.headers["Retry-After"] == "5"
+    assert await refused.json() == {
+        "type": "/problems/uploads-busy",
+        "title": "Every upload slot of this process is in use",
+        "status": 503,
+        "detail": "all 2 upload slots of this process are in use; retry after Retry-After seconds",
+        "instance": "/v1/batches",
+    }
+    stalled.release.set()
+    assert sorted([(await task).status for task in slow]) == [202, 202, 503]
+
+
+@pytest.mark.slow
+async def test_an_upload_whose_body_stops_is_ended_and_frees_its_connection(
+    make_client: AppFactory, client_keys: dict[str, str], db: asyncpg.Connection
+) -> None:
+    api = await make_client(upload_idle_seconds=1)
+    stalled = StalledBodies()
+    headers = {**bearer(client_keys["agency"]), "Content-Type": "text/csv"}
+    r = await asyncio.wait_for(api.post("/v1/batches?kind=population", data=stalled.body(1), headers=headers), 10)
+    assert r.status == 408, await r.text()
+    assert await r.json() == {
+        "type": "/problems/body-timeout",
+        "title": "The request body stopped arriving",
+        "status": 408,
+        "detail": "no part of the body arrived for 1 s; nothing was stored, send the batch again",
+        "instance": "/v1/batches",
+    }
+    stalled.release.set()
+    assert await db.fetchval("SELECT count(*) FROM batches") == 0
+    assert api.app[INGEST_PG].get_idle_size() == api.app[INGEST_PG].get_size()

@@ -20,6 +20,7 @@ from app.http.appkeys import (
     CLIENTS,
     FRONT_DOOR,
     INGEST,
+    INGEST_PG,
     PG,
     RATE_LIMITER,
     REDIS,
@@ -71,8 +72,16 @@ def create_app(settings: Settings, *, background: bool = True) -> web.Applicatio
 async def _postgres(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     app[PG] = await create_pool(settings.database_url, min_size=settings.pg_pool_min, max_size=settings.pg_pool_max)
+    try:
+        app[INGEST_PG] = await create_pool(settings.database_url, min_size=0, max_size=settings.ingest_pool_max)
+    except BaseException:
+        await close_pool(app[PG])
+        raise
     yield
-    await close_pool(app[PG])
+    try:
+        await close_pool(app[INGEST_PG])
+    finally:
+        await close_pool(app[PG])
 
 
 async def _redis(app: web.Application) -> AsyncIterator[None]:

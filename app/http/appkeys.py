@@ -18,6 +18,7 @@ from cache.status_cache import StatusCache
 
 SETTINGS = web.AppKey("settings", Settings)
 PG = web.AppKey("pg", asyncpg.Pool)
+INGEST_PG = web.AppKey("ingest_pg", asyncpg.Pool)  # uploads and rejection downloads only
 REDIS = web.AppKey("redis", Redis)
 CLIENTS = web.AppKey("clients", ClientRegistry)
 STATUS_CACHE = web.AppKey("status_cache", StatusCache)

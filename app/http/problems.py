@@ -146,6 +146,21 @@ class Overloaded(ProblemError):
         )
 
 
+class BodyTimeout(ProblemError):
+    status = 408
+    slug = "body-timeout"
+    title = "The request body stopped arriving"
+
+
+class UploadsBusy(ProblemError):
+    status = 503
+    slug = "uploads-busy"
+    title = "Every upload slot of this process is in use"
+
+    def __init__(self, detail: str, retry_after: int = 5) -> None:
+        super().__init__(detail, headers={"Retry-After": str(retry_after)})
+
+
 class DependencyUnavailable(ProblemError):
     status = 503
     slug = "dependency-unavailable"

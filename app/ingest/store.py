@@ -78,8 +78,8 @@ async def delete_staging(conn: Conn, batch_id: int) -> None:
         await conn.execute(f"DELETE FROM staging_{kind} WHERE batch_id = $1", batch_id)
 
 
-async def rejections(conn: Conn, batch_id: int, page: int = 5000) -> AsyncIterator[asyncpg.Record]:
-    """Every rejection of a batch in row order, a page at a time (a batch may have millions)."""
+async def rejections(conn: Conn | asyncpg.Pool, batch_id: int, page: int = 5000) -> AsyncIterator[asyncpg.Record]:
+    """Every rejection of a batch in row order, a page at a time (from a pool, a connection per page)."""
     after = 0
     while True:
         rows = await conn.fetch(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Final
@@ -10,9 +11,9 @@ import orjson
 from aiohttp import web
 
 from app.clients import Client
-from app.http.appkeys import CLIENTS, INGEST, PG, RATE_LIMITER, SETTINGS
+from app.http.appkeys import CLIENTS, INGEST, INGEST_PG, PG, RATE_LIMITER, SETTINGS
 from app.http.handlers.common import json_response
-from app.http.problems import InvalidField, NotFound, RateLimited, UnsupportedMediaType
+from app.http.problems import BodyTimeout, InvalidField, NotFound, RateLimited, UnsupportedMediaType, UploadsBusy
 from app.ingest.errors import BatchTooLarge, KindNotAllowed
 from app.ingest.store import batch_by_id, batch_view, rejections
 from app.ingest.upload import kind_named, receive_batch
@@ -24,16 +25,31 @@ _MAX_BATCH_ID = 2**63 - 1  # batches.id is a bigint
 FORMATS: Final = {"text/csv": "csv", "application/x-ndjson": "ndjson", "application/ndjson": "ndjson"}
 READ_CHUNK: Final = 256 * 1024
 MAX_KEY_LENGTH: Final = 200
+# How long an upload waits for a connection of the upload pool before it is told to come back.
+SLOT_WAIT_SECONDS: Final = 2.0
 
 
 def _agency(request: web.Request) -> Client:
     return request.app[CLIENTS].authenticate(request.headers.get("Authorization"), kind="agency")
 
 
-async def _body(request: web.Request) -> AsyncIterator[bytes]:
+async def _body(request: web.Request, idle_seconds: float) -> AsyncIterator[bytes]:
     """The request body in pieces as they arrive, still compressed (the app turns aiohttp's own
-    decompression off: the reader decompresses with bounds and checks the stream is complete)."""
-    async for chunk in request.content.iter_chunked(READ_CHUNK):
+    decompression off: the reader decompresses with bounds and checks the stream is complete).
+
+    A body that stops arriving for ``idle_seconds`` ends the upload: it holds a connection and an open
+    transaction meanwhile.
+    """
+    while True:
+        try:
+            async with asyncio.timeout(idle_seconds):
+                chunk = await request.content.read(READ_CHUNK)
+        except TimeoutError:
+            raise BodyTimeout(
+                f"no part of the body arrived for {idle_seconds:g} s; nothing was stored, send the batch again"
+            ) from None
+        if not chunk:
+            return
         yield chunk
 
 
@@ -65,23 +81,32 @@ async def upload(request: web.Request) -> web.Response:
     # Limited after the cheap checks, so a malformed retry storm costs no Redis round trip either.
     if not await app[RATE_LIMITER].allow(str(client.id), app[SETTINGS].agency_uploads_per_second):
         raise RateLimited(f"upload limit reached: {app[SETTINGS].agency_uploads_per_second} a second per agency")
-    processor = app[INGEST]
-    received = await receive_batch(
-        app[PG],
-        client_id=client.id,
-        kind=kind,
-        fmt=fmt,
-        body=_body(request),
-        key=key.strip() if key else None,
-        pepper=app[SETTINGS].pepper,
-        ruleset=processor.publisher.ruleset,
-        now=datetime.now(UTC),
-        max_bytes=limit,
-        gzip=encoding != "identity",
-        max_rejections=app[SETTINGS].max_rejections_per_batch,
-    )
-    row = await batch_by_id(app[PG], received.batch_id)
-    assert row is not None
+    processor, settings = app[INGEST], app[SETTINGS]
+    try:
+        conn = await app[INGEST_PG].acquire(timeout=SLOT_WAIT_SECONDS)
+    except TimeoutError:
+        raise UploadsBusy(
+            f"all {settings.ingest_pool_max} upload slots of this process are in use; retry after Retry-After seconds"
+        ) from None
+    try:
+        received = await receive_batch(
+            conn,
+            client_id=client.id,
+            kind=kind,
+            fmt=fmt,
+            body=_body(request, settings.upload_idle_seconds),
+            key=key.strip() if key else None,
+            pepper=settings.pepper,
+            ruleset=processor.publisher.ruleset,
+            now=datetime.now(UTC),
+            max_bytes=limit,
+            gzip=encoding != "identity",
+            max_rejections=settings.max_rejections_per_batch,
+        )
+        row = await batch_by_id(conn, received.batch_id)
+        assert row is not None
+    finally:
+        await app[INGEST_PG].release(conn)
     location = f"/v1/batches/{received.batch_id}"
     if not received.created:
         # The same batch again: answer with the first one, changing nothing.
@@ -118,16 +143,17 @@ async def get_rejections(request: web.Request) -> web.StreamResponse:
     batch_id = await _own_batch(request)
     response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
     await response.prepare(request)
-    async with request.app[PG].acquire() as conn:
-        lines: list[bytes] = []
-        async for r in rejections(conn, batch_id):
-            lines.append(
-                orjson.dumps({"row": r["row_no"], "field": r["field"], "code": r["code"], "message": r["message"]})
-            )
-            if len(lines) >= 1000:
-                await response.write(b"\n".join(lines) + b"\n")
-                lines = []
-        if lines:
+    # Each page takes a connection of the upload pool only while it is read, none while a slow
+    # reader takes it in.
+    lines: list[bytes] = []
+    async for r in rejections(request.app[INGEST_PG], batch_id):
+        lines.append(
+            orjson.dumps({"row": r["row_no"], "field": r["field"], "code": r["code"], "message": r["message"]})
+        )
+        if len(lines) >= 1000:
             await response.write(b"\n".join(lines) + b"\n")
+            lines = []
+    if lines:
+        await response.write(b"\n".join(lines) + b"\n")
     await response.write_eof()
     return response
