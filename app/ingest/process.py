@@ -29,8 +29,8 @@ from typing import Final
 import asyncpg
 
 from app.db import Conn
-from app.ingest.merge import affected_subjects, merge_batch
-from app.ingest.store import mark_failed
+from app.ingest.merge import MERGE_CHUNK, SUBJECT_PAGE, affected_subjects, merge_batch
+from app.ingest.store import delete_staging, mark_failed
 from app.statuses.compute import load_risk_areas
 from app.statuses.publish import Pause, StatusPublisher
 from app.statuses.sweep import sweep_expired
@@ -41,6 +41,8 @@ log = logging.getLogger(__name__)
 _POOL_FOR_WRITER: Final = 4
 # Any constant works; it only has to be the same in every process.
 _MERGE_LOCK: Final = 0x4843_0003
+# Attempts at a batch before it is marked failed: enough to ride out a restart or a short outage.
+MAX_ATTEMPTS: Final = 5
 
 
 async def _no_pause(point: str) -> None:
@@ -55,10 +57,17 @@ class BatchProcessor:
         pool: asyncpg.Pool,
         publisher: StatusPublisher,
         clock: Callable[[], float] = time.time,
+        *,
+        max_attempts: int = MAX_ATTEMPTS,
+        chunk_rows: int = MERGE_CHUNK,
+        page_rows: int = SUBJECT_PAGE,
     ) -> None:
         self.pool = pool
         self.publisher = publisher
         self.clock = clock
+        self.max_attempts = max_attempts
+        self.chunk_rows = chunk_rows
+        self.page_rows = page_rows
         self._lock = asyncio.Lock()
         self._tasks: dict[int, asyncio.Task[None]] = {}
 
@@ -93,14 +102,25 @@ class BatchProcessor:
         try:
             await self.process(batch_id)
         except Exception:
-            # Logged, not raised: the batch stays where it stopped and recovery picks it up again.
-            log.exception("processing batch %d failed; it will be retried", batch_id)
+            # Logged, not raised: the batch stays where it stopped and recovery tries it again, a
+            # bounded number of times (process_batch counts the attempts).
+            log.exception("processing batch %d failed", batch_id)
 
     async def process(self, batch_id: int, *, pause: Pause = _no_pause) -> None:
         # One batch at a time in this process, so batch work leaves the pool's other connections to
         # requests; other processes may work on other batches (or this one) meanwhile.
         async with self._lock, self.pool.acquire() as conn, self._store_conn() as store_conn:
-            await process_batch(conn, batch_id, self.publisher, int(self.clock()), store_conn=store_conn, pause=pause)
+            await process_batch(
+                conn,
+                batch_id,
+                self.publisher,
+                int(self.clock()),
+                store_conn=store_conn,
+                pause=pause,
+                max_attempts=self.max_attempts,
+                chunk_rows=self.chunk_rows,
+                page_rows=self.page_rows,
+            )
 
     @contextlib.asynccontextmanager
     async def _store_conn(self) -> AsyncIterator[Conn | None]:
@@ -112,11 +132,17 @@ class BatchProcessor:
             yield writer
 
     async def recover(self) -> list[int]:
-        """Finish every batch left ``received`` or ``loading`` (by a crash, or by another process)."""
+        """Try every batch left ``received`` or ``loading`` (by a crash, or by another process) once more.
+
+        One batch failing does not hold up the others; each failure counts as an attempt at that batch.
+        """
         rows = await self.pool.fetch("SELECT id FROM batches WHERE state IN ('received', 'loading') ORDER BY id")
         ids = [r["id"] for r in rows]
         for batch_id in ids:
-            await self.process(batch_id)
+            try:
+                await self.process(batch_id)
+            except Exception:
+                log.exception("recovering batch %d failed", batch_id)
         return ids
 
     async def sweep(self) -> int:
@@ -133,41 +159,85 @@ async def process_batch(
     *,
     store_conn: Conn | None = None,
     pause: Pause = _no_pause,
+    max_attempts: int = MAX_ATTEMPTS,
+    chunk_rows: int = MERGE_CHUNK,
+    page_rows: int = SUBJECT_PAGE,
 ) -> None:
     """Take one batch as far as it can go.
 
     ``store_conn``: a second connection for storing statuses while ``conn`` reads records (see
     `StatusPublisher.refresh`). ``pause`` is called at "merged" (inside the merge's transaction,
-    before its commit), for tests that race two processes on one batch.
+    before its commit), for tests that race two processes on one batch. Each call is an attempt;
+    a failure of any kind is noted on the batch and raised, and the attempt ``max_attempts`` that
+    fails (or any attempt after it) marks the batch failed with the last error.
     """
-    batch = await conn.fetchrow("SELECT kind, state, merged_at FROM batches WHERE id = $1", batch_id)
-    if batch is None or batch["state"] in ("done", "failed"):
+    batch = await conn.fetchrow(
+        """UPDATE batches SET attempts = attempts + 1 WHERE id = $1 AND state IN ('received', 'loading')
+           RETURNING kind, merged_at, attempts, error""",
+        batch_id,
+    )
+    if batch is None:
+        return  # done, failed, or no such batch
+    kind, attempt = batch["kind"], batch["attempts"]
+    if attempt > max_attempts:
+        # An earlier attempt ended without noting it (the process died, or could not reach Postgres).
+        await _give_up(conn, batch_id, max_attempts, batch["merged_at"] is not None, batch["error"])
         return
-    kind = batch["kind"]
-    if batch["merged_at"] is None:
-        try:
-            if not await _merge_once(conn, batch_id, kind, pause):
+    merged = batch["merged_at"] is not None
+    try:
+        if not merged:
+            try:
+                if not await _merge_once(conn, batch_id, kind, pause, chunk_rows):
+                    return
+            except asyncpg.PostgresError as exc:
+                # The data itself cannot be merged (a constraint the row checks missed): fail it cleanly.
+                log.error("batch %d cannot be merged: %s", batch_id, exc)
+                await mark_failed(conn, batch_id, f"merge failed: {exc.__class__.__name__}: {exc}")
                 return
-        except asyncpg.PostgresError as exc:
-            # The data itself cannot be merged (a constraint the row checks missed): fail it cleanly.
-            log.error("batch %d cannot be merged: %s", batch_id, exc)
-            await mark_failed(conn, batch_id, f"merge failed: {exc.__class__.__name__}: {exc}")
-            return
-    subjects = await affected_subjects(conn, batch_id, kind, publisher.ruleset.arrival_window)
-    areas = await load_risk_areas(conn)
-    await publisher.refresh(conn, subjects, now, areas, store_conn=store_conn)
-    async with conn.transaction():
-        await conn.execute(f"DELETE FROM staging_{kind} WHERE batch_id = $1", batch_id)
-        # Only from loading: a process that finished this batch first has counted its subjects.
-        await conn.execute(
-            """UPDATE batches SET state = 'done', subjects = $2, finished_at = clock_timestamp()
-               WHERE id = $1 AND state = 'loading'""",
-            batch_id,
-            len(subjects),
-        )
+            merged = True
+        subjects = 0
+        areas = await load_risk_areas(conn)
+        async for page in affected_subjects(
+            conn, batch_id, kind, publisher.ruleset.arrival_window, page_rows=page_rows
+        ):
+            await publisher.refresh(conn, page, now, areas, store_conn=store_conn)
+            subjects += len(page)
+        async with conn.transaction():
+            await delete_staging(conn, batch_id)
+            # Only from loading: a process that finished this batch first has counted its subjects.
+            await conn.execute(
+                """UPDATE batches SET state = 'done', subjects = $2, finished_at = clock_timestamp()
+                   WHERE id = $1 AND state = 'loading'""",
+                batch_id,
+                subjects,
+            )
+    except Exception as exc:
+        error = f"{exc.__class__.__name__}: {exc}"
+        # Noted on a healthy connection only; if Postgres is what failed, the next attempt counts it.
+        with contextlib.suppress(Exception):
+            if attempt >= max_attempts:
+                await _give_up(conn, batch_id, max_attempts, merged, error)
+            else:
+                await conn.execute(
+                    "UPDATE batches SET error = $2 WHERE id = $1 AND state IN ('received', 'loading')",
+                    batch_id,
+                    f"attempt {attempt} of {max_attempts} failed: {error}"[:500],
+                )
+        raise
 
 
-async def _merge_once(conn: Conn, batch_id: int, kind: str, pause: Pause) -> bool:
+async def _give_up(conn: Conn, batch_id: int, max_attempts: int, merged: bool, error: str | None) -> None:
+    last = error or "no error was recorded"
+    if merged:
+        # The records are stored; only statuses may lag until they expire or the batch is sent again.
+        reason = f"merged, but recomputing statuses failed {max_attempts} times; last: {last}"
+    else:
+        reason = f"failed {max_attempts} times; nothing of it was merged; last: {last}"
+    log.error("batch %d given up: %s", batch_id, reason)
+    await mark_failed(conn, batch_id, reason)
+
+
+async def _merge_once(conn: Conn, batch_id: int, kind: str, pause: Pause, chunk_rows: int) -> bool:
     """Merge the batch unless another process has; False if it is done or failed meanwhile."""
     async with conn.transaction():
         # Checked again under the row lock: another process may have merged it since the first look.
@@ -185,7 +255,7 @@ async def _merge_once(conn: Conn, batch_id: int, kind: str, pause: Pause) -> boo
                WHERE id = $1""",
             batch_id,
         )
-        merged = await merge_batch(conn, batch_id, kind)
+        merged = await merge_batch(conn, batch_id, kind, chunk_rows=chunk_rows)
         await conn.execute(
             """UPDATE batches SET accepted = $2, rejected = rejected + $3, duplicates = $4,
                    merged_at = clock_timestamp()

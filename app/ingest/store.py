@@ -60,7 +60,8 @@ def batch_view(row: asyncpg.Record) -> dict[str, Any]:
 
 
 async def mark_failed(conn: Conn, batch_id: int, error: str) -> None:
-    """Failed cleanly: nothing of it merged, staging dropped, and its key freed so it can be re-sent."""
+    """Failed: staging dropped and its key freed so it can be re-sent (`merged_at` says whether its records
+    were merged before it failed; sent again, those are duplicates and its people are recomputed)."""
     async with conn.transaction():
         await delete_staging(conn, batch_id)
         await conn.execute(
@@ -72,10 +73,23 @@ async def mark_failed(conn: Conn, batch_id: int, error: str) -> None:
         )
 
 
-async def delete_staging(conn: Conn, batch_id: int) -> None:
+# Staging rows deleted per statement: a batch's rows go a range at a time, however many there are.
+DELETE_CHUNK: Final = 200_000
+
+
+async def delete_staging(conn: Conn, batch_id: int, chunk_rows: int = DELETE_CHUNK) -> None:
+    """Delete the batch's staging rows, a range of row numbers per statement (call inside a transaction)."""
     kind = await conn.fetchval("SELECT kind FROM batches WHERE id = $1", batch_id)
-    if kind is not None:
-        await conn.execute(f"DELETE FROM staging_{kind} WHERE batch_id = $1", batch_id)
+    if kind is None:
+        return
+    last = await conn.fetchval(f"SELECT max(row_no) FROM staging_{kind} WHERE batch_id = $1", batch_id)
+    for after in range(0, last or 0, chunk_rows):
+        await conn.execute(
+            f"DELETE FROM staging_{kind} WHERE batch_id = $1 AND row_no > $2 AND row_no <= $3",
+            batch_id,
+            after,
+            after + chunk_rows,
+        )
 
 
 async def rejections(conn: Conn | asyncpg.Pool, batch_id: int, page: int = 5000) -> AsyncIterator[asyncpg.Record]:
