@@ -6,15 +6,18 @@ Steps, each safe to repeat after a crash:
    stores the counts, bumps the revision of every subject it touches and sets ``merged_at``. The
    batch row is locked first and ``merged_at`` checked under the lock, so two processes that pick up
    one batch (a command-line load and a server's recovery) merge it once. A crash before the commit
-   leaves nothing merged.
-2. With ``merged_at`` set, the touched subjects (read from staging) are recomputed in chunks and
-   published through the status write path. Recomputing twice gives the same statuses.
-3. ``done``: staging rows deleted, in one transaction.
+   leaves nothing merged. Inside the transaction the merge runs a range of staged rows per
+   statement (app.ingest.merge), so no statement timeout grows with the batch.
+2. With ``merged_at`` set, the touched subjects (read from staging a page at a time) are recomputed
+   and published through the status write path. Recomputing twice gives the same statuses.
+3. ``done``: staging rows deleted (by ranges), in one transaction.
 
 Batches may be processed by many processes at once: merges take one transaction-level advisory lock
 (so they cannot deadlock on the subjects they bump), and the write path's version guard keeps the
 newest status whichever recompute finishes last. A batch that cannot be merged is marked ``failed``
-with nothing applied, and can be sent again.
+with nothing applied, and can be sent again. Any other failure (a timeout, Redis, a bug) is an
+attempt, counted on the batch: the last allowed attempt that fails marks it ``failed`` with its error,
+so no batch is retried forever.
 """
 
 from __future__ import annotations
