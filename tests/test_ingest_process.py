@@ -12,7 +12,7 @@ from redis.asyncio import Redis
 
 from app.ingest.kinds import KINDS
 from app.ingest.merge import affected_subjects
-from app.ingest.process import _MERGE_LOCK, BatchProcessor
+from app.ingest.process import _MERGE_LOCK, _WORKER_LOCKS, BatchProcessor
 from app.ingest.upload import receive_batch
 from app.rules.ruleset import load_ruleset
 from app.settings import Settings
@@ -203,3 +203,24 @@ async def test_a_batch_whose_statuses_cannot_be_published_fails_after_bounded_at
     assert row["error"].startswith("merged, but recomputing statuses failed 2 times; last: ConnectionError: ")
     assert await db.fetchval("SELECT count(*) FROM nucleic_tests") == 5
     assert await processor.recover() == []
+
+
+async def test_a_process_racing_the_batchs_worker_does_not_use_up_its_attempts(
+    settings: Settings, db: asyncpg.Connection, make_processor: Processor
+) -> None:
+    """While one process works on a batch (it holds the worker lock), another's failing attempts at the
+    same batch (a recovery racing a long batch) are not counted: they could fail a batch that is fine."""
+    processor = await make_processor(redis_url="redis://127.0.0.1:1/0", max_attempts=1)
+    batch_id = await stage(db, settings, "test", results_for(range(3)))
+    lock = (_WORKER_LOCKS, batch_id)
+    await db.execute("SELECT pg_advisory_lock($1, $2)", *lock)
+    try:
+        for _ in range(3):
+            await processor.recover()
+        row = await db.fetchrow("SELECT state, attempts, error FROM batches WHERE id = $1", batch_id)
+        assert row is not None and tuple(row) == ("loading", 0, None)
+    finally:
+        await db.execute("SELECT pg_advisory_unlock($1, $2)", *lock)
+    await processor.recover()  # now this process is the worker: its failure counts, and is the last
+    row = await db.fetchrow("SELECT state, attempts FROM batches WHERE id = $1", batch_id)
+    assert row is not None and tuple(row) == ("failed", 1)

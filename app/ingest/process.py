@@ -46,6 +46,8 @@ _POOL_FOR_WRITER: Final = 4
 _MERGE_LOCK: Final = 0x4843_0003
 # Attempts at a batch before it is marked failed: enough to ride out a restart or a short outage.
 MAX_ATTEMPTS: Final = 5
+# Advisory lock namespace (with a batch id) held by the process whose attempts a batch counts.
+_WORKER_LOCKS: Final = 0x4843_0005
 
 
 async def _no_pause(point: str) -> None:
@@ -173,16 +175,45 @@ async def process_batch(
     before its commit), for tests that race two processes on one batch. Each call is an attempt;
     a failure of any kind is noted on the batch and raised, and the attempt ``max_attempts`` that
     fails (or any attempt after it) marks the batch failed with the last error.
+
+    Only the process holding the batch's worker lock counts (and notes) attempts: another process that
+    works on the batch meanwhile (a recovery racing a long batch) must not use them up. The lock is
+    the session's, so a process that dies lets it go.
     """
-    batch = await conn.fetchrow(
-        """UPDATE batches SET attempts = attempts + 1 WHERE id = $1 AND state IN ('received', 'loading')
-           RETURNING kind, merged_at, attempts, error""",
-        batch_id,
-    )
+    lock = (_WORKER_LOCKS, batch_id % (1 << 31))
+    counted = bool(await conn.fetchval("SELECT pg_try_advisory_lock($1, $2)", *lock))
+    try:
+        await _attempt(conn, batch_id, publisher, now, store_conn, pause, max_attempts, chunk_rows, page_rows, counted)
+    finally:
+        if counted:
+            # A pooled connection also drops it when returned (asyncpg resets advisory locks).
+            with contextlib.suppress(Exception):
+                await conn.execute("SELECT pg_advisory_unlock($1, $2)", *lock)
+
+
+async def _attempt(
+    conn: Conn,
+    batch_id: int,
+    publisher: StatusPublisher,
+    now: int,
+    store_conn: Conn | None,
+    pause: Pause,
+    max_attempts: int,
+    chunk_rows: int,
+    page_rows: int,
+    counted: bool,
+) -> None:
+    if counted:
+        query = """UPDATE batches SET attempts = attempts + 1 WHERE id = $1 AND state IN ('received', 'loading')
+                   RETURNING kind, merged_at, attempts, error"""
+    else:
+        query = """SELECT kind, merged_at, attempts, error FROM batches
+                   WHERE id = $1 AND state IN ('received', 'loading')"""
+    batch = await conn.fetchrow(query, batch_id)
     if batch is None:
         return  # done, failed, or no such batch
     kind, attempt = batch["kind"], batch["attempts"]
-    if attempt > max_attempts:
+    if counted and attempt > max_attempts:
         # An earlier attempt ended without noting it (the process died, or could not reach Postgres).
         await _give_up(conn, batch_id, max_attempts, batch["merged_at"] is not None, batch["error"])
         return
@@ -215,6 +246,8 @@ async def process_batch(
                 subjects,
             )
     except Exception as exc:
+        if not counted:
+            raise
         error = f"{exc.__class__.__name__}: {exc}"
         # Noted on a healthy connection only; if Postgres is what failed, the next attempt counts it.
         with contextlib.suppress(Exception):
