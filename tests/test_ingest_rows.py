@@ -57,7 +57,7 @@ async def test_nul_in_any_column_rejects_that_row_only(
     assert batch["counts"] == {"read": len(rows), "accepted": 1, "rejected": len(columns), "duplicates": 0}
     got = await rejections(api, client_keys["agency"], batch["id"])
     assert [(r["row"], r["field"], r["code"]) for r in got] == [
-        (n, column, "bad_character") for n, column in enumerate(columns, 2)
+        (n, column, "nul_character") for n, column in enumerate(columns, 2)
     ]
     assert got[0]["message"] == f"{columns[0]} holds '\\x00' at position 1, which cannot be stored; remove it"
 
@@ -67,7 +67,7 @@ async def test_nul_in_an_ndjson_field_name_is_a_row_rejection(api: Api, client_k
     status, batch = await upload(api, client_keys["agency"], "population", body, content_type="application/x-ndjson")
     assert (status, batch["counts"]["accepted"], batch["counts"]["rejected"]) == (202, 1, 1)
     assert [(r["row"], r["field"], r["code"]) for r in await rejections(api, client_keys["agency"], batch["id"])] == [
-        (2, "", "bad_character")
+        (2, "", "nul_character")
     ]
 
 

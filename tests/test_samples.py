@@ -77,23 +77,3 @@ async def test_code_needs_a_valid_identity(api: Api, client_keys: dict[str, str]
     assert r.status == 422
     r = await api.post("/v1/test-code", json={"id_number": number(1)}, headers=bearer(client_keys["agency"]))
     assert r.status == 403
-
-
-async def test_a_sample_id_postgres_cannot_store_is_refused(
-    make_client: AppFactory, db: asyncpg.Connection, client_keys: dict[str, str]
-) -> None:
-    collector = (await add_client(db, "collector", "agency", ("test",))).secret
-    api = await make_client()
-    token = await issue_code(api, client_keys["citizen-backend"], 1)
-    r = await api.post("/v1/samples", json={"token": token, "sample_id": "S-\x001"}, headers=bearer(collector))
-    assert r.status == 422, await r.text()
-    assert await r.json() == {
-        "type": "/problems/invalid-field",
-        "title": "A field of the request is invalid",
-        "status": 422,
-        "detail": "sample_id holds '\\x00' at position 2, which cannot be stored; remove it",
-        "instance": "/v1/samples",
-        "field": "sample_id",
-        "code": "bad_character",
-    }
-    assert await db.fetchval("SELECT count(*) FROM samples") == 0

@@ -49,7 +49,7 @@ def unstorable(values: Iterable[tuple[str, str | None]]) -> RowError | None:
         if value is not None and (found := _UNSTORABLE.search(value)) is not None:
             return RowError(
                 field,
-                "bad_character",
+                "nul_character",
                 f"{field} holds {found.group()!a} at position {found.start()}, which cannot be stored; remove it",
             )
     return None

@@ -266,7 +266,7 @@ class NdjsonRows:
             return RowError("", "bad_json", "each line must be a JSON object")
         # Only a \u escape can put NUL into a JSON string (orjson refuses unpaired surrogates).
         if "\\u" in line and any(storable(key) != key for key in value):
-            return RowError("", "bad_character", "a field name holds a character that cannot be stored; remove it")
+            return RowError("", "nul_character", "a field name holds a character that cannot be stored; remove it")
         row: dict[str, str | None] = {}
         for key, item in value.items():
             if key not in columns:

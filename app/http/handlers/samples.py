@@ -19,7 +19,6 @@ from app.http.handlers.common import identity_from_body, json_response, read_jso
 from app.http.problems import InvalidField
 from app.identity import mask_number, pseudonym
 from app.ingest.errors import Conflict, KindNotAllowed
-from app.ingest.fields import unstorable
 from cache.keys import PSEUDONYM_BYTES
 from signing.encoding import b64url_decode, b64url_encode
 from signing.errors import BadToken
@@ -63,8 +62,6 @@ async def register_sample(request: web.Request) -> web.Response:
     body = await read_json_object(request)
     token = required_string(body, "token", max_length=MAX_TOKEN_LENGTH)
     sample_id = required_string(body, "sample_id", max_length=MAX_SAMPLE_ID).strip()
-    if (bad := unstorable([("sample_id", sample_id)])) is not None:
-        raise InvalidField(bad.field, bad.code, bad.message)
     keyring = app[SIGNER].keyring
     assert keyring is not None
     verifier = TokenVerifier(keyring, app[SETTINGS].issuer, typ=TEST_CODE_TYP)
