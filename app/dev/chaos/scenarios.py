@@ -24,7 +24,7 @@ from app.dev.chaos.stack import Stack
 SETTLE_TIMEOUT = 60.0
 # In flight: enough to keep one API process busy, then many times that (an unbounded queue's p99 grows
 # with it; admission control keeps it flat by shedding).
-CAPACITY_CONNECTIONS = 32
+CAPACITY_CONNECTIONS = 64
 OVERLOAD_CONNECTIONS = 512
 
 
@@ -139,6 +139,7 @@ async def overload(stack: Stack, size: Size) -> Outcome:
     The flood runs in a process of its own, closed loop; this process only probes the latency of
     single requests meanwhile, so that its own event loop is not what is measured.
     """
+    await _flood(stack, 1.0, CAPACITY_CONNECTIONS)  # warm-up: every person's status in Redis, connections open
     capacity = _rate(await _flood(stack, size.overload_seconds / 2, CAPACITY_CONNECTIONS))
     probe = Tally()
     async with Driver(stack.base_url, stack.keys, stack.numbers) as driver:
