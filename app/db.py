@@ -25,9 +25,47 @@ _MIGRATION_NAME = re.compile(r"(\d{3})_([a-z0-9_]+)\.sql")
 # Any constant works: it only has to be the same in every process that migrates.
 _MIGRATION_LOCK = 0x4843_0001
 
+# What Postgres raises when it cannot answer now, as opposed to refusing a query: not reachable or
+# refusing connections (OSError, class 08), shutting down, restarting or cancelling on a timeout
+# (class 57), out of connections or resources (class 53), or too slow for a caller's deadline.
+UNAVAILABLE_ERRORS: tuple[type[Exception], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.InsufficientResourcesError,
+)
 
-async def create_pool(dsn: str, *, min_size: int, max_size: int, attempts: int = 5) -> asyncpg.Pool:
-    """Connect, retrying a few times with a growing pause, then give up with the last error."""
+
+class DatabaseUnavailable(Exception):
+    """Postgres cannot answer now (down, restarting, unreachable or too slow); try again later.
+
+    Raised from one of UNAVAILABLE_ERRORS; callers answer 503 with Retry-After, never 500.
+    """
+
+
+def unavailable_reason(exc: BaseException) -> str:
+    """A short description of an UNAVAILABLE_ERRORS failure for one log line (no traceback)."""
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    return f"{exc.__class__.__name__}: {exc}"[:200]
+
+
+async def create_pool(
+    dsn: str,
+    *,
+    min_size: int,
+    max_size: int,
+    attempts: int = 5,
+    connect_timeout: float = 10.0,
+    command_timeout: float = 30.0,
+) -> asyncpg.Pool:
+    """Connect, retrying a few times with a growing pause, then give up with the last error.
+
+    `connect_timeout` bounds each new connection (asyncpg waits 60 s by default), so a pool that has
+    to reconnect to an unreachable server fails within it instead of holding callers.
+    """
+    _quiet_floor_retries()
     delay = 0.2
     for attempt in range(1, attempts + 1):
         try:
@@ -35,7 +73,8 @@ async def create_pool(dsn: str, *, min_size: int, max_size: int, attempts: int =
                 dsn,
                 min_size=min_size,
                 max_size=max_size,
-                command_timeout=30,
+                timeout=connect_timeout,
+                command_timeout=command_timeout,
                 max_inactive_connection_lifetime=300,
                 init=init_connection,
             )
@@ -49,6 +88,20 @@ async def create_pool(dsn: str, *, min_size: int, max_size: int, attempts: int =
             assert pool is not None
             return pool
     raise AssertionError("unreachable")
+
+
+class _FloorRetries(logging.Filter):
+    """Drops asyncpg's warning, with a traceback, each time it fails to reopen the pool's minimum
+    connections (every 1 to 60 s while Postgres is down): the outage is logged once, by app.health."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Failed to restore the pool connection floor")
+
+
+def _quiet_floor_retries() -> None:
+    pool_log = logging.getLogger("asyncpg.pool")
+    if not any(isinstance(f, _FloorRetries) for f in pool_log.filters):
+        pool_log.addFilter(_FloorRetries())
 
 
 async def close_pool(pool: asyncpg.Pool, grace_seconds: float = 10.0) -> None:

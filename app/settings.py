@@ -23,6 +23,11 @@ class Settings:
     token_ttl_seconds: int = 300
     negative_ttl_seconds: int = 30
     max_in_flight: int = 2000
+    # Admission control (app/http/admission.py): requests handled at once; the others queue, and a
+    # queue whose oldest waiter stays older than the target for a whole interval is shed.
+    admit_concurrency: int = 64
+    queue_target_seconds: float = 0.005
+    queue_interval_seconds: float = 0.1
     max_body_bytes: int = 64 * 1024
     max_upload_bytes: int = 4 * 1024 * 1024 * 1024
     pg_pool_min: int = 2
@@ -32,6 +37,13 @@ class Settings:
     # for this long is ended (408) and its connection freed.
     ingest_pool_max: int = 4
     upload_idle_seconds: int = 30
+    # The miss path's budget: a request waits at most this long for a pool connection, and at most
+    # pg_miss_timeout_seconds in all (connection, read, recompute) before it is answered 503. Sized for
+    # the hot path: a miss normally takes a few milliseconds; waiting longer only piles requests up.
+    pg_acquire_timeout_seconds: float = 0.5
+    pg_miss_timeout_seconds: float = 1.5
+    # After Postgres fails, misses answer 503 at once for this long before one tries it again.
+    pg_retry_pause_seconds: float = 1.0
     ruleset: str = "default-2022"
     # How often a process re-reads clients and keys, so a revocation takes effect everywhere.
     refresh_seconds: float = 5.0
@@ -54,12 +66,18 @@ class Settings:
             token_ttl_seconds=_int(env, "HEALTHCODE_TOKEN_TTL_SECONDS", 300, low=30, high=3600),
             negative_ttl_seconds=_int(env, "HEALTHCODE_NEGATIVE_TTL_SECONDS", 30, low=1, high=3600),
             max_in_flight=_int(env, "HEALTHCODE_MAX_IN_FLIGHT", 2000, low=1, high=1_000_000),
+            admit_concurrency=_int(env, "HEALTHCODE_ADMIT_CONCURRENCY", 64, low=1, high=100_000),
+            queue_target_seconds=_ms(env, "HEALTHCODE_QUEUE_TARGET_MS", 5, low=1, high=10_000),
+            queue_interval_seconds=_ms(env, "HEALTHCODE_QUEUE_INTERVAL_MS", 100, low=10, high=60_000),
             max_body_bytes=_int(env, "HEALTHCODE_MAX_BODY_BYTES", 64 * 1024, low=1024, high=1 << 30),
             max_upload_bytes=_int(env, "HEALTHCODE_MAX_UPLOAD_BYTES", 4 << 30, low=1024, high=1 << 40),
             pg_pool_min=_int(env, "HEALTHCODE_PG_POOL_MIN", 2, low=0, high=1000),
             pg_pool_max=_int(env, "HEALTHCODE_PG_POOL_MAX", 10, low=1, high=1000),
             ingest_pool_max=_int(env, "HEALTHCODE_INGEST_POOL_MAX", 4, low=1, high=1000),
             upload_idle_seconds=_int(env, "HEALTHCODE_UPLOAD_IDLE_SECONDS", 30, low=1, high=3600),
+            pg_acquire_timeout_seconds=_ms(env, "HEALTHCODE_PG_ACQUIRE_TIMEOUT_MS", 500, low=10, high=60_000),
+            pg_miss_timeout_seconds=_ms(env, "HEALTHCODE_PG_MISS_TIMEOUT_MS", 1500, low=10, high=60_000),
+            pg_retry_pause_seconds=_ms(env, "HEALTHCODE_PG_RETRY_PAUSE_MS", 1000, low=0, high=60_000),
             ruleset=env.get("HEALTHCODE_RULESET", "default-2022"),
             refresh_seconds=float(_int(env, "HEALTHCODE_REFRESH_SECONDS", 5, low=1, high=3600)),
             agency_uploads_per_second=_int(env, "HEALTHCODE_AGENCY_UPLOADS_PER_SECOND", 20, low=1, high=100_000),
@@ -88,6 +106,11 @@ def _int(env: Mapping[str, str], name: str, default: int, *, low: int, high: int
     if not low <= value <= high:
         raise SettingsError(f"{name} must be between {low} and {high}, got {value}")
     return value
+
+
+def _ms(env: Mapping[str, str], name: str, default: int, *, low: int, high: int) -> float:
+    """A duration given in milliseconds, as seconds."""
+    return _int(env, name, default, low=low, high=high) / 1000
 
 
 def _pepper(env: Mapping[str, str]) -> bytes:

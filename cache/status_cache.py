@@ -82,6 +82,7 @@ class StatusCache:
         self.loads = 0
         self.redis_errors = 0
         self.reads = 0  # round trips of the read path (one MGET each on plain Redis)
+        self.redis_up = True  # as the last round trip found it; logged when it changes
 
     @property
     def redis_available(self) -> bool:
@@ -167,6 +168,10 @@ class StatusCache:
         except BaseException:
             _cancel(batch)  # cancelled (shutdown): nobody may wait forever
             raise
+        else:
+            if not self.redis_up:
+                self.redis_up = True
+                log.warning("Redis answering again; status reads use it")
         for key, value in zip(keys, values, strict=True):
             for future in batch[key]:
                 if not future.done():
@@ -221,8 +226,10 @@ class StatusCache:
 
     def _redis_failed(self, exc: BaseException) -> None:
         self.redis_errors += 1
-        if self._breaker.closed:
-            log.warning("Redis failed, bypassing it for a while: %s", exc.__class__.__name__)
+        if self.redis_up:
+            # Once per outage: the breaker retries every few seconds, and each retry failing is no news.
+            self.redis_up = False
+            log.warning("Redis failed, answering from Postgres until it is back: %s", exc.__class__.__name__)
         self._breaker.trip()
 
     def _spawn(self, coro: Coroutine[None, None, None]) -> None:

@@ -15,13 +15,16 @@ from aiohttp import web
 from redis.asyncio import Redis
 
 from app.clients import ClientRegistry
-from app.db import close_pool, create_pool
+from app.db import UNAVAILABLE_ERRORS, close_pool, create_pool, unavailable_reason
+from app.health import DependencyState
+from app.http.admission import Admission
 from app.http.appkeys import (
     CLIENTS,
     FRONT_DOOR,
     INGEST,
     INGEST_PG,
     PG,
+    POSTGRES_STATE,
     RATE_LIMITER,
     REDIS,
     SCAN_WRITER,
@@ -51,7 +54,15 @@ log = logging.getLogger(__name__)
 
 def create_app(settings: Settings, *, background: bool = True) -> web.Application:
     """`background=False` leaves out the periodic refresh and the scan writer (tests drive them)."""
-    front_door = FrontDoor(settings.max_in_flight)
+    postgres = DependencyState("postgres", pause_seconds=settings.pg_retry_pause_seconds)
+    concurrency = min(settings.admit_concurrency, settings.max_in_flight)
+    admission = Admission(
+        concurrency=concurrency,
+        max_waiting=settings.max_in_flight - concurrency,
+        target=settings.queue_target_seconds,
+        interval=settings.queue_interval_seconds,
+    )
+    front_door = FrontDoor(admission, postgres)
     app = web.Application(
         middlewares=[front_door.middleware],
         client_max_size=settings.max_body_bytes,
@@ -61,12 +72,21 @@ def create_app(settings: Settings, *, background: bool = True) -> web.Applicatio
     )
     app[SETTINGS] = settings
     app[FRONT_DOOR] = front_door
-    app.cleanup_ctx.extend([_postgres, _redis, _services])
+    app[POSTGRES_STATE] = postgres
+    app.cleanup_ctx.extend([_admission, _postgres, _redis, _services])
     if background:
         app.cleanup_ctx.append(_background)
     for module in (meta, status, verify, qr, batches, samples, metrics):
         app.add_routes(module.routes)
     return app
+
+
+async def _admission(app: web.Application) -> AsyncIterator[None]:
+    watcher = asyncio.create_task(app[FRONT_DOOR].admission.watch_loop(), name="admission-loop-lag")
+    yield
+    watcher.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await watcher
 
 
 async def _postgres(app: web.Application) -> AsyncIterator[None]:
@@ -99,7 +119,13 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     app[SIGNER].status_signer()  # refuse to start without a signing key
     writer = StatusWriter(redis)
     publisher = StatusPublisher(writer, load_ruleset(settings.ruleset))
-    loader = app[STATUS_LOADER] = StatusLoader(pool, publisher)
+    loader = app[STATUS_LOADER] = StatusLoader(
+        pool,
+        publisher,
+        postgres=app[POSTGRES_STATE],
+        acquire_timeout=settings.pg_acquire_timeout_seconds,
+        miss_timeout=settings.pg_miss_timeout_seconds,
+    )
     app[STATUS_CACHE] = StatusCache(
         redis, loader.load, writer=writer, negative_ttl_seconds=settings.negative_ttl_seconds
     )
@@ -132,7 +158,7 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
     tasks = [
         asyncio.create_task(writer.run(), name="scan-writer"),
         asyncio.create_task(app[SCANS].run(SCAN_GUARD_SECONDS), name="scan-recorder"),
-        asyncio.create_task(_every(settings.refresh_seconds, refresh), name="refresh"),
+        asyncio.create_task(_every(settings.refresh_seconds, refresh, app[POSTGRES_STATE]), name="refresh"),
         # Batches left unfinished by a crash or another process, then statuses past valid_until.
         asyncio.create_task(_ingest_upkeep(app[INGEST]), name="ingest-upkeep"),
     ]
@@ -161,12 +187,17 @@ async def _ingest_upkeep(processor: BatchProcessor) -> None:
         await asyncio.sleep(SWEEP_SECONDS)
 
 
-async def _every(seconds: float, job: Callable[[], Awaitable[None]]) -> None:
+async def _every(seconds: float, job: Callable[[], Awaitable[None]], postgres: DependencyState) -> None:
     while True:
         await asyncio.sleep(seconds)
         started = time.monotonic()
         try:
             await job()
+        except UNAVAILABLE_ERRORS as exc:
+            # Postgres down is one state change in the log, not a traceback every few seconds.
+            postgres.failed(unavailable_reason(exc))
         except Exception:
             log.exception("periodic refresh failed; keeping the previous clients and keys")
+        else:
+            postgres.succeeded()
         log.debug("refresh took %.3f s", time.monotonic() - started)

@@ -7,6 +7,7 @@ from aiohttp import web
 from redis.asyncio import Redis
 
 from app.clients import ClientRegistry
+from app.health import DependencyState
 from app.http.middleware import FrontDoor
 from app.ingest.process import BatchProcessor
 from app.keys.signer import SignerState
@@ -29,3 +30,4 @@ SCANS = web.AppKey("scans", ScanRecorder)
 SCAN_WRITER = web.AppKey("scan_writer", ScanWriter)  # only with background tasks
 FRONT_DOOR = web.AppKey("front_door", FrontDoor)
 INGEST = web.AppKey("ingest", BatchProcessor)
+POSTGRES_STATE = web.AppKey("postgres_state", DependencyState)  # up or down as last seen, for probes and metrics

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Mapping
+from functools import cache
 from typing import Any, ClassVar, Final
 
 import orjson
@@ -134,6 +136,12 @@ class RateLimited(ProblemError):
         super().__init__(detail, headers={"Retry-After": str(retry_after)})
 
 
+def jittered(seconds: int) -> int:
+    """A Retry-After between `seconds` and twice that: clients told the same moment do not all come back
+    at the same moment (a synchronised retry wave is how an outage outlives its cause)."""
+    return random.randint(seconds, 2 * seconds)
+
+
 class Overloaded(ProblemError):
     status = 503
     slug = "overloaded"
@@ -141,9 +149,24 @@ class Overloaded(ProblemError):
 
     def __init__(self, retry_after: int = 1) -> None:
         super().__init__(
-            f"too many requests in flight; retry after {retry_after} s with jittered exponential back-off",
+            f"too many requests waiting; retry after {retry_after} s with jittered exponential back-off",
             headers={"Retry-After": str(retry_after)},
         )
+
+
+def overloaded_response(retry_after: int) -> web.Response:
+    """A shed answer, as cheap as aiohttp allows: under overload it is most of what the process sends."""
+    return web.Response(
+        status=503,
+        body=_overloaded_body(retry_after),
+        content_type=PROBLEM_CONTENT_TYPE,
+        headers={"Retry-After": str(retry_after)},
+    )
+
+
+@cache
+def _overloaded_body(retry_after: int) -> bytes:
+    return orjson.dumps(Overloaded(retry_after).body())
 
 
 class BodyTimeout(ProblemError):
@@ -166,8 +189,27 @@ class DependencyUnavailable(ProblemError):
     slug = "dependency-unavailable"
     title = "A storage dependency is unavailable"
 
-    def __init__(self, detail: str, retry_after: int = 2) -> None:
-        super().__init__(detail, headers={"Retry-After": str(retry_after)})
+    def __init__(self, detail: str, retry_after: int = 2, *, dependency: str | None = None) -> None:
+        super().__init__(
+            detail,
+            extra={"dependency": dependency} if dependency else None,
+            headers={"Retry-After": str(retry_after)},
+        )
+
+
+class InternalError(ProblemError):
+    """A failure nobody foresaw: logged in full under `reference`; the caller gets no traceback."""
+
+    status = 500
+    slug = "internal-error"
+    title = "The service failed to answer this request"
+
+    def __init__(self, reference: str) -> None:
+        super().__init__(
+            f"an unexpected error occurred; it was logged under reference {reference}. Retrying may not help; "
+            "if it persists, quote the reference to the operators",
+            extra={"reference": reference},
+        )
 
 
 class IngestProblem(ProblemError):

@@ -12,7 +12,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from app.http.appkeys import PG, REDIS, SIGNER
+from app.db import unavailable_reason
+from app.http.appkeys import PG, POSTGRES_STATE, REDIS, SETTINGS, SIGNER
 from app.http.handlers.common import json_response
 from signing.jwks import jwks_document
 
@@ -29,11 +30,19 @@ async def healthz(request: web.Request) -> web.Response:
 
 @routes.get("/readyz")
 async def readyz(request: web.Request) -> web.Response:
+    app = request.app
     failing = []
     try:
-        await asyncio.wait_for(request.app[PG].fetchval("SELECT 1"), _PROBE_TIMEOUT)
-    except Exception:
+        # The pool's own wait is bounded too: a pool held by slow work must not hang the probe.
+        async with asyncio.timeout(_PROBE_TIMEOUT):
+            async with app[PG].acquire(timeout=app[SETTINGS].pg_acquire_timeout_seconds) as conn:
+                await conn.fetchval("SELECT 1")
+    except Exception as exc:
+        # The probe is often how recovery is noticed first; the state logs only when up/down changes.
+        app[POSTGRES_STATE].failed(unavailable_reason(exc))
         failing.append("postgres")
+    else:
+        app[POSTGRES_STATE].succeeded()
     try:
         await asyncio.wait_for(request.app[REDIS].ping(), _PROBE_TIMEOUT)
     except Exception:

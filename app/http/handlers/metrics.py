@@ -9,7 +9,7 @@ from collections.abc import Iterable
 from aiohttp import web
 from redis.exceptions import RedisError
 
-from app.http.appkeys import CLIENTS, FRONT_DOOR, SCAN_WRITER, SCANS, STATUS_CACHE
+from app.http.appkeys import CLIENTS, FRONT_DOOR, POSTGRES_STATE, SCAN_WRITER, SCANS, STATUS_CACHE
 from cache.scan_stream import Backlog
 
 routes = web.RouteTableDef()
@@ -58,6 +58,25 @@ def render(app: web.Application) -> str:
         "healthcode_shed_total", "counter", "Requests answered 503 by load shedding.", [("", counter.shed)]
     )
     lines += _family("healthcode_in_flight", "gauge", "Requests being served now.", [("", counter.in_flight)])
+    gate = counter.admission
+    lines += _family("healthcode_queued", "gauge", "Requests waiting for admission now.", [("", gate.queued)])
+    lines += _family(
+        "healthcode_queue_overloaded",
+        "gauge",
+        "1 while the admission queue has stood above its delay target for a whole interval (shedding).",
+        [("", int(gate.overloaded))],
+    )
+    postgres = app[POSTGRES_STATE]
+    up = [('{dependency="postgres"}', int(postgres.up))]
+    if cache is not None:
+        up.append(('{dependency="redis"}', int(cache.redis_up)))
+    lines += _family("healthcode_dependency_up", "gauge", "1 if the dependency answered its last use.", up)
+    lines += _family(
+        "healthcode_dependency_down_total",
+        "counter",
+        "Times the dependency went from answering to not answering.",
+        [('{dependency="postgres"}', postgres.changes)],
+    )
     lines += _family(
         "healthcode_process_start_time_seconds",
         "gauge",
