@@ -53,7 +53,7 @@ async def test_past_capacity_requests_are_shed_at_once_and_counted(
     r = await api.post("/v1/verify", json={"token": "x", "checkpoint": "gate"}, headers=bearer(client_keys["scanner"]))
     assert r.status == 503
     assert r.headers["Content-Type"] == "application/problem+json"
-    assert r.headers["Retry-After"] == "1"
+    assert r.headers["Retry-After"] in {"1", "2", "3"}  # jittered, so clients do not come back in step
     assert (await r.json())["type"] == "/problems/overloaded"
     # Probes and metrics are never shed, so a busy process is neither killed nor blind.
     assert (await api.get("/healthz")).status == 200
