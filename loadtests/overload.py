@@ -43,6 +43,7 @@ def build_request(host: str, port: int, key: str, path: str, body: bytes) -> byt
 
 @dataclass
 class Answer:
+    due: float
     status: int
     latency: float  # seconds from when the request was due to when its answer was complete
     retry_after: str | None
@@ -51,7 +52,8 @@ class Answer:
 @dataclass
 class Tally:
     answers: list[Answer] = field(default_factory=list)
-    errors: int = 0  # connections that failed (reset, refused)
+    errors: int = 0  # requests never answered (not sent in time, or their connection failed)
+    counted_from: float = 0.0  # answers to requests due earlier are left out of the summary
 
 
 class Connection(asyncio.Protocol):
@@ -93,7 +95,9 @@ class Connection(asyncio.Protocol):
             status = int(head[0].split(b" ", 2)[1])
             retry = headers.get(b"Retry-After")
             now = time.perf_counter()
-            self.tally.answers.append(Answer(status, now - self.due, None if retry is None else retry.decode()))
+            self.tally.answers.append(
+                Answer(self.due, status, now - self.due, None if retry is None else retry.decode())
+            )
             self.busy = False
             if self.follow_up is not None and (due := self.follow_up()) is not None:
                 self.send(due)  # straight on: a polling pause here would idle the server
@@ -162,12 +166,17 @@ async def _settle(made: list[Connection], deadline: float) -> None:
         await asyncio.sleep(0.005)
 
 
-async def open_loop(host: str, port: int, request: bytes, *, rate: float, connections: int, seconds: float) -> Tally:
+async def open_loop(
+    host: str, port: int, request: bytes, *, rate: float, connections: int, seconds: float, settle: float
+) -> Tally:
     """Requests are due at `rate` a second whatever the answers; one that finds no free connection
-    waits for one, and that wait counts in its latency."""
+    waits for one, and that wait counts in its latency. Only requests due after the first `settle`
+    seconds are counted: the steady state under overload, not the server's first reaction to it."""
     tally = Tally()
     made, idle = await _open(host, port, request, tally, connections)
     start = time.perf_counter()
+    tally.counted_from = start + settle
+    seconds += settle
     sent = 0
     backlog: collections.deque[float] = collections.deque()
 
@@ -200,12 +209,13 @@ def percentile(values: list[float], fraction: float) -> float:
 
 
 def summarise(tally: Tally, seconds: float) -> dict[str, Any]:
-    admitted = [a.latency for a in tally.answers if 200 <= a.status < 300]
-    refused = [a for a in tally.answers if a.status == 503]
+    answers = [a for a in tally.answers if a.due >= tally.counted_from]
+    admitted = [a.latency for a in answers if 200 <= a.status < 300]
+    refused = [a for a in answers if a.status == 503]
     return {
-        "answers": len(tally.answers),
+        "answers": len(answers),
         "errors": tally.errors,
-        "by_status": {str(k): v for k, v in sorted(collections.Counter(a.status for a in tally.answers).items())},
+        "by_status": {str(k): v for k, v in sorted(collections.Counter(a.status for a in answers).items())},
         "goodput_per_s": round(len(admitted) / seconds, 1),
         "admitted_p50_ms": round(percentile(admitted, 0.50) * 1000, 2),
         "admitted_p99_ms": round(percentile(admitted, 0.99) * 1000, 2),
@@ -225,9 +235,10 @@ async def measure(
     capacity_tally = await closed_loop(host, port, request, connections=CAPACITY_CONNECTIONS, seconds=seconds)
     capacity = summarise(capacity_tally, seconds)
     rate = capacity["goodput_per_s"] * factor
-    overload = summarise(
-        await open_loop(host, port, request, rate=rate, connections=OVERLOAD_CONNECTIONS, seconds=seconds), seconds
+    overloaded = await open_loop(
+        host, port, request, rate=rate, connections=OVERLOAD_CONNECTIONS, seconds=seconds, settle=warmup
     )
+    overload = summarise(overloaded, seconds)
     return {"capacity": capacity, "offered_per_s": round(rate, 1), "factor": factor, "overload": overload}
 
 
@@ -241,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--factor", type=float, default=3.0, help="offered load as a multiple of capacity")
     parser.add_argument("--seconds", type=float, default=3.0, help="length of each measured phase")
-    parser.add_argument("--warmup", type=float, default=1.0)
+    parser.add_argument("--warmup", type=float, default=1.0, help="seconds of load not counted before each phase")
     args = parser.parse_args(argv)
     body = args.body.encode()
     work = measure(args.url, args.key, args.path, body, factor=args.factor, seconds=args.seconds, warmup=args.warmup)
