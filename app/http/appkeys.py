@@ -13,6 +13,7 @@ from app.keys.signer import SignerState
 from app.scans import ScanRecorder, ScanWriter
 from app.settings import Settings
 from app.statuses.loader import StatusLoader
+from app.statuses.publish import StatusPublisher
 from cache.rate_limit import RateLimiter
 from cache.status_cache import StatusCache
 
@@ -29,3 +30,4 @@ SCANS = web.AppKey("scans", ScanRecorder)
 SCAN_WRITER = web.AppKey("scan_writer", ScanWriter)  # only with background tasks
 FRONT_DOOR = web.AppKey("front_door", FrontDoor)
 INGEST = web.AppKey("ingest", BatchProcessor)
+PUBLISHER = web.AppKey("publisher", StatusPublisher)  # for writers outside ingestion (appeal decisions)

@@ -1,7 +1,7 @@
 """The one middleware every request passes: count it, shed it past capacity, render failures as problems.
 
-Failures come as ProblemError (the edge's own) or as domain errors of the layers below (IngestError),
-which are mapped to their problem here; anything else is a bare 500.
+Failures come as ProblemError (the edge's own) or as domain errors of the layers below (IngestError,
+AppealError), which are mapped to their problem here; anything else is a bare 500.
 
 One middleware rather than three (counting, shedding, problems): each aiohttp middleware layer costs a
 few microseconds a request, and together they cost 17 µs of the ~200 µs a status answer takes.
@@ -15,12 +15,14 @@ import time
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from app.appeals.errors import AppealError
 from app.http.problems import (
     MethodNotAllowed,
     NotFound,
     Overloaded,
     PayloadTooLarge,
     ProblemError,
+    appeal_problem,
     bare_problem,
     ingest_problem,
     problem_response,
@@ -70,6 +72,8 @@ class FrontDoor:
                 response = problem_response(problem, request.path)
             except IngestError as error:
                 response = problem_response(ingest_problem(error), request.path)
+            except AppealError as error:
+                response = problem_response(appeal_problem(error), request.path)
             except Exception:
                 # Full context goes to the log; the caller gets no traceback.
                 log.exception("unhandled error in %s %s", request.method, request.path)
