@@ -14,10 +14,12 @@ from app.http.problems import InvalidField, appeal_problem
 from app.identity import mask_number
 from tests import appeals_world
 from tests.appeals_world import NUMBER, OTHER_NUMBER, World
+from tests.test_openapi import assert_documented
 
 world = appeals_world.world  # the fixture, shared with the other appeals tests
 PROBLEM = "application/problem+json"
 HOUR = 3600
+DECIDE = ("/v1/appeals/{appeal_id}/decisions", "post")
 
 
 async def audit(db: asyncpg.Connection, subject: bytes) -> list[tuple[str, str, dict[str, Any]]]:
@@ -340,3 +342,45 @@ async def test_the_categories_in_the_schema_are_those_of_the_code(db: asyncpg.Co
         "SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conname = 'appeals_category_check'"
     )
     assert sorted(set(__import__("re").findall(r"'([a-z_]+)'", definition))) == sorted(CATEGORIES)
+
+
+async def test_every_appeals_answer_fits_its_documented_schema(world: World) -> None:
+    """Each new answer, live, against app/http/openapi.json: successes and every refusal."""
+    await world.red_person()
+    api, until = world.api, int(time.time()) + HOUR
+    good = {"id_number": NUMBER, "category": "other", "text": "please check", "contact_ref": "wx-1"}
+    r = await api.post("/v1/appeals", json=good, headers=world.citizen)
+    appeal_id = (await assert_documented(r, "/v1/appeals", "post"))["id"]
+    one = f"/v1/appeals/{appeal_id}"
+    decisions = f"{one}/decisions"
+    propose = {"action": "propose", "colour": "green", "expires_at": until, "reason": "lab mix-up"}
+    proposed = await assert_documented(await api.post(decisions, json=propose, headers=world.alice), *DECIDE)
+    approve = {"action": "approve", "proposal_id": proposed["decision_id"], "reason": "checked the log"}
+    answers = [
+        (await api.post("/v1/appeals", json={**good, "text": f"id {NUMBER}"}, headers=world.citizen), 422, "post"),
+        (await api.post("/v1/appeals", json={**good, "id_number": OTHER_NUMBER}, headers=world.citizen), 404, "post"),
+        (await api.post("/v1/appeals", json=good, headers=world.alice), 403, "post"),
+        (await api.get("/v1/appeals", headers=world.bob), 200, "get"),
+        (await api.get("/v1/appeals?limit=0", headers=world.bob), 422, "get"),
+        (await api.get("/v1/appeals", headers=world.citizen), 403, "get"),
+    ]
+    for r, status, method in answers:
+        assert r.status == status, await r.text()
+        await assert_documented(r, "/v1/appeals", method)
+    for who in (world.citizen, world.alice, world.other_citizen):
+        await assert_documented(await api.get(one, headers=who), "/v1/appeals/{appeal_id}", "get")
+    for body, who, status in (
+        (approve, world.alice, 403),
+        ({**approve, "proposal_id": 10**6}, world.bob, 409),
+        ({**approve, "reason": f"see {NUMBER}"}, world.bob, 422),
+        (approve, world.citizen, 403),
+        (approve, world.bob, 201),
+    ):
+        r = await api.post(decisions, json=body, headers=who)
+        assert r.status == status, await r.text()
+        await assert_documented(r, *DECIDE)
+    r = await api.post("/v1/appeals/999999/decisions", json=approve, headers=world.bob)
+    assert r.status == 404
+    await assert_documented(r, *DECIDE)
+    for who in (world.citizen, world.alice):
+        await assert_documented(await api.get(one, headers=who), "/v1/appeals/{appeal_id}", "get")
