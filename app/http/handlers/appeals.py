@@ -81,8 +81,7 @@ async def index(request: web.Request) -> web.Response:
 async def decisions(request: web.Request) -> web.Response:
     app = request.app
     client = app[CLIENTS].authenticate(request.headers.get("Authorization"), kind=OPERATOR)
-    appeal_id = _appeal_id(request)
-    body = await read_json_object(request)
+    body = await read_json_object(request)  # the body first: a bad one is 422 whichever appeal it names
     decision = model.decision(
         body.get("action"),
         body.get("reason"),
@@ -90,6 +89,7 @@ async def decisions(request: web.Request) -> web.Response:
         expires_at=body.get("expires_at"),
         proposal_id=body.get("proposal_id"),
     )
+    appeal_id = _appeal_id(request)
     async with app[PG].acquire() as conn:
         decision_id = await decide(
             conn,
