@@ -67,6 +67,15 @@ async def revoke_client(conn: asyncpg.Connection, name: str) -> bool:
     return revoked is not None
 
 
+async def client_by_secret(conn: asyncpg.Connection, secret: str) -> Client | None:
+    """The active client a key belongs to (a command acting as that client), or None."""
+    row = await conn.fetchrow(
+        "SELECT id, name, kind, scopes FROM api_clients WHERE key_hash = $1 AND revoked_at IS NULL",
+        hash_secret(secret.strip()),
+    )
+    return None if row is None else Client(row["id"], row["name"], row["kind"], tuple(row["scopes"]))
+
+
 async def list_clients(conn: asyncpg.Connection) -> list[asyncpg.Record]:
     return await conn.fetch(
         "SELECT id, name, kind, key_prefix, scopes, created_at, revoked_at FROM api_clients ORDER BY id"
@@ -95,8 +104,8 @@ class ClientRegistry:
         self._by_hash = {bytes(r["key_hash"]): Client(r["id"], r["name"], r["kind"], tuple(r["scopes"])) for r in rows}
         self._by_header = {}
 
-    def authenticate(self, authorization: str | None, *, kind: str) -> Client:
-        """The client behind a `Bearer` header, which must be of `kind`."""
+    def authenticate(self, authorization: str | None, *, kind: str | tuple[str, ...]) -> Client:
+        """The client behind a `Bearer` header, which must be of `kind` (or one of several kinds)."""
         if not authorization:
             raise Unauthenticated("send the client key as 'Authorization: Bearer <key>'")
         client = self._by_header.get(authorization)
@@ -105,8 +114,9 @@ class ClientRegistry:
             if len(self._by_header) >= _HEADER_MEMO_LIMIT:  # many spellings of few keys: start again
                 self._by_header.clear()
             self._by_header[authorization] = client
-        if client.kind != kind:
-            raise Forbidden(f"a {client.kind} client may not call this endpoint; it needs a {kind} client")
+        if client.kind != kind and (isinstance(kind, str) or client.kind not in kind):
+            needed = kind if isinstance(kind, str) else " or ".join(kind)
+            raise Forbidden(f"a {client.kind} client may not call this endpoint; it needs a {needed} client")
         self.calls[client] = self.calls.get(client, 0) + 1
         return client
 

@@ -9,10 +9,12 @@ from __future__ import annotations
 import hmac
 import re
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from hashlib import sha256
 from operator import mul
+from types import MappingProxyType
 from typing import Final
 
 from cache.keys import PSEUDONYM_BYTES
@@ -38,6 +40,8 @@ _OTHER_SHAPES: Final = {
     "taiwan_permit": re.compile(r"[0-9]{8}|[0-9]{10}[A-Z0-9]?"),
     "foreign_permanent": re.compile(r"[A-Z]{3}[0-9]{12}|9[0-9]{16}[0-9X]"),
 }
+# The shapes of the documents other than the resident number, for code that must recognise one in text.
+DOCUMENT_SHAPES: Final[Mapping[str, re.Pattern[str]]] = MappingProxyType(_OTHER_SHAPES)
 
 
 class InvalidIdentity(ValueError):

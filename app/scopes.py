@@ -2,12 +2,13 @@
 
 Plain names without imports, so that the command line offers them as choices without loading the
 service. app.clients checks a client's kind against CLIENT_KINDS; app.ingest.kinds defines how each of
-RECORD_KINDS is read, and an agency may upload a kind only if its scopes name it.
+RECORD_KINDS is read, and an agency may upload a kind only if its scopes name it. An operator client is
+one person who reviews appeals (two of them for a colour change), over the API or `healthcode appeals`.
 """
 
 from __future__ import annotations
 
 from typing import Final
 
-CLIENT_KINDS: Final = ("citizen-backend", "scanner", "agency")
+CLIENT_KINDS: Final = ("citizen-backend", "scanner", "agency", "operator")
 RECORD_KINDS: Final = ("population", "vaccination", "test", "travel", "designation", "risk_area")

@@ -35,6 +35,7 @@ TEST_REDIS_DB = 1 + os.getpid() % 13
 # on these small tables it takes about 10 ms where TRUNCATE of every partition takes up to 0.6 s.
 # Staging and rejection rows go with their batch (ON DELETE CASCADE).
 _CLEAN_TABLES = (
+    "appeal_decisions", "appeals",  # first: they refer to clients and overrides
     "subjects", "vaccinations", "nucleic_tests", "travel_arrivals", "designations", "statuses", "risk_areas",
     "api_clients", "signing_keys", "scan_events", "scan_refusals", "status_overrides", "batch_rejections", "samples",
     "staging_population", "staging_vaccination", "staging_test", "staging_travel", "staging_designation",

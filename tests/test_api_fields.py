@@ -24,6 +24,8 @@ ROUTE_KINDS = {
     "/v1/test-code": "citizen-backend",
     "/v1/verify": "scanner",
     "/v1/samples": "agency",
+    "/v1/appeals": "citizen-backend",
+    "/v1/appeals/{appeal_id}/decisions": "operator",
 }
 # A value each field accepts, so that only the field under test is wrong.
 GOOD = {
@@ -32,6 +34,11 @@ GOOD = {
     "token": "a.b.c",
     "checkpoint": "cq-jiefangbei-gate-3",
     "sample_id": "S-2022-0001",
+    "category": "other",
+    "text": "please check my test",
+    "contact_ref": "wx-msg-1",
+    "reason": "lab mix-up",
+    "colour": "green",
 }
 
 
@@ -76,13 +83,15 @@ async def test_nul_in_a_text_field_is_422_and_nothing_is_stored(
 ) -> None:
     body = {name: GOOD[name] for route, name in json_text_fields() if route == path}
     body[field] = body[field][:3] + "\x00" + body[field][3:]
-    r = await post(api, client_keys[ROUTE_KINDS[path]], path, orjson.dumps(body))
+    url = path.replace("{appeal_id}", "1")  # no such appeal: the body is refused before the id is looked up
+    r = await post(api, client_keys[ROUTE_KINDS[path]], url, orjson.dumps(body))
     assert r.status == 422, await r.text()
     assert await r.json(content_type=PROBLEM) == nul_problem(
-        path, field, f"{field} must not contain the NUL character (U+0000)"
+        url, field, f"{field} must not contain the NUL character (U+0000)"
     )
     assert await redis.xlen(SCAN_STREAM) == 0
-    assert await db.fetchval("SELECT (SELECT count(*) FROM subjects) + (SELECT count(*) FROM samples)") == 0
+    stored = "SELECT (SELECT count(*) FROM subjects) + (SELECT count(*) FROM samples) + (SELECT count(*) FROM appeals)"
+    assert await db.fetchval(stored) == 0
 
 
 @pytest.mark.parametrize(

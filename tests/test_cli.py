@@ -23,6 +23,7 @@ from app.db import load_migrations
 from app.dev.population import synthetic_people
 from app.identity import resident_check_char
 from app.keys import lifecycle as keys
+from app.scopes import CLIENT_KINDS
 from app.settings import Settings, SettingsError
 from app.statuses.stored import STATUS_QUERY, entry_from_row
 from cache.entry import unpack
@@ -238,7 +239,7 @@ async def test_demo_then_cache_warm_rebuilds_redis_from_postgres(
     assert any(r["popup"] for r in colours)
     assert sum(r["n"] for r in colours) == 200
     assert await db.fetchval("SELECT count(*) FROM signing_keys WHERE state = 'active'") == 1
-    assert await db.fetchval("SELECT count(*) FROM api_clients") == 3
+    assert await db.fetchval("SELECT count(*) FROM api_clients") == len(CLIENT_KINDS)  # one of each kind
     assert await redis.dbsize() == 200
 
     # Flushed, Redis is rebuilt from Postgres, entry for entry.
@@ -259,7 +260,7 @@ async def test_demo_then_cache_warm_rebuilds_redis_from_postgres(
     # A second run reuses the demo clients and key instead of adding more.
     code, _, _ = await run("demo", "--people", "200", "--seed", "11")
     assert code == 0
-    assert await db.fetchval("SELECT count(*) FROM api_clients") == 3
+    assert await db.fetchval("SELECT count(*) FROM api_clients") == len(CLIENT_KINDS)  # one of each kind
     assert await db.fetchval("SELECT count(*) FROM signing_keys") == 1
     assert await db.fetchval("SELECT count(*) FROM subjects") == 200
 

@@ -45,9 +45,9 @@ async def test_agencies_carry_scopes(db: asyncpg.Connection) -> None:
 
 
 async def test_unknown_kind_is_refused(db: asyncpg.Connection) -> None:
-    with pytest.raises(ValueError, match="kind must be one of citizen-backend, scanner, agency"):
+    with pytest.raises(ValueError, match="kind must be one of citizen-backend, scanner, agency, operator"):
         await add_client(db, "x", "police")
-    assert CLIENT_KINDS == ("citizen-backend", "scanner", "agency")
+    assert CLIENT_KINDS == ("citizen-backend", "scanner", "agency", "operator")
 
 
 async def test_names_are_unique(db: asyncpg.Connection) -> None:

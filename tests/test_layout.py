@@ -39,10 +39,11 @@ def test_cache_and_signing_import_nothing_of_ours_nor_aiohttp() -> None:
 def test_statuses_and_ingest_raise_domain_errors_not_http_ones() -> None:
     assert offenders("app/statuses", "aiohttp", "app.http", "app.cli") == {}
     assert offenders("app/ingest", "aiohttp", "app.http", "app.cli") == {}
+    assert offenders("app/appeals", "aiohttp", "app.http", "app.cli") == {}
 
 
 def test_dev_tooling_stays_out_of_the_production_import_graph() -> None:
-    production = ("app/http", "app/statuses", "app/ingest", "app/keys", "app/rules")
+    production = ("app/http", "app/statuses", "app/ingest", "app/keys", "app/rules", "app/appeals")
     for folder in production:
         assert offenders(folder, "app.dev") == {}, folder
 

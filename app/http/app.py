@@ -25,6 +25,7 @@ from app.http.appkeys import (
     INGEST_PG,
     PG,
     POSTGRES_STATE,
+    PUBLISHER,
     RATE_LIMITER,
     REDIS,
     SCAN_WRITER,
@@ -34,7 +35,7 @@ from app.http.appkeys import (
     STATUS_CACHE,
     STATUS_LOADER,
 )
-from app.http.handlers import batches, meta, metrics, qr, samples, status, verify
+from app.http.handlers import appeals, batches, meta, metrics, qr, samples, status, verify
 from app.http.middleware import FrontDoor
 from app.ingest.process import BatchProcessor
 from app.keys.signer import SignerState
@@ -76,7 +77,7 @@ def create_app(settings: Settings, *, background: bool = True) -> web.Applicatio
     app.cleanup_ctx.extend([_admission, _postgres, _redis, _services])
     if background:
         app.cleanup_ctx.append(_background)
-    for module in (meta, status, verify, qr, batches, samples, metrics):
+    for module in (meta, status, verify, qr, batches, samples, appeals, metrics):
         app.add_routes(module.routes)
     return app
 
@@ -118,7 +119,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     await app[SIGNER].refresh(pool)
     app[SIGNER].status_signer()  # refuse to start without a signing key
     writer = StatusWriter(redis)
-    publisher = StatusPublisher(writer, load_ruleset(settings.ruleset))
+    publisher = app[PUBLISHER] = StatusPublisher(writer, load_ruleset(settings.ruleset))
     loader = app[STATUS_LOADER] = StatusLoader(
         pool,
         publisher,

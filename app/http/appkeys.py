@@ -14,6 +14,7 @@ from app.keys.signer import SignerState
 from app.scans import ScanRecorder, ScanWriter
 from app.settings import Settings
 from app.statuses.loader import StatusLoader
+from app.statuses.publish import StatusPublisher
 from cache.rate_limit import RateLimiter
 from cache.status_cache import StatusCache
 
@@ -31,3 +32,4 @@ SCAN_WRITER = web.AppKey("scan_writer", ScanWriter)  # only with background task
 FRONT_DOOR = web.AppKey("front_door", FrontDoor)
 INGEST = web.AppKey("ingest", BatchProcessor)
 POSTGRES_STATE = web.AppKey("postgres_state", DependencyState)  # up or down as last seen, for probes and metrics
+PUBLISHER = web.AppKey("publisher", StatusPublisher)  # for writers outside ingestion (appeal decisions)

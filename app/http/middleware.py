@@ -1,9 +1,9 @@
 """The one middleware every request passes: count it, admit or shed it, render failures as problems.
 
-Failures come as ProblemError (the edge's own), as domain errors of the layers below (IngestError), or
-as Postgres being unavailable (DatabaseUnavailable, or asyncpg's own connection-level errors), which
-are mapped to their problem here; anything else is an `internal-error` 500 with a reference that
-finds its traceback in the log.
+Failures come as ProblemError (the edge's own), as domain errors of the layers below (IngestError,
+AppealError), or as Postgres being unavailable (DatabaseUnavailable, or asyncpg's own connection-level
+errors), which are mapped to their problem here; anything else is an `internal-error` 500 with a
+reference that finds its traceback in the log.
 
 One middleware rather than three (counting, shedding, problems): each aiohttp middleware layer costs a
 few microseconds a request, and together they cost 17 µs of the ~200 µs a status answer takes.
@@ -21,6 +21,7 @@ import asyncpg
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from app.appeals.errors import AppealError
 from app.db import DatabaseUnavailable, unavailable_reason
 from app.health import DependencyState
 from app.http.admission import Admission
@@ -31,6 +32,7 @@ from app.http.problems import (
     NotFound,
     PayloadTooLarge,
     ProblemError,
+    appeal_problem,
     bare_problem,
     ingest_problem,
     jittered,
@@ -114,6 +116,8 @@ class FrontDoor:
             return problem_response(problem, request.path)
         except IngestError as error:
             return problem_response(ingest_problem(error), request.path)
+        except AppealError as error:
+            return problem_response(appeal_problem(error), request.path)
         except _POSTGRES_UNAVAILABLE as exc:
             # DatabaseUnavailable was reported where it was raised; asyncpg's own errors from code that
             # does not map them are reported here. The state logs once per outage, never per request.

@@ -10,6 +10,15 @@ from typing import Any, ClassVar, Final
 import orjson
 from aiohttp import web
 
+from app.appeals.errors import (
+    AppealError,
+    AppealNotFound,
+    IdentityNumberInText,
+    InvalidAppealField,
+    SecondOperatorRequired,
+    SubjectUnknown,
+    WrongState,
+)
 from app.ingest.errors import (
     BadBatch,
     BatchTooLarge,
@@ -125,6 +134,30 @@ class InvalidField(ProblemError):
 class InvalidIdentityProblem(InvalidField):
     slug = "invalid-identity"
     title = "The identity document number is invalid"
+
+
+class IdentityNumberInTextProblem(InvalidField):
+    """Free text holding something shaped like an identity number: it would be stored as given."""
+
+    slug = "identity-number-in-text"
+    title = "Free text must not hold an identity number"
+
+
+class AppealConflict(ProblemError):
+    """A decision that does not fit the appeal's state; `state` is the appeal's, `code` says which rule."""
+
+    status = 409
+    slug = "appeal-state"
+    title = "The decision does not fit the appeal's state"
+
+    def __init__(self, detail: str, *, state: str, code: str) -> None:
+        super().__init__(detail, extra={"state": state, "code": code})
+
+
+class SecondOperatorRequiredProblem(ProblemError):
+    status = 403
+    slug = "second-operator-required"
+    title = "A colour change needs a second operator to approve it"
 
 
 class RateLimited(ProblemError):
@@ -293,6 +326,24 @@ def ingest_problem(error: IngestError) -> ProblemError:
         if problem is not None:
             return problem.of(error)
     raise AssertionError("IngestError is listed")
+
+
+def appeal_problem(error: AppealError) -> ProblemError:
+    """The problem that answers a refusal of the appeals domain (app.appeals.errors)."""
+    if isinstance(error, IdentityNumberInText):
+        return IdentityNumberInTextProblem(error.field, error.code, error.detail)
+    if isinstance(error, InvalidAppealField):
+        return InvalidField(error.field, error.code, error.detail)
+    if isinstance(error, WrongState):
+        return AppealConflict(error.detail, state=error.state, code=error.code)
+    if isinstance(error, SecondOperatorRequired):
+        return SecondOperatorRequiredProblem(error.detail, extra={"code": error.code})
+    if isinstance(error, SubjectUnknown):
+        return SubjectNotFound(error.detail)
+    if isinstance(error, AppealNotFound):
+        return NotFound(error.detail)
+    # A refusal added to the domain without an answer here is still a 4xx with its code, never a 500.
+    return InvalidField("body", error.code, error.detail)
 
 
 def problem_response(problem: ProblemError, instance: str | None = None) -> web.Response:

@@ -48,7 +48,7 @@ _ARRIVALS = f"""SELECT r.pseudonym, area_code, {_EPOCH.format("arrived_at")}, mo
 _DESIGNATIONS = f"""SELECT r.pseudonym, kind, {_EPOCH.format("valid_from")}, {_EPOCH.format("valid_until")}
     FROM {_KEYS.format("designations r", "r")}"""
 _OVERRIDES = f"""SELECT DISTINCT ON (r.pseudonym) r.pseudonym, colour, reason, {_EPOCH.format("expires_at")}
-    FROM {_KEYS.format("status_overrides r", "r")} WHERE expires_at > to_timestamp($2)
+    FROM {_KEYS.format("status_overrides r", "r")} WHERE expires_at > to_timestamp($2) AND ended_at IS NULL
     ORDER BY r.pseudonym, created_at DESC"""
 # A generic plan keeps the key joins as index probes whatever the array's length (a custom plan of a
 # 10,000-key array picks a sort-merge over whole tables); JIT compiling costs ~15 ms per query here
