@@ -384,3 +384,10 @@ async def test_every_appeals_answer_fits_its_documented_schema(world: World) -> 
     await assert_documented(r, *DECIDE)
     for who in (world.citizen, world.alice):
         await assert_documented(await api.get(one, headers=who), "/v1/appeals/{appeal_id}", "get")
+
+
+async def test_an_unknown_list_parameter_is_refused(world: World) -> None:
+    r = await world.api.get("/v1/appeals?stat=open", headers=world.bob)
+    assert r.status == 422, await r.text()
+    body = await r.json()
+    assert (body["field"], body["code"]) == ("stat", "unknown_parameter")

@@ -66,6 +66,9 @@ async def index(request: web.Request) -> web.Response:
     app = request.app
     app[CLIENTS].authenticate(request.headers.get("Authorization"), kind=OPERATOR)
     query = request.query
+    # A misspelt filter must not quietly widen the list an operator reads.
+    for name in query.keys() - _LIST_PARAMETERS:
+        raise InvalidField(name or "(empty)", "unknown_parameter", f"unknown query parameter {name!r}")
     state = _choice(query.get("state"), "state", model.STATES)
     category = _choice(query.get("category"), "category", model.CATEGORIES)
     limit = _bounded_int(query.get("limit"), "limit", 1, MAX_PAGE) or DEFAULT_PAGE
@@ -101,6 +104,9 @@ async def decisions(request: web.Request) -> web.Response:
         )
         view = await operator_view(conn, appeal_id)
     return json_response({"decision_id": decision_id, "appeal": view}, status=201)
+
+
+_LIST_PARAMETERS = frozenset({"state", "category", "limit", "before"})
 
 
 def _choice(value: str | None, field: str, allowed: tuple[str, ...]) -> str | None:
