@@ -233,6 +233,7 @@ async def test_the_active_private_key_can_come_from_the_environment(
         "DATABASE_URL": settings.database_url,
         "REDIS_URL": settings.redis_url,
         "HEALTHCODE_PEPPER": settings.pepper.hex(),
+        "HEALTHCODE_HANDLE_KEY": settings.handle_key.hex(),
         "HEALTHCODE_KEYS_DIR": str(settings.keys_dir),
         "HEALTHCODE_SIGNING_KEYS": "\n" + pem.decode() + "\n",
     }
@@ -247,6 +248,12 @@ async def test_the_active_private_key_can_come_from_the_environment(
 
 
 def test_signing_keys_in_the_environment_must_be_pem() -> None:
-    env = {"DATABASE_URL": "x", "REDIS_URL": "x", "HEALTHCODE_PEPPER": "00" * 16, "HEALTHCODE_KEYS_DIR": "k"}
+    env = {
+        "DATABASE_URL": "x",
+        "REDIS_URL": "x",
+        "HEALTHCODE_PEPPER": "00" * 16,
+        "HEALTHCODE_KEYS_DIR": "k",
+        "HEALTHCODE_HANDLE_KEY": "00" * 16,
+    }
     with pytest.raises(SettingsError, match="HEALTHCODE_SIGNING_KEYS must hold PEM private keys"):
         Settings.from_env({**env, "HEALTHCODE_SIGNING_KEYS": "not a key"})

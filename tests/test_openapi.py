@@ -57,7 +57,11 @@ def resolve(node: dict[str, Any]) -> dict[str, Any]:
 
 def app_routes() -> set[tuple[str, str]]:
     settings = Settings(
-        database_url="postgresql://unused", redis_url="redis://unused", pepper=b"p" * 32, keys_dir=Path(".")
+        database_url="postgresql://unused",
+        redis_url="redis://unused",
+        pepper=b"p" * 32,
+        keys_dir=Path("."),
+        handle_key=b"h" * 32,
     )
     app = create_app(settings, background=False)
     return {
