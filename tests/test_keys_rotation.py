@@ -14,7 +14,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from app.http.appkeys import PG, SIGNER
+from app.http.appkeys import HANDLES, PG, SIGNER
 from app.keys import lifecycle as keys
 from app.keys.signer import SignerState
 from app.settings import Settings, SettingsError
@@ -38,7 +38,8 @@ def signing_kid(api: Api) -> str:
 def sign(api: Api, st: str = "G") -> str:
     signer = api.app[SIGNER].signer
     assert signer is not None
-    return signer.sign_status(SUB, st, 0, 1, int(time.time()), ver=1)
+    now = int(time.time())
+    return signer.sign_status(api.app[HANDLES].seal(bytes(range(16)), now), st, 0, 1, now, ver=1)
 
 
 async def published(api: Api) -> dict[str, dict[str, Any]]:

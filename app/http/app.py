@@ -19,6 +19,7 @@ from app.db import close_pool, create_pool
 from app.http.appkeys import (
     CLIENTS,
     FRONT_DOOR,
+    HANDLES,
     INGEST,
     INGEST_PG,
     PG,
@@ -45,6 +46,7 @@ from cache.rate_limit import RateLimiter
 from cache.scan_stream import ScanStream
 from cache.status_cache import StatusCache
 from cache.status_writer import StatusWriter
+from signing.handles import HandleCipher
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +63,7 @@ def create_app(settings: Settings, *, background: bool = True) -> web.Applicatio
     )
     app[SETTINGS] = settings
     app[FRONT_DOOR] = front_door
+    app[HANDLES] = HandleCipher(settings.handle_key)
     app.cleanup_ctx.extend([_postgres, _redis, _services])
     if background:
         app.cleanup_ctx.append(_background)
