@@ -497,17 +497,24 @@ async def test_an_invalid_token_never_meets_a_policy(api: Api, client_keys: dict
             "unknown_member",
             "policy takes only max_test_age_hours and require_vaccination",
         ),
+        (None, "policy", "wrong_type", "policy must be an object"),
         *(
             (
                 {"max_test_age_hours": hours},
                 "policy.max_test_age_hours",
-                "out_of_range",
+                "out_of_range" if type(hours) is int else "wrong_type",
                 "max_test_age_hours must be a whole number of hours from 1 to 720",
             )
-            for hours in (0, 721, -24, 1.5, "48", True)
+            for hours in (0, 721, -24, 1.5, "48", True, None)
         ),
         (
             {"require_vaccination": "yes"},
+            "policy.require_vaccination",
+            "wrong_type",
+            "require_vaccination must be true or false",
+        ),
+        (
+            {"require_vaccination": None},
             "policy.require_vaccination",
             "wrong_type",
             "require_vaccination must be true or false",

@@ -13,10 +13,10 @@ _MEMBERS = frozenset({"max_test_age_hours", "require_vaccination"})
 def policy_from_body(body: dict[str, Any]) -> Policy | None:
     """None when the body names no policy. An unknown member is refused rather than ignored: a gate
     that misspells its rule must not open for everyone."""
-    raw = body.get("policy")
-    if raw is None:
+    if "policy" not in body:
         return None
-    if not isinstance(raw, dict):
+    raw = body["policy"]
+    if not isinstance(raw, dict):  # null too: a policy sent empty-handed is a client's mistake
         raise InvalidField("policy", "wrong_type", "policy must be an object")
     unknown = sorted(raw.keys() - _MEMBERS)
     if unknown:
@@ -24,10 +24,10 @@ def policy_from_body(body: dict[str, Any]) -> Policy | None:
             f"policy.{unknown[0]}", "unknown_member", "policy takes only max_test_age_hours and require_vaccination"
         )
     hours = raw.get("max_test_age_hours")
-    if hours is not None and (type(hours) is not int or not 1 <= hours <= MAX_TEST_AGE_HOURS):
+    if "max_test_age_hours" in raw and (type(hours) is not int or not 1 <= hours <= MAX_TEST_AGE_HOURS):
         raise InvalidField(
             "policy.max_test_age_hours",
-            "out_of_range",
+            "out_of_range" if type(hours) is int else "wrong_type",
             f"max_test_age_hours must be a whole number of hours from 1 to {MAX_TEST_AGE_HOURS}",
         )
     vaccination = raw.get("require_vaccination", False)
