@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 
@@ -17,8 +17,11 @@ class SettingsError(ValueError):
 class Settings:
     database_url: str
     redis_url: str
-    pepper: bytes
+    # Secrets stay out of the repr, so a logged or printed settings object does not leak them.
+    pepper: bytes = field(repr=False)
     keys_dir: Path
+    # AES key sealing each token's `sub` handle (signing/handles.py): 16, 24 or 32 bytes.
+    handle_key: bytes = field(repr=False)
     issuer: str = "healthcode"
     token_ttl_seconds: int = 300
     negative_ttl_seconds: int = 30
@@ -62,6 +65,7 @@ class Settings:
             redis_url=_required(env, "REDIS_URL"),
             pepper=_pepper(env),
             keys_dir=Path(_required(env, "HEALTHCODE_KEYS_DIR")),
+            handle_key=_handle_key(env),
             issuer=env.get("HEALTHCODE_ISSUER", "healthcode"),
             token_ttl_seconds=_int(env, "HEALTHCODE_TOKEN_TTL_SECONDS", 300, low=30, high=3600),
             negative_ttl_seconds=_int(env, "HEALTHCODE_NEGATIVE_TTL_SECONDS", 30, low=1, high=3600),
@@ -113,25 +117,36 @@ def _ms(env: Mapping[str, str], name: str, default: int, *, low: int, high: int)
     return _int(env, name, default, low=low, high=high) / 1000
 
 
+def _secret(env: Mapping[str, str], name: str) -> tuple[bytes, str]:
+    """A secret from `name` (hex) or `name`_FILE (raw bytes), and the variable it came from."""
+    file_name = f"{name}_FILE"
+    if hex_value := env.get(name, "").strip():
+        try:
+            return bytes.fromhex(hex_value), name
+        except ValueError:
+            raise SettingsError(f"{name} must be hex") from None
+    if path := env.get(file_name, "").strip():
+        try:
+            return Path(path).read_bytes(), file_name
+        except OSError as exc:
+            raise SettingsError(f"{file_name} cannot be read: {exc.strerror}") from None
+    raise SettingsError(f"set {name} (hex) or {file_name}")
+
+
 def _pepper(env: Mapping[str, str]) -> bytes:
     """The pseudonym pepper, from HEALTHCODE_PEPPER (hex) or HEALTHCODE_PEPPER_FILE (raw bytes)."""
-    if hex_value := env.get("HEALTHCODE_PEPPER", "").strip():
-        try:
-            pepper = bytes.fromhex(hex_value)
-        except ValueError:
-            raise SettingsError("HEALTHCODE_PEPPER must be hex") from None
-        source = "HEALTHCODE_PEPPER"
-    elif path := env.get("HEALTHCODE_PEPPER_FILE", "").strip():
-        try:
-            pepper = Path(path).read_bytes()
-        except OSError as exc:
-            raise SettingsError(f"HEALTHCODE_PEPPER_FILE cannot be read: {exc.strerror}") from None
-        source = "HEALTHCODE_PEPPER_FILE"
-    else:
-        raise SettingsError("set HEALTHCODE_PEPPER (hex) or HEALTHCODE_PEPPER_FILE")
+    pepper, source = _secret(env, "HEALTHCODE_PEPPER")
     if len(pepper) < 16:
         raise SettingsError(f"{source} must hold at least 16 bytes of secret")
     return pepper
+
+
+def _handle_key(env: Mapping[str, str]) -> bytes:
+    """The token handle key, from HEALTHCODE_HANDLE_KEY (hex) or HEALTHCODE_HANDLE_KEY_FILE (raw bytes)."""
+    key, source = _secret(env, "HEALTHCODE_HANDLE_KEY")
+    if len(key) not in (16, 24, 32):
+        raise SettingsError(f"{source} must hold an AES key of 16, 24 or 32 bytes, not {len(key)}")
+    return key
 
 
 _PEM_BLOCK = re.compile(r"-----BEGIN [A-Z ]+-----.+?-----END [A-Z ]+-----", re.DOTALL)

@@ -22,6 +22,9 @@ from signing.records import ACTIVE
 # Within this many seconds of `exp` either verdict is right: the scanner's clock and ours differ a little.
 EXPIRY_SLACK: Final = 1
 TAMPERED_REASONS: Final = frozenset({"bad_signature", "malformed"})
+# What a checkpoint that asks for a recent test sends with its scans (the 72 hours of many gates in 2022).
+CHECKPOINT_POLICY: Final = {"max_test_age_hours": 72}
+HANDLE_BYTES: Final = 44  # nonce, sealed pseudonym and tag: the size of a real `sub`
 
 
 def verifier_from_jwks(document: Mapping[str, Any], issuer: str) -> TokenVerifier:
@@ -81,10 +84,14 @@ def check_status(
     complete = vaccination.get("complete") if isinstance(vaccination, dict) else None
     if claims.get("st") != COLOUR_LETTER[colour]:
         return "token colour differs from the answer's colour", None
-    if claims.get("sub") != body.get("subject"):
-        return "token subject differs from the answer's subject", None
+    if "subject" in body:
+        return "status answer carries the pseudonym", None
     if claims.get("pop") != int(bool(body.get("popup"))) or claims.get("vac") != int(bool(complete)):
         return "token pop-up or vaccination flag differs from the answer", None
+    last_test = body.get("last_test")
+    negative = isinstance(last_test, dict) and last_test.get("result") == "negative"
+    if claims.get("nt") != (last_test["sampled_at"] if negative and isinstance(last_test, dict) else None):
+        return "token's last negative test differs from the answer's last test", None
     if claims.get("ver") != body.get("version"):
         return "token status version differs from the answer's version", None
     exp = claims.get("exp")
@@ -120,15 +127,35 @@ def tamper(token: str, rng: random.Random) -> str:
         return f"{header}.{b64url_encode(json.dumps(claims, separators=(',', ':')).encode())}.{signature}"
     if variant == 1:
         claims = json.loads(b64url_decode(payload))
-        claims["sub"] = b64url_encode(rng.randbytes(16))
+        claims["sub"] = b64url_encode(rng.randbytes(HANDLE_BYTES))
         return f"{header}.{b64url_encode(json.dumps(claims, separators=(',', ':')).encode())}.{signature}"
     raw = bytearray(b64url_decode(signature))
     raw[rng.randrange(len(raw))] ^= 1 << rng.randrange(8)
     return f"{header}.{payload}.{b64url_encode(bytes(raw))}"
 
 
+def check_policy_verdict(body: dict[str, Any], *, policy_sent: bool) -> str | None:
+    """`meets_policy` and `failed_rules`: null without a policy; with one, a verdict that agrees with its rules."""
+    meets, failed = body.get("meets_policy"), body.get("failed_rules")
+    if not policy_sent:
+        return None if meets is None and failed is None else "policy verdict without a policy"
+    if not isinstance(meets, bool) or not isinstance(failed, list):
+        return "verify answer without a policy verdict"
+    if meets != (not failed):
+        return "meets_policy disagrees with failed_rules"
+    if body.get("valid") is not True and failed != ["valid_token"]:
+        return "a refused token meets the policy"
+    return None
+
+
 def check_verdict(
-    body: object, *, checkpoint: str, expect_valid: bool | None, tampered: bool, issued: Issued
+    body: object,
+    *,
+    checkpoint: str,
+    expect_valid: bool | None,
+    tampered: bool,
+    issued: Issued,
+    policy_sent: bool = False,
 ) -> str | None:
     """Check a 200 answer of POST /v1/verify against what the token we sent deserves."""
     if not isinstance(body, dict):
@@ -138,6 +165,8 @@ def check_verdict(
     valid, reason = body.get("valid"), body.get("reason")
     if not isinstance(valid, bool):
         return "verify answer without a verdict"
+    if problem := check_policy_verdict(body, policy_sent=policy_sent):
+        return problem
     if tampered:
         if valid:
             return "tampered token accepted"

@@ -30,6 +30,7 @@ from locust.env import Environment
 from locust.runners import MasterRunner
 
 from loadtests.checks import (
+    CHECKPOINT_POLICY,
     EXPIRY_SLACK,
     Expected,
     Issued,
@@ -242,11 +243,14 @@ class ScannerUser(ServiceUser):
                 label, token, tampered = "tampered", tamper(issued.token, STATE.rng), True
             else:
                 label, token = "valid", issued.token
-        checkpoint = f"checkpoint-{random.randrange(options.checkpoints):05d}"
+        number = random.randrange(options.checkpoints)
+        checkpoint = f"checkpoint-{number:05d}"
         expect = None if tampered else expected_validity(issued, now)
+        policy_sent = number % 2 == 0  # half the checkpoints ask for a recent test
+        body = {"token": token, "checkpoint": checkpoint} | ({"policy": CHECKPOINT_POLICY} if policy_sent else {})
         with self.client.post(
             "/v1/verify",
-            json={"token": token, "checkpoint": checkpoint},
+            json=body,
             headers=_bearer("scanner"),
             name=f"/v1/verify ({label})",
             catch_response=True,
@@ -257,7 +261,12 @@ class ScannerUser(ServiceUser):
                 response.failure(f"verify answered {response.status_code}")
                 return
             problem = check_verdict(
-                response.json(), checkpoint=checkpoint, expect_valid=expect, tampered=tampered, issued=issued
+                response.json(),
+                checkpoint=checkpoint,
+                expect_valid=expect,
+                tampered=tampered,
+                issued=issued,
+                policy_sent=policy_sent,
             )
             if problem:
                 response.failure(problem)

@@ -4,6 +4,7 @@ Synchronous and free of the application: the only I/O is reading and writing key
 """
 
 from signing.errors import (
+    BadHandle,
     BadSignature,
     BadToken,
     MalformedToken,
@@ -24,6 +25,7 @@ __all__ = [
     "ES256",
     "MAX_TOKEN_LENGTH",
     "STATUS_TYP",
+    "BadHandle",
     "BadSignature",
     "BadToken",
     "KeyRecord",

@@ -55,3 +55,12 @@ class WrongIssuer(BadToken):
     """The signature is good but ``iss`` names another issuer."""
 
     reason = "wrong_issuer"
+
+
+class BadHandle(BadToken):
+    """The signature is good but ``sub`` is not a handle this service made under its current key.
+
+    Only online verification resolves handles; a token signed by a withdrawn handle key ends here.
+    """
+
+    reason = "bad_handle"

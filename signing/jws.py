@@ -28,7 +28,7 @@ from signing.errors import (
     WrongIssuer,
     WrongTokenType,
 )
-from signing.keys import PrivateKey, PublicKey
+from signing.keys import ES256, PrivateKey, PublicKey
 from signing.records import ACTIVE, REVOKED, KeyRecord
 
 STATUS_TYP: Final = "hcs+jwt"
@@ -36,10 +36,18 @@ STATUS_TYP: Final = "hcs+jwt"
 MAX_TOKEN_LENGTH: Final = 2048
 SIGNATURE_BYTES: Final = 64  # r||s for ES256 (RFC 7518 3.4), and an Ed25519 signature (RFC 8032)
 
+# When the last test, if negative, was sampled (Unix seconds); absent when there is none.
+NEGATIVE_TEST_CLAIM: Final = "nt"
+
 _RESERVED: Final = frozenset({"iss", "iat", "exp"})
 _HEADER_MEMBERS: Final = frozenset({"alg", "kid", "typ"})
 _ECDSA_SHA256: Final = ec.ECDSA(hashes.SHA256())
 _HALF: Final = SIGNATURE_BYTES // 2
+# The order n of P-256. ECDSA accepts s and n - s alike; only s <= n/2 ("low S") is made and accepted, so a
+# token has one valid spelling and cannot be re-spelt into a different string that still verifies.
+_P256_ORDER: Final = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
+# Fixed-width big-endian, so comparing bytes compares the integers without converting them.
+_HALF_ORDER: Final = (_P256_ORDER // 2).to_bytes(_HALF, "big")
 
 
 def _raw_signer(key: PrivateKey) -> Callable[[bytes], bytes]:
@@ -50,9 +58,17 @@ def _raw_signer(key: PrivateKey) -> Callable[[bytes], bytes]:
 
     def es256(data: bytes) -> bytes:
         # cryptography returns DER; JWS wants the two integers as fixed-width big-endian halves.
-        return _der_to_raw(sign(data, algorithm))
+        return _low_s(_der_to_raw(sign(data, algorithm)))
 
     return es256
+
+
+def _low_s(raw: bytes) -> bytes:
+    """r||s with s replaced by n - s when s > n/2 (about every other signature); both verify the same."""
+    s = raw[_HALF:]
+    if s <= _HALF_ORDER:
+        return raw
+    return raw[:_HALF] + (_P256_ORDER - int.from_bytes(s, "big")).to_bytes(_HALF, "big")
 
 
 def _der_to_raw(der: bytes) -> bytes:
@@ -126,11 +142,15 @@ class TokenSigner:
             raise ValueError(f"claims {sorted(reserved)} are set by the signer")
         return self._finish(orjson.dumps({"iss": self._iss, **claims, "iat": now, "exp": now + self._ttl}))
 
-    def sign_status(self, sub_b64: str, st: str, pop: int, vac: int, now: int, *, ver: int) -> str:
+    def sign_status(
+        self, sub: str, st: str, pop: int, vac: int, now: int, *, ver: int, negative_test_at: int | None = None
+    ) -> str:
         """The hot path: a status token, byte for byte what ``sign`` makes from the same claims.
 
-        ``ver`` is the version of the status computation shown, so an operator can tell which one a
-        scanner saw.
+        ``sub`` is the per-token handle (signing/handles.py), never the pseudonym itself. ``ver`` is the
+        version of the status computation shown, so an operator can tell which one a scanner saw.
+        ``negative_test_at`` (the ``nt`` claim, left out when None) is when the last test was sampled,
+        if it was negative: what a checkpoint's test-age policy needs (signing/policy.py).
         """
         if st not in COLOURS:
             raise ValueError(f"st must be one of G, Y, R, not {st!r}")
@@ -138,19 +158,15 @@ class TokenSigner:
         _check_flag("vac", vac)
         if type(ver) is not int or ver < 0:
             raise ValueError(f"ver must be a non-negative integer, not {ver!r}")
-        payload = orjson.dumps(
-            {
-                "iss": self._iss,
-                "sub": sub_b64,
-                "st": st,
-                "pop": pop,
-                "vac": vac,
-                "ver": ver,
-                "iat": now,
-                "exp": now + self._ttl,
-            }
-        )
-        return self._finish(payload)
+        claims: dict[str, object] = {"iss": self._iss, "sub": sub, "st": st, "pop": pop, "vac": vac}
+        if negative_test_at is not None:
+            if type(negative_test_at) is not int or negative_test_at < 0:
+                raise ValueError(f"negative_test_at must be a non-negative integer, not {negative_test_at!r}")
+            claims[NEGATIVE_TEST_CLAIM] = negative_test_at
+        claims["ver"] = ver
+        claims["iat"] = now
+        claims["exp"] = now + self._ttl
+        return self._finish(orjson.dumps(claims))
 
 
 class CandidateSource(Protocol):
@@ -227,6 +243,8 @@ class TokenVerifier:
             raise BadSignature(f"algorithm {alg!r} is not the algorithm of key {kid!r}")
         if len(signature) != SIGNATURE_BYTES:
             raise BadSignature(f"signature is {len(signature)} bytes, expected {SIGNATURE_BYTES}")
+        if alg == ES256 and signature[_HALF:] > _HALF_ORDER:
+            raise BadSignature("ES256 signature with a high S; only low-S signatures are accepted")
         data = signing_input.encode("ascii")  # already checked to be base64url
         for record in records:
             if _signature_valid(record.public_key, signature, data):
@@ -250,6 +268,9 @@ class TokenVerifier:
             ver = claims.get("ver", 0)  # absent from tokens signed before versions existed
             if type(ver) is not int or ver < 0:
                 raise MalformedToken("status claim ver is not a non-negative integer")
+            nt = claims.get(NEGATIVE_TEST_CLAIM, 0)
+            if type(nt) is not int or nt < 0:
+                raise MalformedToken(f"status claim {NEGATIVE_TEST_CLAIM} is not a non-negative integer")
         if exp <= now:
             raise TokenExpired(f"expired at {exp}, now {now}")
         if iat > now + self._leeway:

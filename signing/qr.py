@@ -15,7 +15,7 @@ import qrcode
 import qrcode.constants
 from qrcode.image.svg import SvgPathImage
 
-BOX_SIZE: Final = 4  # pixels per module: a version-10 code is then about 280 pixels wide
+BOX_SIZE: Final = 4  # pixels per module: a status token's code (version 14 or 15) is then 324 or 340 pixels wide
 BORDER: Final = 4  # the quiet zone the QR specification asks for
 PNG_MAGIC: Final = b"\x89PNG\r\n\x1a\n"
 

@@ -71,6 +71,7 @@ def settings(database_url: str, server_urls: tuple[str, str], tmp_path: Path) ->
         database_url=database_url,
         redis_url=server_urls[1],
         pepper=secrets.token_bytes(32),
+        handle_key=secrets.token_bytes(32),
         keys_dir=tmp_path / "keys",
         token_ttl_seconds=300,
         negative_ttl_seconds=30,

@@ -11,7 +11,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from app.http.appkeys import SIGNER
+from app.http.appkeys import HANDLES, SIGNER
 from app.http.handlers.meta import JWKS_MAX_AGE
 from signing.encoding import b64url_encode
 from signing.jws import TokenSigner
@@ -26,9 +26,12 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def token_for(api: Api, *, now: int | None = None) -> str:
+    """A token as /v1/status makes one: a handle for `sub`, a last negative test, a large version."""
     signer = api.app[SIGNER].signer
     assert signer is not None
-    return signer.sign_status(b64url_encode(bytes(16)), "G", 0, 1, int(time.time()) if now is None else now, ver=1)
+    now = int(time.time()) if now is None else now
+    sub = api.app[HANDLES].seal(bytes(16), now)
+    return signer.sign_status(sub, "G", 0, 1, now, ver=9_999_999, negative_test_at=now - 86_400)
 
 
 # --- probes ----------------------------------------------------------------------------------------------
@@ -131,6 +134,9 @@ async def test_qr_png(api: Api, client_keys: dict[str, str], settings: Any) -> N
     assert r.content_type == "image/png"
     image = await r.read()
     assert image.startswith(PNG_MAGIC)
+    # Version 15 at most: 17 + 4 * 15 modules plus the quiet zone of 4 a side, 4 pixels a module.
+    width = int.from_bytes(image[16:20], "big")
+    assert width <= (17 + 4 * 15 + 8) * 4, width
     max_age = int(r.headers["Cache-Control"].removeprefix("private, max-age="))
     assert settings.token_ttl_seconds - 5 <= max_age <= settings.token_ttl_seconds
     again = await api.get("/v1/qr.png", params={"token": token}, headers=bearer(client_keys["citizen-backend"]))

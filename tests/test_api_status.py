@@ -24,6 +24,7 @@ from app.settings import Settings
 from app.statuses.publish import StatusPublisher
 from cache.status_writer import StatusWriter
 from signing.encoding import b64url_encode
+from signing.handles import HandleCipher
 from tests.conftest import AppFactory
 from tests.support import bearer
 
@@ -105,6 +106,15 @@ async def pyjwt_claims(api: Api, token: str) -> dict[str, Any]:
     return claims
 
 
+def handle_subject(settings: Settings, claims: dict[str, Any]) -> bytes:
+    """The pseudonym inside a token's `sub`, opened as online verification opens it."""
+    return HandleCipher(settings.handle_key).open(claims["sub"], claims["iat"])
+
+
+async def token_subject(api: Api, settings: Settings, body: dict[str, Any]) -> bytes:
+    return handle_subject(settings, await pyjwt_claims(api, body["token"]))
+
+
 async def assert_problem(r: Any, status: int, body: dict[str, Any]) -> dict[str, Any]:
     assert r.status == status, await r.text()
     assert r.content_type == PROBLEM
@@ -143,7 +153,6 @@ async def test_status_answers_everything_and_a_token_pyjwt_verifies(
     token = body.pop("token")
     expires_at = body.pop("token_expires_at")
     assert body == {
-        "subject": b64url_encode(subject),
         "id_type": "resident",
         "name": "李*",
         "id_number": "50**************39",
@@ -160,18 +169,61 @@ async def test_status_answers_everything_and_a_token_pyjwt_verifies(
     claims = await pyjwt_claims(api, token)
     assert claims == {
         "iss": "healthcode",
-        "sub": b64url_encode(subject),
+        "sub": claims["sub"],
         "st": "Y",
         "pop": 1,
         "vac": 1,
+        "nt": tested,
         "ver": 3,
         "iat": claims["iat"],
         "exp": claims["iat"] + settings.token_ttl_seconds,
     }
+    assert handle_subject(settings, claims) == subject
     assert now <= claims["iat"] <= int(time.time())
     assert expires_at == claims["exp"]
     assert jwt.get_unverified_header(token) == {"alg": "ES256", "kid": signing_key[:8], "typ": "hcs+jwt"}
-    assert NUMBER not in await r.text()
+    # Neither the number nor the pseudonym, in any spelling, is in the answer or its token.
+    text = await r.text()
+    for secret in (NUMBER, b64url_encode(subject), subject.hex()):
+        assert secret not in text and secret not in claims["sub"]
+
+
+async def test_every_token_of_one_person_has_another_sub(
+    api: Api, db: asyncpg.Connection, settings: Settings, client_keys: dict[str, str]
+) -> None:
+    subject = await insert_status(db, settings.pepper, NUMBER)
+    key = client_keys["citizen-backend"]
+    claims = []
+    for _ in range(5):
+        r = await post_status(api, key, {"id_number": NUMBER})
+        assert r.status == 200, await r.text()
+        claims.append(await pyjwt_claims(api, (await r.json())["token"]))
+    # Five tokens, most of them issued within one second: five unrelated handles, each opening to the person.
+    assert len({c["sub"] for c in claims}) == 5
+    assert {handle_subject(settings, c) for c in claims} == {subject}
+
+
+@pytest.mark.parametrize(
+    ("last_test", "nt"),
+    [(None, None), ((-30 * HOUR, "negative"), -30 * HOUR), ((-2 * HOUR, "positive"), None)],
+)
+async def test_nt_is_the_last_test_only_when_negative(
+    api: Api,
+    db: asyncpg.Connection,
+    settings: Settings,
+    client_keys: dict[str, str],
+    last_test: tuple[int, str] | None,
+    nt: int | None,
+) -> None:
+    now = int(time.time())
+    at = None if last_test is None else (now + last_test[0], last_test[1])
+    await insert_status(
+        db, settings.pepper, NUMBER, last_test=at, colour="red" if at and at[1] == "positive" else "green"
+    )
+    r = await post_status(api, client_keys["citizen-backend"], {"id_number": NUMBER})
+    assert r.status == 200, await r.text()
+    claims = await pyjwt_claims(api, (await r.json())["token"])
+    assert claims.get("nt") == (None if nt is None else now + nt)
 
 
 async def test_green_without_a_test_and_default_id_type(
@@ -196,12 +248,8 @@ async def test_red_for_a_passport_holder(
     r = await post_status(api, client_keys["citizen-backend"], {"id_type": "passport", "id_number": "e12345678"})
     assert r.status == 200, await r.text()
     body = await r.json()
-    assert (body["subject"], body["id_type"], body["name"], body["id_number"]) == (
-        b64url_encode(subject),
-        "passport",
-        "S*",
-        "E1*****78",
-    )
+    assert (body["id_type"], body["name"], body["id_number"]) == ("passport", "S*", "E1*****78")
+    assert await token_subject(api, settings, body) == subject
     assert (await pyjwt_claims(api, body["token"]))["st"] == "R"
 
 
@@ -213,7 +261,8 @@ async def test_lower_case_x_finds_the_same_person(
     upper = await post_status(api, key, {"id_type": "resident", "id_number": NUMBER_X})
     lower = await post_status(api, key, {"id_type": "resident", "id_number": NUMBER_X.lower()})
     assert upper.status == lower.status == 200, await lower.text()
-    assert (await upper.json())["subject"] == (await lower.json())["subject"] == b64url_encode(subject)
+    assert await token_subject(api, settings, await upper.json()) == subject
+    assert await token_subject(api, settings, await lower.json()) == subject
 
 
 # Demo situations and what the default rule set makes of them.
@@ -518,7 +567,7 @@ async def test_many_concurrent_misses_read_postgres_once(
     key = client_keys["citizen-backend"]
     answers = await asyncio.gather(*(post_status(api, key, {"id_number": NUMBER}) for _ in range(50)))
     assert [a.status for a in answers] == [200] * 50
-    assert {(await a.json())["subject"] for a in answers} == {b64url_encode(subject)}
+    assert {await token_subject(api, settings, await a.json()) for a in answers} == {subject}
     assert loader.reads == 1
 
 
@@ -567,7 +616,8 @@ async def test_redis_down_still_answers_from_postgres(
         r = await post_status(api, key, {"id_number": NUMBER})
         assert r.status == 200, await r.text()
         body = await r.json()
-        assert (body["subject"], body["colour"]) == (b64url_encode(subject), "yellow")
+        assert body["colour"] == "yellow"
+        assert await token_subject(api, settings, body) == subject
         assert (await pyjwt_claims(api, body["token"]))["st"] == "Y"
     assert api.app[STATUS_LOADER].reads == 2
     missing = await post_status(api, key, {"id_number": UNKNOWN})

@@ -12,7 +12,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
 
-from app.http.appkeys import PG, SCANS, SIGNER, STATUS_LOADER
+from app.http.appkeys import HANDLES, PG, SCANS, SIGNER, STATUS_LOADER
 from app.identity import Identity, mask_name, mask_number, pseudonym
 from app.scan_refusals import OVERFLOW_CHECKPOINT, RefusalCounts
 from app.scans import ScanWriter
@@ -21,6 +21,7 @@ from cache.connection import open_redis
 from cache.keys import SCAN_STREAM
 from cache.scan_stream import ScanStream
 from signing.encoding import b64url_decode, b64url_encode
+from signing.handles import HandleCipher
 from signing.jws import TokenSigner
 from signing.keys import generate_private_key
 from signing.records import KeyRecord
@@ -31,10 +32,18 @@ Api = TestClient[web.Request, web.Application]
 PROBLEM = "application/problem+json"
 NUMBER = "500103199003071239"
 CHECKPOINT = "cq-jiefangbei-gate-3"
+HOUR = 3600
 
 
 async def insert_person(
-    db: asyncpg.Connection, pepper: bytes, *, colour: str = "green", reasons: tuple[str, ...] = ()
+    db: asyncpg.Connection,
+    pepper: bytes,
+    *,
+    colour: str = "green",
+    reasons: tuple[str, ...] = (),
+    doses: int = 0,
+    complete: bool = False,
+    last_test: tuple[int, str] | None = None,
 ) -> bytes:
     subject = pseudonym(Identity("resident", NUMBER), pepper)
     await db.execute(
@@ -44,11 +53,16 @@ async def insert_person(
         mask_number(NUMBER),
     )
     await db.execute(
-        """INSERT INTO statuses (pseudonym, colour, reasons, ruleset, computed_at, valid_until)
-           VALUES ($1, $2, $3, 'default-2022', now(), now() + interval '1 hour')""",
+        """INSERT INTO statuses (pseudonym, colour, reasons, vaccine_doses, vaccine_complete, last_test_at,
+                                 last_test_result, ruleset, computed_at, valid_until)
+           VALUES ($1, $2, $3, $4, $5, to_timestamp($6), $7, 'default-2022', now(), now() + interval '1 hour')""",
         subject,
         colour,
         list(reasons),
+        doses,
+        complete,
+        None if last_test is None else last_test[0],
+        None if last_test is None else last_test[1],
     )
     return subject
 
@@ -59,8 +73,19 @@ def signer(api: Api) -> TokenSigner:
     return state
 
 
-def token_for(api: Api, subject: bytes, st: str = "G", *, now: int | None = None) -> str:
-    return signer(api).sign_status(b64url_encode(subject), st, 0, 1, int(time.time()) if now is None else now, ver=1)
+def token_for(
+    api: Api,
+    subject: bytes,
+    st: str = "G",
+    *,
+    now: int | None = None,
+    vac: int = 1,
+    negative_test_at: int | None = None,
+) -> str:
+    """A status token as /v1/status makes it: `sub` a handle sealed with the app's key."""
+    now = int(time.time()) if now is None else now
+    sub = api.app[HANDLES].seal(subject, now)
+    return signer(api).sign_status(sub, st, 0, vac, now, ver=1, negative_test_at=negative_test_at)
 
 
 async def post_verify(api: Api, key: str, body: object) -> Any:
@@ -69,8 +94,11 @@ async def post_verify(api: Api, key: str, body: object) -> Any:
     )
 
 
-async def verify_ok(api: Api, key: str, token: str) -> dict[str, Any]:
-    r = await post_verify(api, key, {"token": token, "checkpoint": CHECKPOINT})
+async def verify_ok(api: Api, key: str, token: str, policy: dict[str, Any] | None = None) -> dict[str, Any]:
+    request: dict[str, Any] = {"token": token, "checkpoint": CHECKPOINT}
+    if policy is not None:
+        request["policy"] = policy
+    r = await post_verify(api, key, request)
     assert r.status == 200, await r.text()
     assert r.content_type == "application/json"
     body: dict[str, Any] = await r.json()
@@ -90,6 +118,10 @@ def refused(reason: str) -> dict[str, Any]:
         "current_version": None,
         "name": None,
         "id_number": None,
+        "vaccination": None,
+        "last_test": None,
+        "meets_policy": None,
+        "failed_rules": None,
     }
 
 
@@ -124,7 +156,16 @@ async def scanner_id(db: asyncpg.Connection) -> int:
 async def test_a_valid_token_shows_both_colours_and_the_masked_person(
     api: Api, db: asyncpg.Connection, settings: Settings, client_keys: dict[str, str]
 ) -> None:
-    subject = await insert_person(db, settings.pepper, colour="red", reasons=("close_contact",))
+    tested = int(time.time()) - 26 * HOUR
+    subject = await insert_person(
+        db,
+        settings.pepper,
+        colour="red",
+        reasons=("close_contact",),
+        doses=3,
+        complete=True,
+        last_test=(tested, "negative"),
+    )
     body = await verify_ok(api, client_keys["scanner"], token_for(api, subject, "G"))
     assert body == {
         "valid": True,
@@ -136,6 +177,10 @@ async def test_a_valid_token_shows_both_colours_and_the_masked_person(
         "current_version": 0,
         "name": "王*",
         "id_number": "50**************39",
+        "vaccination": {"doses": 3, "complete": True},
+        "last_test": {"sampled_at": tested, "result": "negative", "hours_ago": 26},
+        "meets_policy": None,
+        "failed_rules": None,
     }
 
 
@@ -342,6 +387,154 @@ async def test_alg_none_is_refused(api: Api, client_keys: dict[str, str]) -> Non
         assert body["reason"] in {"bad_signature", "malformed"}
         assert body == refused(body["reason"])
     assert (await verify_ok(api, client_keys["scanner"], f"{h}.{p}."))["reason"] == "bad_signature"
+
+
+async def test_a_high_s_spelling_of_a_valid_token_is_a_bad_signature(
+    api: Api, db: asyncpg.Connection, settings: Settings, client_keys: dict[str, str]
+) -> None:
+    order = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
+    token = token_for(api, await insert_person(db, settings.pepper))
+    head, _, sig = token.rpartition(".")
+    raw = b64url_decode(sig)
+    flipped = f"{head}.{b64url_encode(raw[:32] + (order - int.from_bytes(raw[32:], 'big')).to_bytes(32, 'big'))}"
+    assert (await verify_ok(api, client_keys["scanner"], token))["valid"] is True
+    assert await verify_ok(api, client_keys["scanner"], flipped) == refused("bad_signature")
+
+
+async def test_a_handle_that_does_not_open_is_a_bad_handle(
+    api: Api, db: asyncpg.Connection, settings: Settings, client_keys: dict[str, str]
+) -> None:
+    subject = await insert_person(db, settings.pepper)
+    now = int(time.time())
+    # Signed by our key, so only the handle is wrong: another deployment's handle key, a bare pseudonym
+    # (the `sub` of tokens before handles), and a handle moved from a token of another second.
+    foreign = HandleCipher(bytes(32)).seal(subject, now)
+    moved = api.app[HANDLES].seal(subject, now - 1)
+    key = client_keys["scanner"]
+    for sub in (foreign, b64url_encode(subject), moved):
+        token = signer(api).sign_status(sub, "G", 0, 1, now, ver=1)
+        assert await verify_ok(api, key, token) == refused("bad_handle")
+    assert await verify_ok(api, key, token, {"max_test_age_hours": 24}) == {
+        **refused("bad_handle"),
+        "meets_policy": False,
+        "failed_rules": ["valid_token"],
+    }
+    recorder = api.app[SCANS]
+    assert await recorder.refusals.flush(api.app[PG]) == 4
+    assert [(r[3], r[4]) for r in await refusal_rows(db)] == [("bad_handle", 4)]
+
+
+# --- the checkpoint's policy -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("policy", "meets", "failed"),
+    [
+        ({}, True, []),
+        ({"max_test_age_hours": 48}, True, []),
+        ({"max_test_age_hours": 24}, False, ["test_age"]),
+        ({"require_vaccination": False}, True, []),
+        ({"require_vaccination": True}, False, ["vaccination"]),
+        ({"max_test_age_hours": 24, "require_vaccination": True}, False, ["test_age", "vaccination"]),
+    ],
+)
+async def test_the_policy_is_applied_to_the_current_status(
+    api: Api,
+    db: asyncpg.Connection,
+    settings: Settings,
+    client_keys: dict[str, str],
+    policy: dict[str, Any],
+    meets: bool,
+    failed: list[str],
+) -> None:
+    now = int(time.time())
+    subject = await insert_person(db, settings.pepper, doses=1, last_test=(now - 30 * HOUR, "negative"))
+    # The token was issued before the test and claims a complete course: the current status wins online.
+    token = token_for(api, subject, vac=1, negative_test_at=None)
+    body = await verify_ok(api, client_keys["scanner"], token, policy)
+    assert (body["valid"], body["meets_policy"], body["failed_rules"]) == (True, meets, failed)
+    assert body["last_test"] == {"sampled_at": now - 30 * HOUR, "result": "negative", "hours_ago": 30}
+    assert body["vaccination"] == {"doses": 1, "complete": False}
+
+
+async def test_a_positive_last_test_never_meets_a_test_age_policy(
+    api: Api, db: asyncpg.Connection, settings: Settings, client_keys: dict[str, str]
+) -> None:
+    now = int(time.time())
+    subject = await insert_person(db, settings.pepper, colour="red", last_test=(now - HOUR, "positive"))
+    body = await verify_ok(api, client_keys["scanner"], token_for(api, subject, "R"), {"max_test_age_hours": 72})
+    assert (body["meets_policy"], body["failed_rules"]) == (False, ["test_age"])
+    assert body["last_test"] == {"sampled_at": now - HOUR, "result": "positive", "hours_ago": 1}
+
+
+async def test_without_a_current_status_the_policy_reads_the_token(
+    api: Api, settings: Settings, client_keys: dict[str, str]
+) -> None:
+    subject = pseudonym(Identity("resident", NUMBER), settings.pepper)
+    now = int(time.time())
+    key = client_keys["scanner"]
+    fresh = token_for(api, subject, vac=1, negative_test_at=now - 10 * HOUR)
+    body = await verify_ok(api, key, fresh, {"max_test_age_hours": 24, "require_vaccination": True})
+    assert (body["valid"], body["current_colour"], body["meets_policy"], body["failed_rules"]) == (True, None, True, [])
+    stale = token_for(api, subject, vac=0, negative_test_at=now - 25 * HOUR)
+    body = await verify_ok(api, key, stale, {"max_test_age_hours": 24, "require_vaccination": True})
+    assert (body["meets_policy"], body["failed_rules"]) == (False, ["test_age", "vaccination"])
+
+
+async def test_an_invalid_token_never_meets_a_policy(api: Api, client_keys: dict[str, str]) -> None:
+    body = await verify_ok(api, client_keys["scanner"], "junk", {"require_vaccination": False})
+    assert body == {**refused("malformed"), "meets_policy": False, "failed_rules": ["valid_token"]}
+
+
+@pytest.mark.parametrize(
+    ("policy", "field", "code", "detail"),
+    [
+        ("48h", "policy", "wrong_type", "policy must be an object"),
+        ([48], "policy", "wrong_type", "policy must be an object"),
+        (
+            {"max_test_age": 48},
+            "policy.max_test_age",
+            "unknown_member",
+            "policy takes only max_test_age_hours and require_vaccination",
+        ),
+        (None, "policy", "wrong_type", "policy must be an object"),
+        *(
+            (
+                {"max_test_age_hours": hours},
+                "policy.max_test_age_hours",
+                "out_of_range" if type(hours) is int else "wrong_type",
+                "max_test_age_hours must be a whole number of hours from 1 to 720",
+            )
+            for hours in (0, 721, -24, 1.5, "48", True, None)
+        ),
+        (
+            {"require_vaccination": "yes"},
+            "policy.require_vaccination",
+            "wrong_type",
+            "require_vaccination must be true or false",
+        ),
+        (
+            {"require_vaccination": None},
+            "policy.require_vaccination",
+            "wrong_type",
+            "require_vaccination must be true or false",
+        ),
+        (
+            {"require_vaccination": 1},
+            "policy.require_vaccination",
+            "wrong_type",
+            "require_vaccination must be true or false",
+        ),
+    ],
+)
+async def test_a_malformed_policy_is_422(
+    api: Api, settings: Settings, client_keys: dict[str, str], policy: object, field: str, code: str, detail: str
+) -> None:
+    r = await post_verify(api, client_keys["scanner"], {"token": "a.b.c", "checkpoint": CHECKPOINT, "policy": policy})
+    assert r.status == 422, await r.text()
+    assert await r.json(content_type=PROBLEM) == invalid_field(field, code, detail)
+    assert await drain_scans(api, settings) == 0
+    assert api.app[SCANS].refusals.counted == 0  # a refused request is no scan
 
 
 @pytest.mark.parametrize(

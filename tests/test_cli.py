@@ -36,11 +36,17 @@ Run = Callable[..., Coroutine[Any, Any, tuple[int, str, str]]]
 
 @pytest.fixture
 def env(monkeypatch: pytest.MonkeyPatch, settings: Settings) -> pytest.MonkeyPatch:
-    for name in ("HEALTHCODE_PEPPER_FILE", "HEALTHCODE_TOKEN_TTL_SECONDS", "HEALTHCODE_RULESET"):
+    for name in (
+        "HEALTHCODE_PEPPER_FILE",
+        "HEALTHCODE_HANDLE_KEY_FILE",
+        "HEALTHCODE_TOKEN_TTL_SECONDS",
+        "HEALTHCODE_RULESET",
+    ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("DATABASE_URL", settings.database_url)
     monkeypatch.setenv("REDIS_URL", settings.redis_url)
     monkeypatch.setenv("HEALTHCODE_PEPPER", settings.pepper.hex())
+    monkeypatch.setenv("HEALTHCODE_HANDLE_KEY", settings.handle_key.hex())
     monkeypatch.setenv("HEALTHCODE_KEYS_DIR", str(settings.keys_dir))
     return monkeypatch
 
@@ -69,6 +75,12 @@ def run(env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Run:
         ("HEALTHCODE_KEYS_DIR", "", "HEALTHCODE_KEYS_DIR is not set"),
         ("HEALTHCODE_PEPPER", "not-hex", "HEALTHCODE_PEPPER must be hex"),
         ("HEALTHCODE_PEPPER", "00ff", "HEALTHCODE_PEPPER must hold at least 16 bytes of secret"),
+        ("HEALTHCODE_HANDLE_KEY", "zz", "HEALTHCODE_HANDLE_KEY must be hex"),
+        (
+            "HEALTHCODE_HANDLE_KEY",
+            "00" * 20,
+            "HEALTHCODE_HANDLE_KEY must hold an AES key of 16, 24 or 32 bytes, not 20",
+        ),
         ("HEALTHCODE_TOKEN_TTL_SECONDS", "five", "HEALTHCODE_TOKEN_TTL_SECONDS must be an integer, got 'five'"),
         ("HEALTHCODE_TOKEN_TTL_SECONDS", "5", "HEALTHCODE_TOKEN_TTL_SECONDS must be between 30 and 3600, got 5"),
         ("HEALTHCODE_MAX_BODY_BYTES", "10", "HEALTHCODE_MAX_BODY_BYTES must be between 1024 and 1073741824, got 10"),
@@ -100,10 +112,47 @@ async def test_pepper_is_required_from_the_variable_or_a_file(
     assert Settings.from_env().pepper == settings.pepper
 
 
+async def test_handle_key_is_required_from_the_variable_or_a_file(
+    run: Run, env: pytest.MonkeyPatch, tmp_path: Path, settings: Settings
+) -> None:
+    env.delenv("HEALTHCODE_HANDLE_KEY")
+    code, _, err = await run("migrate")
+    assert code == 2
+    assert "set HEALTHCODE_HANDLE_KEY (hex) or HEALTHCODE_HANDLE_KEY_FILE" in err
+    key_file = tmp_path / "handle-key"
+    key_file.write_bytes(settings.handle_key[:7])
+    env.setenv("HEALTHCODE_HANDLE_KEY_FILE", str(key_file))
+    code, _, err = await run("migrate")
+    assert code == 2
+    assert "HEALTHCODE_HANDLE_KEY_FILE must hold an AES key of 16, 24 or 32 bytes, not 7" in err
+    key_file.write_bytes(settings.handle_key)
+    assert Settings.from_env().handle_key == settings.handle_key
+
+
+def test_settings_repr_shows_no_secret() -> None:
+    settings = Settings.from_env(
+        {
+            "DATABASE_URL": "postgresql://x/y",
+            "REDIS_URL": "redis://x",
+            "HEALTHCODE_PEPPER": "ab" * 16,
+            "HEALTHCODE_HANDLE_KEY": "cd" * 32,
+            "HEALTHCODE_KEYS_DIR": "/k",
+        }
+    )
+    shown = repr(settings)
+    assert "keys_dir=PosixPath('/k')" in shown  # the repr is there, only the secrets are not
+    for secret in (settings.pepper, settings.handle_key):
+        assert secret.hex() not in shown and repr(secret) not in shown
+    assert "pepper" not in shown and "handle_key" not in shown
+
+
 def test_settings_from_a_mapping() -> None:
     env = {"DATABASE_URL": "postgresql://x/y", "REDIS_URL": "redis://x", "HEALTHCODE_PEPPER": "ab" * 16}
     with pytest.raises(SettingsError, match="HEALTHCODE_KEYS_DIR is not set"):
         Settings.from_env(env)
+    with pytest.raises(SettingsError, match="set HEALTHCODE_HANDLE_KEY"):
+        Settings.from_env({**env, "HEALTHCODE_KEYS_DIR": "/k"})
+    env["HEALTHCODE_HANDLE_KEY"] = "00" * 32
     settings = Settings.from_env({**env, "HEALTHCODE_KEYS_DIR": "/k", "HEALTHCODE_TOKEN_TTL_SECONDS": "120"})
     assert (settings.pepper, settings.keys_dir, settings.token_ttl_seconds) == (bytes([0xAB] * 16), Path("/k"), 120)
 

@@ -72,10 +72,13 @@ async def test_embedded_servers_start_answer_reuse_and_stop(state: devservers.St
         f"export DATABASE_URL={endpoints.database_url}",
         f"export REDIS_URL={endpoints.redis_url}",
         f"export HEALTHCODE_PEPPER_FILE={state.root}/pepper",
+        f"export HEALTHCODE_HANDLE_KEY_FILE={state.root}/handle-key",
         f"export HEALTHCODE_KEYS_DIR={state.root}/keys",
     ]
-    assert stat.S_IMODE(state.pepper_file.stat().st_mode) == 0o600
-    assert len(state.pepper_file.read_bytes()) == 32
+    for secret in (state.pepper_file, state.handle_key_file):
+        assert stat.S_IMODE(secret.stat().st_mode) == 0o600
+        assert len(secret.read_bytes()) == 32
+    assert state.pepper_file.read_bytes() != state.handle_key_file.read_bytes()
     assert stat.S_IMODE(state.keys_dir.stat().st_mode) == 0o700
 
     await asyncio.to_thread(devservers.down, state)

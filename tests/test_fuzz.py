@@ -74,11 +74,13 @@ def server(server_urls: tuple[str, str], tmp_path_factory: pytest.TempPathFactor
     asyncio.run(recreate_database(database_url))
     home = tmp_path_factory.mktemp("fuzz")
     (home / "pepper").write_bytes(os.urandom(32))
+    (home / "handle-key").write_bytes(os.urandom(32))
     env = {
         **os.environ,
         "DATABASE_URL": database_url,
         "REDIS_URL": server_urls[1],
         "HEALTHCODE_PEPPER_FILE": str(home / "pepper"),
+        "HEALTHCODE_HANDLE_KEY_FILE": str(home / "handle-key"),
         "HEALTHCODE_KEYS_DIR": str(home / "keys"),
     }
     cli = [sys.executable, "-m", "app.cli"]

@@ -235,6 +235,7 @@ async def test_cli_load_and_override(
         "DATABASE_URL": settings.database_url,
         "REDIS_URL": settings.redis_url,
         "HEALTHCODE_PEPPER": settings.pepper.hex(),
+        "HEALTHCODE_HANDLE_KEY": settings.handle_key.hex(),
         "HEALTHCODE_KEYS_DIR": str(tmp_path / "keys"),
     }.items():
         monkeypatch.setenv(name, value)

@@ -14,7 +14,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from app.http.appkeys import PG, SIGNER
+from app.http.appkeys import HANDLES, PG, SIGNER
 from app.keys import lifecycle as keys
 from app.keys.signer import SignerState
 from app.settings import Settings, SettingsError
@@ -38,7 +38,8 @@ def signing_kid(api: Api) -> str:
 def sign(api: Api, st: str = "G") -> str:
     signer = api.app[SIGNER].signer
     assert signer is not None
-    return signer.sign_status(SUB, st, 0, 1, int(time.time()), ver=1)
+    now = int(time.time())
+    return signer.sign_status(api.app[HANDLES].seal(bytes(range(16)), now), st, 0, 1, now, ver=1)
 
 
 async def published(api: Api) -> dict[str, dict[str, Any]]:
@@ -233,6 +234,7 @@ async def test_the_active_private_key_can_come_from_the_environment(
         "DATABASE_URL": settings.database_url,
         "REDIS_URL": settings.redis_url,
         "HEALTHCODE_PEPPER": settings.pepper.hex(),
+        "HEALTHCODE_HANDLE_KEY": settings.handle_key.hex(),
         "HEALTHCODE_KEYS_DIR": str(settings.keys_dir),
         "HEALTHCODE_SIGNING_KEYS": "\n" + pem.decode() + "\n",
     }
@@ -247,6 +249,12 @@ async def test_the_active_private_key_can_come_from_the_environment(
 
 
 def test_signing_keys_in_the_environment_must_be_pem() -> None:
-    env = {"DATABASE_URL": "x", "REDIS_URL": "x", "HEALTHCODE_PEPPER": "00" * 16, "HEALTHCODE_KEYS_DIR": "k"}
+    env = {
+        "DATABASE_URL": "x",
+        "REDIS_URL": "x",
+        "HEALTHCODE_PEPPER": "00" * 16,
+        "HEALTHCODE_KEYS_DIR": "k",
+        "HEALTHCODE_HANDLE_KEY": "00" * 16,
+    }
     with pytest.raises(SettingsError, match="HEALTHCODE_SIGNING_KEYS must hold PEM private keys"):
         Settings.from_env({**env, "HEALTHCODE_SIGNING_KEYS": "not a key"})

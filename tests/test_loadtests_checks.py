@@ -32,15 +32,16 @@ def _signer() -> tuple[TokenSigner, dict[str, list[dict[str, str]]]]:
 
 
 def _answer(signer: TokenSigner, colour: str = "green", popup: bool = False) -> dict[str, object]:
-    sub = b64url_encode(bytes(16))
+    sub = b64url_encode(bytes(44))  # a handle's size; the checks never open it
     letter = COLOUR_LETTER[colour]
+    tested = NOW - 5 * 3600
     return {
-        "subject": sub,
         "colour": colour,
         "popup": popup,
         "vaccination": {"doses": 2, "complete": True},
+        "last_test": {"sampled_at": tested, "result": "negative", "hours_ago": 5},
         "version": 1,
-        "token": signer.sign_status(sub, letter, int(popup), 1, NOW, ver=1),
+        "token": signer.sign_status(sub, letter, int(popup), 1, NOW, ver=1, negative_test_at=tested),
         "token_expires_at": NOW + 300,
     }
 
@@ -61,6 +62,13 @@ def test_status_answers_are_checked_against_the_published_keys() -> None:
         check_status({**good, "colour": "green"}, verifier, NOW)[0] == "token colour differs from the answer's colour"
     )
     assert check_status({**good, "popup": False}, verifier, NOW)[0] is not None
+    nt_differs = "token's last negative test differs from the answer's last test"
+    assert check_status({**good, "last_test": None}, verifier, NOW)[0] == nt_differs
+    positive = {"sampled_at": NOW - 5 * 3600, "result": "positive", "hours_ago": 5}
+    assert check_status({**good, "last_test": positive}, verifier, NOW)[0] == nt_differs
+    untested = {**good, "last_test": None, "token": signer.sign_status("h", "Y", 1, 1, NOW, ver=1)}
+    assert check_status(untested, verifier, NOW)[0] is None
+    assert check_status({**good, "subject": "AAAA"}, verifier, NOW)[0] == "status answer carries the pseudonym"
     assert check_status(good, verifier, NOW, Expected("red", True, True))[0] == "colour yellow, expected red"
     assert check_status(good, None, NOW)[0] == "no published keys to verify the token with"
     # A token signed by a key the JWKS does not publish fails, as does an expired one.
@@ -100,6 +108,33 @@ def test_verify_verdicts() -> None:
     assert verdict(refused, True, False) == "valid token refused (expired)"
     assert verdict({**ok, "token_colour": "red"}, True, False) is not None
     assert verdict({**ok, "checkpoint": "c2"}, True, False) is not None
+
+
+def test_policy_verdicts() -> None:
+    issued = Issued("t", NOW + 10, "green")
+    ok = {"valid": True, "reason": "ok", "checkpoint": "c1", "token_colour": "green", "current_colour": "green"}
+    forged = {"valid": False, "reason": "bad_signature", "checkpoint": "c1"}
+
+    def verdict(body: dict[str, object], expect_valid: bool | None, policy_sent: bool) -> str | None:
+        return check_verdict(
+            body, checkpoint="c1", expect_valid=expect_valid, tampered=not body["valid"], issued=issued,
+            policy_sent=policy_sent,
+        )  # fmt: skip
+
+    met = {"meets_policy": True, "failed_rules": []}
+    unmet = {"meets_policy": False, "failed_rules": ["test_age"]}
+    assert verdict({**ok, **met}, True, True) is None
+    assert verdict({**ok, **unmet}, True, True) is None
+    assert verdict({**forged, "meets_policy": False, "failed_rules": ["valid_token"]}, None, True) is None
+    assert verdict({**ok, "meets_policy": None, "failed_rules": None}, True, False) is None
+    assert verdict({**ok, "meets_policy": None, "failed_rules": None}, True, True) == (
+        "verify answer without a policy verdict"
+    )
+    assert verdict({**ok, **met}, True, False) == "policy verdict without a policy"
+    assert verdict({**ok, "meets_policy": True, "failed_rules": ["test_age"]}, True, True) == (
+        "meets_policy disagrees with failed_rules"
+    )
+    assert verdict({**forged, **met}, None, True) == "a refused token meets the policy"
 
 
 def test_token_pool_keeps_tokens_until_they_expire() -> None:

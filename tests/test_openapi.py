@@ -57,7 +57,11 @@ def resolve(node: dict[str, Any]) -> dict[str, Any]:
 
 def app_routes() -> set[tuple[str, str]]:
     settings = Settings(
-        database_url="postgresql://unused", redis_url="redis://unused", pepper=b"p" * 32, keys_dir=Path(".")
+        database_url="postgresql://unused",
+        redis_url="redis://unused",
+        pepper=b"p" * 32,
+        keys_dir=Path("."),
+        handle_key=b"h" * 32,
     )
     app = create_app(settings, background=False)
     return {
@@ -237,17 +241,23 @@ async def test_live_answers_fit_their_documented_schemas(
     r = await api.post("/v1/status", json={"id_type": "resident", "id_number": NUMBER}, headers=citizen)
     assert r.status == 200, await r.text()
     status = await assert_documented(r, "/v1/status", "post")
-    assert status["subject"] == b64url_encode(subject)
+    assert "subject" not in status
 
     r = await api.post("/v1/verify", json={"token": status["token"], "checkpoint": "gate-1"}, headers=scanner)
     assert r.status == 200, await r.text()
     assert (await assert_documented(r, "/v1/verify", "post"))["valid"] is True
+    gate = {"token": status["token"], "checkpoint": "gate-1", "policy": {"max_test_age_hours": 12}}
+    r = await api.post("/v1/verify", json=gate, headers=scanner)
+    assert (await assert_documented(r, "/v1/verify", "post"))["failed_rules"] == ["test_age"]
 
     signer = api.app[SIGNER].signer
     assert signer is not None
     expired = signer.sign_status(b64url_encode(subject), "Y", 1, 1, int(time.time()) - 3600, ver=1)
     r = await api.post("/v1/verify", json={"token": expired, "checkpoint": "gate-1"}, headers=scanner)
     assert (await assert_documented(r, "/v1/verify", "post"))["reason"] == "expired"
+    bare = signer.sign_status(b64url_encode(subject), "Y", 1, 1, int(time.time()), ver=1)  # the old `sub`
+    r = await api.post("/v1/verify", json={"token": bare, "checkpoint": "gate-1", "policy": {}}, headers=scanner)
+    assert (await assert_documented(r, "/v1/verify", "post"))["reason"] == "bad_handle"
 
     problems = [
         ("/v1/status", await api.post("/v1/status", json={"id_number": "440305200002294564"}, headers=citizen)),
@@ -256,13 +266,19 @@ async def test_live_answers_fit_their_documented_schemas(
         ("/v1/status", await api.post("/v1/status", json={"id_number": NUMBER}, headers=scanner)),
         ("/v1/verify", await api.post("/v1/verify", json={"checkpoint": "gate-1"}, headers=scanner)),
         (
+            "/v1/verify",
+            await api.post(
+                "/v1/verify", json={"token": "a.b.c", "checkpoint": "g", "policy": {"x": 1}}, headers=scanner
+            ),
+        ),
+        (
             "/v1/status",
             await api.post("/v1/status", data=b"{", headers={**citizen, "Content-Type": "application/json"}),
         ),
         ("/v1/status", await api.post("/v1/status", data=b"{}", headers={**citizen, "Content-Type": "text/plain"})),
         ("/v1/status", await api.get("/v1/status")),
     ]
-    assert [r.status for _, r in problems] == [404, 422, 401, 403, 422, 400, 415, 405]
+    assert [r.status for _, r in problems] == [404, 422, 401, 403, 422, 422, 400, 415, 405]
     for path, r in problems:
         await assert_documented(r, path, "post")
 

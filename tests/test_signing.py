@@ -43,6 +43,7 @@ ISS = "https://healthcode.example"
 TTL = 300
 NOW = 1_700_000_000
 SUB = b64url_encode(bytes(range(16)))
+P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
 
 
 def b64(obj: object) -> str:
@@ -107,6 +108,25 @@ def status_claims(st: str = "Y", pop: int = 1, vac: int = 0, now: int = NOW) -> 
     return {"iss": ISS, "sub": SUB, "st": st, "pop": pop, "vac": vac, "ver": 1, "iat": now, "exp": now + TTL}
 
 
+def s_of(token: str) -> int:
+    return int.from_bytes(segments(token)[2][32:], "big")
+
+
+def with_s(token: str, s: int) -> str:
+    """The same token with the S half of its ES256 signature replaced."""
+    head, _, sig = token.rpartition(".")
+    raw = b64url_decode(sig)
+    return f"{head}.{b64url_encode(raw[:32] + s.to_bytes(32, 'big'))}"
+
+
+def pyjwt_token(claims: dict[str, object], key: PrivateKey, record: KeyRecord, alg: str) -> str:
+    """A token made by PyJWT, its ES256 S made low as ours are (PyJWT leaves it as OpenSSL made it)."""
+    token = jwt.encode(claims, key, algorithm=alg, headers={"kid": record.kid, "typ": STATUS_TYP})
+    if alg == ES256 and s_of(token) > P256_ORDER // 2:
+        token = with_s(token, P256_ORDER - s_of(token))
+    return token
+
+
 # --- round trips ---------------------------------------------------------------------------------------
 
 
@@ -142,6 +162,43 @@ def test_es256_signature_is_raw_r_s(es_key: PrivateKey) -> None:
     es_key.public_key().verify(der, signing_input.encode(), ec.ECDSA(hashes.SHA256()))
 
 
+def test_last_negative_test_rides_beside_vac_and_ver(ring: KeyRing, verifier: TokenVerifier) -> None:
+    tested = NOW - 30 * 3600
+    token = ring.signer.sign_status(SUB, "G", 0, 1, NOW, ver=4, negative_test_at=tested)
+    claims = verifier.verify(token, NOW)
+    assert list(segments(token)[1]) == ["iss", "sub", "st", "pop", "vac", "nt", "ver", "iat", "exp"]
+    assert claims == {**status_claims("G", 0, 1), "nt": tested, "ver": 4}
+    generic = ring.signer.sign({"sub": SUB, "st": "G", "pop": 0, "vac": 1, "nt": tested, "ver": 4}, NOW)
+    assert generic.split(".")[:2] == token.split(".")[:2]
+    # No test (or a last test that was not negative): the claim is left out, not sent as null.
+    assert "nt" not in verifier.verify(ring.signer.sign_status(SUB, "G", 0, 1, NOW, ver=4), NOW)
+
+
+# --- one valid spelling: low-S ES256 ----------------------------------------------------------------------
+
+
+def test_es256_signatures_are_made_low_s(es_key: PrivateKey) -> None:
+    signer = TokenSigner(KeyRecord.from_private_key(es_key), ISS, TTL)
+    # OpenSSL makes a high S about every other time; 64 tokens all low has odds of 2^-64 by chance.
+    assert max(s_of(signer.sign_status(SUB, "G", 0, 0, NOW + n, ver=1)) for n in range(64)) <= P256_ORDER // 2
+
+
+def test_high_s_signature_is_refused(es_key: PrivateKey) -> None:
+    assert isinstance(es_key, ec.EllipticCurvePrivateKey)
+    record = KeyRecord.from_private_key(es_key)
+    verifier = TokenVerifier(KeyRing([record], TTL, issuer=ISS), ISS, STATUS_TYP)
+    token = TokenSigner(record, ISS, TTL).sign_status(SUB, "G", 0, 0, NOW, ver=1)
+    flipped = with_s(token, P256_ORDER - s_of(token))
+    # n - s is a mathematically valid ECDSA signature of the same input: only the low-S rule refuses it.
+    signing_input, _, sig = flipped.rpartition(".")
+    r_s = b64url_decode(sig)
+    der = encode_dss_signature(int.from_bytes(r_s[:32], "big"), int.from_bytes(r_s[32:], "big"))
+    es_key.public_key().verify(der, signing_input.encode(), ec.ECDSA(hashes.SHA256()))
+    assert verifier.verify(token, NOW)["st"] == "G"
+    with pytest.raises(BadSignature, match="high S"):
+        verifier.verify(flipped, NOW)
+
+
 # --- an independent implementation: PyJWT ------------------------------------------------------------------
 
 
@@ -152,6 +209,8 @@ def test_pyjwt_verifies_our_tokens(ring: KeyRing, record: KeyRecord, alg: str) -
     assert jwt.get_unverified_header(token) == {"alg": alg, "kid": record.kid, "typ": "hcs+jwt"}
     claims = jwt.decode(token, key=key, algorithms=[alg], issuer=ISS, options={"require": ["exp", "iat"]})
     assert claims == status_claims("G", 0, 1, now)
+    tested = ring.signer.sign_status(SUB, "G", 0, 1, now, ver=1, negative_test_at=now - 3600)
+    assert jwt.decode(tested, key=key, algorithms=[alg], issuer=ISS)["nt"] == now - 3600
     tampered = token[:-4] + ("AAAA" if not token.endswith("AAAA") else "BBBB")
     with pytest.raises(jwt.InvalidSignatureError):
         jwt.decode(tampered, key=key, algorithms=[alg])
@@ -166,7 +225,7 @@ def test_pyjwt_reads_our_jwks(ring: KeyRing, record: KeyRecord, alg: str) -> Non
 
 
 def test_we_verify_pyjwt_tokens(key: PrivateKey, record: KeyRecord, verifier: TokenVerifier, alg: str) -> None:
-    token = jwt.encode(status_claims(), key, algorithm=alg, headers={"kid": record.kid, "typ": STATUS_TYP})
+    token = pyjwt_token(status_claims(), key, record, alg)
     assert verifier.verify(token, NOW) == status_claims()
 
 
@@ -294,6 +353,10 @@ def test_wrong_issuer(ring: KeyRing, token: str) -> None:
         {"st": "B"},
         {"pop": 2},
         {"vac": True},
+        {"nt": -1},
+        {"nt": "1699990000"},
+        {"nt": True},
+        {"nt": 1.5},
         {"ver": -1},
         {"ver": "7"},
         {"exp": "soon"},
@@ -309,8 +372,7 @@ def test_missing_or_bad_claims(
             del claims[name]
         else:
             claims[name] = value
-    token = jwt.encode(claims, key, algorithm=alg, headers={"kid": record.kid, "typ": STATUS_TYP})
-    assert reason(verifier, token) in {"malformed", "wrong_issuer"}
+    assert reason(verifier, pyjwt_token(claims, key, record, alg)) in {"malformed", "wrong_issuer"}
 
 
 def test_malformed(token: str, verifier: TokenVerifier, record: KeyRecord) -> None:
@@ -357,6 +419,9 @@ def test_signer_refuses_bad_input(ring: KeyRing) -> None:
     for ver in (-1, True):
         with pytest.raises(ValueError, match="ver"):
             signer.sign_status(SUB, "G", 0, 0, NOW, ver=ver)
+    for nt in (-1, True, "1699990000"):
+        with pytest.raises(ValueError, match="negative_test_at"):
+            signer.sign_status(SUB, "G", 0, 0, NOW, ver=1, negative_test_at=nt)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="exp"):
         signer.sign({"sub": SUB, "exp": NOW + 10**9}, NOW)
 

@@ -128,6 +128,7 @@ def environment(settings: Settings) -> dict[str, str]:
         "DATABASE_URL": settings.database_url,
         "REDIS_URL": settings.redis_url,
         "HEALTHCODE_PEPPER": settings.pepper.hex(),
+        "HEALTHCODE_HANDLE_KEY": settings.handle_key.hex(),
         "HEALTHCODE_KEYS_DIR": str(settings.keys_dir),
     }
 

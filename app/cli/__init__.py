@@ -24,7 +24,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="healthcode",
         description="Health-code status service. Configuration comes from the environment "
-        "(DATABASE_URL, REDIS_URL, HEALTHCODE_PEPPER or HEALTHCODE_PEPPER_FILE, HEALTHCODE_KEYS_DIR).",
+        "(DATABASE_URL, REDIS_URL, HEALTHCODE_PEPPER or HEALTHCODE_PEPPER_FILE, "
+        "HEALTHCODE_HANDLE_KEY or HEALTHCODE_HANDLE_KEY_FILE, HEALTHCODE_KEYS_DIR).",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

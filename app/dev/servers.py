@@ -159,6 +159,10 @@ class StateDir:
         return self.root / "pepper"
 
     @property
+    def handle_key_file(self) -> Path:
+        return self.root / "handle-key"
+
+    @property
     def keys_dir(self) -> Path:
         return self.root / "keys"
 
@@ -506,15 +510,21 @@ def choose_redis(state: StateDir, env: dict[str, str], servers: dict[str, dict[s
     return f"redis://{LOCAL_HOST}:{port}/0"
 
 
+def _ensure_secret_file(path: Path, what: str) -> None:
+    """32 random bytes in a file only its owner reads, made once."""
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            out.write(secrets.token_bytes(32))
+        say(f"generated {what} {path}")
+    path.chmod(0o600)
+
+
 def ensure_demo_secrets(state: StateDir) -> None:
-    """Pepper and key folder for the demo, made once per checkout and never committed."""
+    """Pepper, token handle key and key folder for the demo, made once per checkout and never committed."""
     state.ensure()
-    if not state.pepper_file.exists():
-        fd = os.open(state.pepper_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(secrets.token_bytes(32))
-        say(f"generated demo pepper {state.pepper_file}")
-    state.pepper_file.chmod(0o600)
+    _ensure_secret_file(state.pepper_file, "demo pepper")
+    _ensure_secret_file(state.handle_key_file, "demo token handle key")
     state.keys_dir.mkdir(mode=0o700, exist_ok=True)
     state.keys_dir.chmod(0o700)
 
@@ -524,6 +534,7 @@ def write_env(state: StateDir, endpoints: Endpoints) -> None:
         "DATABASE_URL": endpoints.database_url,
         "REDIS_URL": endpoints.redis_url,
         "HEALTHCODE_PEPPER_FILE": str(state.pepper_file),
+        "HEALTHCODE_HANDLE_KEY_FILE": str(state.handle_key_file),
         "HEALTHCODE_KEYS_DIR": str(state.keys_dir),
     }
     lines = ["# Written by `python -m app.dev.servers up`; source it: . ./.healthcode/env.sh"]

@@ -21,6 +21,7 @@ from app.http.admission import Admission
 from app.http.appkeys import (
     CLIENTS,
     FRONT_DOOR,
+    HANDLES,
     INGEST,
     INGEST_PG,
     PG,
@@ -49,6 +50,7 @@ from cache.rate_limit import RateLimiter
 from cache.scan_stream import ScanStream
 from cache.status_cache import StatusCache
 from cache.status_writer import StatusWriter
+from signing.handles import HandleCipher
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +76,7 @@ def create_app(settings: Settings, *, background: bool = True) -> web.Applicatio
     app[SETTINGS] = settings
     app[FRONT_DOOR] = front_door
     app[POSTGRES_STATE] = postgres
+    app[HANDLES] = HandleCipher(settings.handle_key)
     app.cleanup_ctx.extend([_admission, _postgres, _redis, _services])
     if background:
         app.cleanup_ctx.append(_background)

@@ -17,6 +17,7 @@ from app.statuses.loader import StatusLoader
 from app.statuses.publish import StatusPublisher
 from cache.rate_limit import RateLimiter
 from cache.status_cache import StatusCache
+from signing.handles import HandleCipher
 
 SETTINGS = web.AppKey("settings", Settings)
 PG = web.AppKey("pg", asyncpg.Pool)
@@ -26,6 +27,7 @@ CLIENTS = web.AppKey("clients", ClientRegistry)
 STATUS_CACHE = web.AppKey("status_cache", StatusCache)
 STATUS_LOADER = web.AppKey("status_loader", StatusLoader)  # its read counter is a metric
 SIGNER = web.AppKey("signer", SignerState)
+HANDLES = web.AppKey("handles", HandleCipher)  # seals and opens the `sub` of status tokens
 RATE_LIMITER = web.AppKey("rate_limiter", RateLimiter)
 SCANS = web.AppKey("scans", ScanRecorder)
 SCAN_WRITER = web.AppKey("scan_writer", ScanWriter)  # only with background tasks

@@ -57,6 +57,7 @@ class Stack:
             "DATABASE_URL": self.database_url,
             "REDIS_URL": f"redis://{servers.LOCAL_HOST}:{self.redis_port}/0",
             "HEALTHCODE_PEPPER_FILE": str(self.state.pepper_file),
+            "HEALTHCODE_HANDLE_KEY_FILE": str(self.state.handle_key_file),
             "HEALTHCODE_KEYS_DIR": str(self.state.keys_dir),
         }
 

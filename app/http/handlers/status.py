@@ -7,13 +7,13 @@ from typing import Any
 
 from aiohttp import web
 
-from app.http.appkeys import CLIENTS, SETTINGS, SIGNER, STATUS_CACHE
+from app.http.appkeys import CLIENTS, HANDLES, SETTINGS, SIGNER, STATUS_CACHE
 from app.http.handlers.common import identity_from_body, json_response, read_json_object
+from app.http.handlers.status_view import last_test, negative_test_at, vaccination
 from app.http.problems import SubjectNotFound
 from app.identity import pseudonym
 from cache.entry import StatusEntry
 from signing.colours import COLOUR_LETTER
-from signing.encoding import b64url_encode
 
 routes = web.RouteTableDef()
 
@@ -31,30 +31,29 @@ async def status(request: web.Request) -> web.Response:
     if entry is None:
         raise SubjectNotFound("no status is held for this document; the person may not be registered yet")
     now = int(time.time())
-    sub = b64url_encode(subject)
     token = signer.sign_status(
-        sub, COLOUR_LETTER[entry.colour], int(entry.popup), int(entry.vaccine_complete), now, ver=entry.version
+        app[HANDLES].seal(subject, now),  # a new handle per token: two tokens of one person do not link
+        COLOUR_LETTER[entry.colour],
+        int(entry.popup),
+        int(entry.vaccine_complete),
+        now,
+        ver=entry.version,
+        negative_test_at=negative_test_at(entry),
     )
-    return json_response(status_payload(sub, entry, token, now, now + settings.token_ttl_seconds))
+    return json_response(status_payload(entry, token, now, now + settings.token_ttl_seconds))
 
 
-def status_payload(sub: str, entry: StatusEntry, token: str, now: int, token_expires_at: int) -> dict[str, Any]:
+def status_payload(entry: StatusEntry, token: str, now: int, token_expires_at: int) -> dict[str, Any]:
+    """The answer; the pseudonym is not in it (the token's `sub` is a handle only this service opens)."""
     return {
-        "subject": sub,
         "id_type": entry.id_type,
         "name": entry.masked_name,
         "id_number": entry.masked_number,
         "colour": entry.colour,
         "reasons": entry.reasons,
         "popup": entry.popup,
-        "vaccination": {"doses": entry.vaccine_doses, "complete": entry.vaccine_complete},
-        "last_test": None
-        if entry.last_test_at is None
-        else {
-            "sampled_at": entry.last_test_at,
-            "result": entry.last_test_result,
-            "hours_ago": (now - entry.last_test_at) // 3600,
-        },
+        "vaccination": vaccination(entry),
+        "last_test": last_test(entry, now),
         "ruleset": entry.ruleset,
         "version": entry.version,
         "computed_at": entry.computed_at,
