@@ -134,6 +134,15 @@ async def test_postgres_stopped_hits_answer_misses_503_and_it_recovers(
         r, seconds = await post_status(api, key, STORED)
         assert (r.status, seconds < MISS_BOUND_SECONDS) == (503, True), await r.text()
 
+    agency = {**bearer(client_keys["agency"]), "Content-Type": "text/csv"}
+    uploads = [
+        await api.post("/v1/batches?kind=test", data=b"id_number,sampled_at,result,lab\n", headers=agency)
+        for _ in range(3)  # the first may find an idle pooled connection, later ones must make a new one
+    ]
+    for r in [*uploads, await api.get("/v1/batches/1", headers=agency)]:
+        assert r.status == 503, await r.text()
+        assert (await r.json(content_type=PROBLEM))["dependency"] == "postgres"
+
     ready = await api.get("/readyz")
     assert ready.status == 503, await ready.text()
     assert (await ready.json(content_type=PROBLEM))["unreachable"] == ["postgres"]

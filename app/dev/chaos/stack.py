@@ -128,7 +128,10 @@ class Stack:
                 await self._api.wait()
         await asyncio.to_thread(servers.stop_valkey, self.state)
         await asyncio.to_thread(servers.stop_postgres, self.state, "immediate")
-        shutil.rmtree(self.root, ignore_errors=True)
+        if os.environ.get("HEALTHCODE_CHAOS_KEEP"):
+            print(f"chaos: state, logs and the API's log kept in {self.root}")
+        else:
+            shutil.rmtree(self.root, ignore_errors=True)
 
     async def _cli(self, *args: str) -> None:
         process = await asyncio.create_subprocess_exec(

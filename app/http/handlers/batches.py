@@ -7,12 +7,14 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Final
 
+import asyncpg
 import orjson
 from aiohttp import web
 
 from app.clients import Client
-from app.http.appkeys import CLIENTS, INGEST, INGEST_PG, PG, RATE_LIMITER, SETTINGS
-from app.http.handlers.common import json_response
+from app.db import UNAVAILABLE_ERRORS
+from app.http.appkeys import CLIENTS, INGEST, INGEST_PG, PG, POSTGRES_STATE, RATE_LIMITER, SETTINGS
+from app.http.handlers.common import json_response, postgres_answers, postgres_unavailable
 from app.http.problems import BodyTimeout, InvalidField, NotFound, RateLimited, UnsupportedMediaType, UploadsBusy
 from app.ingest.errors import BatchTooLarge, KindNotAllowed
 from app.ingest.store import batch_by_id, batch_view, rejections
@@ -88,6 +90,8 @@ async def upload(request: web.Request) -> web.Response:
         raise UploadsBusy(
             f"all {settings.ingest_pool_max} upload slots of this process are in use; retry after Retry-After seconds"
         ) from None
+    except UNAVAILABLE_ERRORS as exc:  # a new pool connection could not be made: Postgres is down
+        raise postgres_unavailable(app[POSTGRES_STATE], exc) from exc
     try:
         received = await receive_batch(
             conn,
@@ -115,7 +119,7 @@ async def upload(request: web.Request) -> web.Response:
     return json_response(batch_view(row), status=202, headers={"Location": location})
 
 
-async def _own_batch(request: web.Request) -> int:
+async def _own_batch(request: web.Request) -> asyncpg.Record:
     client = _agency(request)
     try:
         batch_id = int(request.match_info["batch_id"])
@@ -123,24 +127,22 @@ async def _own_batch(request: web.Request) -> int:
         raise NotFound("no such batch") from None
     if not 0 < batch_id <= _MAX_BATCH_ID:
         raise NotFound(f"no batch {batch_id} for this agency")  # no bigint holds it: none was ever made
-    row = await batch_by_id(request.app[PG], batch_id)
+    with postgres_answers(request.app[POSTGRES_STATE]):
+        row = await batch_by_id(request.app[PG], batch_id)
     # Another agency's batch is answered like a missing one: its existence is not ours to reveal.
     if row is None or row["client_id"] != client.id:
         raise NotFound(f"no batch {batch_id} for this agency")
-    return batch_id
+    return row
 
 
 @routes.get("/v1/batches/{batch_id}")
 async def get_batch(request: web.Request) -> web.Response:
-    batch_id = await _own_batch(request)
-    row = await batch_by_id(request.app[PG], batch_id)
-    assert row is not None
-    return json_response(batch_view(row))
+    return json_response(batch_view(await _own_batch(request)))
 
 
 @routes.get("/v1/batches/{batch_id}/rejections")
 async def get_rejections(request: web.Request) -> web.StreamResponse:
-    batch_id = await _own_batch(request)
+    batch_id = (await _own_batch(request))["id"]
     response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
     await response.prepare(request)
     # Each page takes a connection of the upload pool only while it is read, none while a slow

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
 from aiohttp import web
 
+from app.db import UNAVAILABLE_ERRORS, DatabaseUnavailable, unavailable_reason
+from app.health import DependencyState
 from app.http.problems import InvalidField, InvalidIdentityProblem, MalformedRequest, UnsupportedMediaType
 from app.identity import Identity, InvalidIdentity, parse_identity
 
@@ -90,3 +94,22 @@ def identity_from_body(body: dict[str, Any]) -> Identity:
         return parse_identity(body.get("id_type", "resident"), body.get("id_number"))
     except InvalidIdentity as exc:
         raise InvalidIdentityProblem(exc.field, exc.code, exc.message) from None
+
+
+def postgres_unavailable(state: DependencyState, exc: BaseException) -> DatabaseUnavailable:
+    """The 503 for Postgres failing to answer (down, refusing connections, too slow); the state logs
+    the outage once, not once per request."""
+    reason = unavailable_reason(exc)
+    state.failed(reason)
+    return DatabaseUnavailable(reason)
+
+
+@contextlib.contextmanager
+def postgres_answers(state: DependencyState) -> Iterator[None]:
+    """Postgres failing to answer inside the block is a 503 with Retry-After, never a 500."""
+    try:
+        yield
+    except DatabaseUnavailable:
+        raise
+    except UNAVAILABLE_ERRORS as exc:
+        raise postgres_unavailable(state, exc) from exc
