@@ -93,6 +93,18 @@ def lines(caplog: pytest.LogCaptureFixture, pattern: str) -> list[str]:
     return [r.getMessage() for r in caplog.records if re.search(pattern, r.getMessage())]
 
 
+async def assert_uploads_unavailable(api: Api, key: str) -> None:
+    """Uploads and batch reads answer 503 naming Postgres, not 500."""
+    agency = {**bearer(key), "Content-Type": "text/csv"}
+    uploads = [
+        await api.post("/v1/batches?kind=test", data=b"id_number,sampled_at,result,lab\n", headers=agency)
+        for _ in range(3)  # the first may find an idle pooled connection, later ones must make a new one
+    ]
+    for r in [*uploads, await api.get("/v1/batches/1", headers=agency)]:
+        assert r.status == 503, await r.text()
+        assert (await r.json(content_type=PROBLEM))["dependency"] == "postgres"
+
+
 async def test_postgres_stopped_hits_answer_misses_503_and_it_recovers(
     own_postgres: OwnPostgres,
     make_client: AppFactory,
@@ -134,14 +146,7 @@ async def test_postgres_stopped_hits_answer_misses_503_and_it_recovers(
         r, seconds = await post_status(api, key, STORED)
         assert (r.status, seconds < MISS_BOUND_SECONDS) == (503, True), await r.text()
 
-    agency = {**bearer(client_keys["agency"]), "Content-Type": "text/csv"}
-    uploads = [
-        await api.post("/v1/batches?kind=test", data=b"id_number,sampled_at,result,lab\n", headers=agency)
-        for _ in range(3)  # the first may find an idle pooled connection, later ones must make a new one
-    ]
-    for r in [*uploads, await api.get("/v1/batches/1", headers=agency)]:
-        assert r.status == 503, await r.text()
-        assert (await r.json(content_type=PROBLEM))["dependency"] == "postgres"
+    await assert_uploads_unavailable(api, client_keys["agency"])
 
     ready = await api.get("/readyz")
     assert ready.status == 503, await ready.text()
