@@ -5,15 +5,16 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 
 class SettingsError(ValueError):
     """A configuration variable is missing or wrong; the message names it."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, repr=False)
 class Settings:
     database_url: str
     redis_url: str
@@ -56,6 +57,22 @@ class Settings:
     max_rejections_per_batch: int = 10_000
     # Private signing keys given in the environment (PEM), used before key files.
     signing_key_pems: tuple[bytes, ...] = ()
+
+    def __repr__(self) -> str:
+        # Settings end up in logs and tracebacks: the pepper, private keys and URL passwords never do.
+        shown = []
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "pepper":
+                text = f"<{len(value)} secret bytes>"
+            elif f.name == "signing_key_pems":
+                text = f"<{len(value)} private keys>"
+            elif f.name.endswith("_url"):
+                text = repr(_without_password(value))
+            else:
+                text = repr(value)
+            shown.append(f"{f.name}={text}")
+        return f"Settings({', '.join(shown)})"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -117,8 +134,22 @@ def _ms(env: Mapping[str, str], name: str, default: int, *, low: int, high: int)
     return _int(env, name, default, low=low, high=high) / 1000
 
 
+def _without_password(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rpartition("@")
+    user = netloc[0].partition(":")[0]
+    return urlunsplit((parts.scheme, f"{user}:***@{netloc[2]}", parts.path, parts.query, parts.fragment))
+
+
 def _secret(env: Mapping[str, str], name: str) -> tuple[bytes, str]:
-    """A secret from `name` (hex) or `name`_FILE (raw bytes), and the variable it came from."""
+    """A secret from `name` (hex) or `name`_FILE (raw bytes), and the variable it came from.
+
+    A file's bytes are the secret except for one final line ending (LF or CRLF), which `echo`, editors
+    and secret stores add or not as they please: hosts given the same secret must derive the same
+    pseudonyms. A secret whose own last byte is a line feed cannot be given as a file; give it in hex.
+    """
     file_name = f"{name}_FILE"
     if hex_value := env.get(name, "").strip():
         try:
@@ -127,7 +158,7 @@ def _secret(env: Mapping[str, str], name: str) -> tuple[bytes, str]:
             raise SettingsError(f"{name} must be hex") from None
     if path := env.get(file_name, "").strip():
         try:
-            return Path(path).read_bytes(), file_name
+            return _without_line_ending(Path(path).read_bytes()), file_name
         except OSError as exc:
             raise SettingsError(f"{file_name} cannot be read: {exc.strerror}") from None
     raise SettingsError(f"set {name} (hex) or {file_name}")
@@ -147,6 +178,12 @@ def _handle_key(env: Mapping[str, str]) -> bytes:
     if len(key) not in (16, 24, 32):
         raise SettingsError(f"{source} must hold an AES key of 16, 24 or 32 bytes, not {len(key)}")
     return key
+
+
+def _without_line_ending(raw: bytes) -> bytes:
+    if raw.endswith(b"\r\n"):
+        return raw[:-2]
+    return raw.removesuffix(b"\n")
 
 
 _PEM_BLOCK = re.compile(r"-----BEGIN [A-Z ]+-----.+?-----END [A-Z ]+-----", re.DOTALL)

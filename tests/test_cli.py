@@ -107,9 +107,9 @@ async def test_pepper_is_required_from_the_variable_or_a_file(
     assert code == 2
     assert "HEALTHCODE_PEPPER_FILE cannot be read" in err
     pepper_file = tmp_path / "pepper"
-    pepper_file.write_bytes(settings.pepper)
+    pepper_file.write_bytes(b"s" * 32 + b"\n")  # as `echo` writes it: the final line ending is not secret
     env.setenv("HEALTHCODE_PEPPER_FILE", str(pepper_file))
-    assert Settings.from_env().pepper == settings.pepper
+    assert Settings.from_env().pepper == b"s" * 32
 
 
 async def test_handle_key_is_required_from_the_variable_or_a_file(

@@ -514,8 +514,11 @@ def _ensure_secret_file(path: Path, what: str) -> None:
     """32 random bytes in a file only its owner reads, made once."""
     if not path.exists():
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        secret = secrets.token_bytes(32)
+        while secret.endswith(b"\n"):  # a final line ending is not read as part of the secret
+            secret = secrets.token_bytes(32)
         with os.fdopen(fd, "wb") as out:
-            out.write(secrets.token_bytes(32))
+            out.write(secret)
         say(f"generated {what} {path}")
     path.chmod(0o600)
 

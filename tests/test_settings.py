@@ -1,0 +1,49 @@
+"""Settings: the pepper file is read the same way on every host, and no secret shows in a repr."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from app.settings import Settings
+
+SECRET = b"0123456789abcdef-shared-secret"
+PEM = "-----BEGIN PRIVATE KEY-----\nMIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQg\n-----END PRIVATE KEY-----"
+
+
+def env(**extra: str) -> dict[str, str]:
+    return {
+        "DATABASE_URL": "postgresql://healthcode:db-password@db.internal:5432/healthcode",
+        "REDIS_URL": "redis://:redis-password@cache.internal:6379/0",
+        "HEALTHCODE_KEYS_DIR": "/keys",
+        **extra,
+    }
+
+
+@pytest.mark.parametrize("ending", [b"", b"\n", b"\r\n"])
+def test_a_pepper_file_with_or_without_a_final_line_ending_gives_the_same_pepper(tmp_path: Path, ending: bytes) -> None:
+    path = tmp_path / "pepper"
+    path.write_bytes(SECRET + ending)
+    assert Settings.from_env(env(HEALTHCODE_PEPPER_FILE=str(path))).pepper == SECRET
+    # The same secret given in hex on another host: the same pseudonyms.
+    assert Settings.from_env(env(HEALTHCODE_PEPPER=SECRET.hex())).pepper == SECRET
+
+
+def test_only_one_final_line_ending_is_dropped(tmp_path: Path) -> None:
+    path = tmp_path / "pepper"
+    path.write_bytes(b" " + SECRET + b"\n\n")
+    assert Settings.from_env(env(HEALTHCODE_PEPPER_FILE=str(path))).pepper == b" " + SECRET + b"\n"
+
+
+def test_the_repr_shows_no_pepper_private_key_or_password() -> None:
+    settings = Settings.from_env(env(HEALTHCODE_PEPPER=SECRET.hex(), HEALTHCODE_SIGNING_KEYS=PEM))
+    assert settings.signing_key_pems  # the key was read...
+    for text in (repr(settings), str(settings)):
+        for secret in (SECRET.hex(), repr(SECRET), "MIGHAgEAMBMGByqGSM49", "db-password", "redis-password"):
+            assert secret not in text
+        # ...and the repr still says what is configured.
+        assert "pepper=<30 secret bytes>" in text
+        assert "signing_key_pems=<1 private keys>" in text
+        assert "'postgresql://healthcode:***@db.internal:5432/healthcode'" in text
+        assert "token_ttl_seconds=300" in text
