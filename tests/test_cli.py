@@ -28,6 +28,7 @@ from app.settings import Settings, SettingsError
 from app.statuses.stored import STATUS_QUERY, entry_from_row
 from cache.entry import unpack
 from cache.keys import status_key
+from signing.keyring import NoSigningKey
 from tests.conftest import AppFactory
 from tests.support import bearer
 
@@ -258,7 +259,14 @@ async def test_keys_new_activate_list_retire_revoke(run: Run, db: asyncpg.Connec
         (second[:8], "EdDSA", "pending", second),
     ]
 
-    assert await run("keys", "activate", second[:8]) == (0, f"{second} activated\n", "")
+    # A key published a moment ago waits for scanners' cached key sets before it signs...
+    code, out, _ = await run("keys", "activate", second[:8])
+    assert (code, out.split()[:3]) == (0, [second, "scheduled:", "signs"])
+    assert [r["state"] for r in await keys.list_keys(db)] == ["active", "pending"]
+    code, out, _ = await run("keys", "list")
+    assert "activates" in out.splitlines()[1]
+    # ...unless the operator says when.
+    assert await run("keys", "activate", second[:8], "--after", "0s") == (0, f"{second} activated\n", "")
     assert [r["state"] for r in await keys.list_keys(db)] == ["retired", "active"]
     assert await run("keys", "revoke", first[:8]) == (0, f"{first} revoked\n", "")
     assert await run("keys", "retire", second) == (0, f"{second} retired\n", "")
@@ -338,8 +346,8 @@ async def test_demo_activates_a_key_of_its_own_when_the_active_ones_private_half
 ) -> None:
     # Another checkout sharing this database made the active key; its private file is not here.
     elsewhere = await keys.activate(db, await keys.new_key(db, tmp_path / "elsewhere"))
-    with pytest.raises(keys.KeyError_, match="has no private key file"):
-        await keys.load_keyring(db, settings.keys_dir, 300, "healthcode")
+    with pytest.raises(NoSigningKey, match="has no private key loaded"):
+        _ = (await keys.load_keyring(db, settings.keys_dir, 300, "healthcode")).signer
 
     code, out, _ = await run("demo", "--people", "20")
 

@@ -156,7 +156,8 @@ async def test_revoking_the_only_active_key_refuses_its_tokens_and_stops_signing
     )
     assert r.status == 503, await r.text()
     assert r.headers["Retry-After"] == "30"
-    assert (await r.json())["type"] == "/problems/dependency-unavailable"
+    body = await r.json(content_type="application/problem+json")
+    assert (body["type"], body["reason"]) == ("/problems/signing-unavailable", "no_active_key")
 
 
 async def test_an_eddsa_key_signs_tokens_pyjwt_verifies(

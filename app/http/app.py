@@ -119,8 +119,9 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     app[CLIENTS] = ClientRegistry()
     await app[CLIENTS].refresh(pool)
     app[SIGNER] = SignerState(settings.keys_dir, settings.issuer, settings.token_ttl_seconds, settings.signing_key_pems)
+    # A process that cannot sign still starts: it verifies, publishes keys and takes uploads, while
+    # /readyz and /metrics say why it cannot sign and status answers are 503.
     await app[SIGNER].refresh(pool)
-    app[SIGNER].status_signer()  # refuse to start without a signing key
     writer = StatusWriter(redis)
     publisher = app[PUBLISHER] = StatusPublisher(writer, load_ruleset(settings.ruleset))
     loader = app[STATUS_LOADER] = StatusLoader(

@@ -245,6 +245,28 @@ class InternalError(ProblemError):
         )
 
 
+class SigningUnavailable(ProblemError):
+    """This process cannot sign with the key Postgres says is active; `reason` says why, as a code."""
+
+    status = 503
+    slug = "signing-unavailable"
+    title = "This process cannot sign tokens now"
+
+    def __init__(self, reason: str, detail: str, retry_after: int) -> None:
+        super().__init__(detail, extra={"reason": reason}, headers={"Retry-After": str(retry_after)})
+
+
+class NotReadyToSign(ProblemError):
+    """/readyz: the dependencies answer, but this process cannot sign (a load balancer should skip it)."""
+
+    status = 503
+    slug = "not-ready-to-sign"
+    title = "This process cannot sign tokens"
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail, extra={"reason": reason}, headers={"Retry-After": "5"})
+
+
 class IngestProblem(ProblemError):
     """A refusal by ingestion (app.ingest.errors), answered with its detail and extra members."""
 

@@ -15,12 +15,15 @@ from aiohttp import web
 from app.db import unavailable_reason
 from app.http.appkeys import PG, POSTGRES_STATE, REDIS, SETTINGS, SIGNER
 from app.http.handlers.common import json_response
+from app.http.problems import NotReadyToSign, problem_response
+from app.keys.lifecycle import JWKS_MAX_AGE_SECONDS
 from signing.jwks import jwks_document
 
 routes = web.RouteTableDef()
 _PROBE_TIMEOUT = 2.0
 # Scanners re-fetch keys at least this often; short, so a withdrawn key disappears from the field quickly.
-JWKS_MAX_AGE = 60
+# Key activation waits this long after a key is published (app.keys.lifecycle).
+JWKS_MAX_AGE = JWKS_MAX_AGE_SECONDS
 
 
 @routes.get("/healthz")
@@ -47,6 +50,9 @@ async def readyz(request: web.Request) -> web.Response:
         await asyncio.wait_for(request.app[REDIS].ping(), _PROBE_TIMEOUT)
     except Exception:
         failing.append("redis")
+    problem = request.app[SIGNER].problem
+    if not failing and problem is not None:
+        return problem_response(NotReadyToSign(problem.reason, f"cannot sign tokens: {problem.detail}"))
     if failing:
         return web.Response(
             status=503,

@@ -9,8 +9,12 @@ from collections.abc import Iterable
 from aiohttp import web
 from redis.exceptions import RedisError
 
-from app.http.appkeys import CLIENTS, FRONT_DOOR, POSTGRES_STATE, SCAN_WRITER, SCANS, STATUS_CACHE
+from app.http.appkeys import CLIENTS, FRONT_DOOR, POSTGRES_STATE, SCAN_WRITER, SCANS, SIGNER, STATUS_CACHE
+from app.keys.lifecycle import NO_ACTIVE_KEY, PRIVATE_KEY_MISSING, PRIVATE_KEY_UNUSABLE
 from cache.scan_stream import Backlog
+
+# Every reason is exported (0 or 1), so an alert on one of them has a series to watch from the start.
+_SIGNING_REASONS = (NO_ACTIVE_KEY, PRIVATE_KEY_MISSING, PRIVATE_KEY_UNUSABLE, "not_loaded")
 
 routes = web.RouteTableDef()
 
@@ -54,6 +58,7 @@ def render(app: web.Application) -> str:
             for c, n in sorted(clients.calls.items(), key=lambda item: item[0].id)
         ]
         lines += _family("healthcode_client_calls_total", "counter", "Authorised calls, by client.", calls)
+    lines += _signing(app)
     lines += _family(
         "healthcode_shed_total", "counter", "Requests answered 503 by load shedding.", [("", counter.shed)]
     )
@@ -165,6 +170,33 @@ def render_scans(app: web.Application, backlog: Backlog | None, now: float) -> l
             "counter",
             "Scan entries in the dead-letter stream since Redis last started (every writer's).",
             [("", backlog.dead_letters)],
+        )
+    return lines
+
+
+def _signing(app: web.Application) -> list[str]:
+    state = app.get(SIGNER)
+    if state is None:
+        return []
+    reason = None if state.problem is None else state.problem.reason
+    lines = _family(
+        "healthcode_signing_ready",
+        "gauge",
+        "1 when this process signs with the key Postgres says is active; 0 when it refuses to sign.",
+        [("", int(reason is None))],
+    )
+    lines += _family(
+        "healthcode_signing_unavailable",
+        "gauge",
+        "1 for the reason this process cannot sign (see /readyz for the detail).",
+        [(f'{{reason="{r}"}}', int(r == reason)) for r in _SIGNING_REASONS],
+    )
+    if state.refreshed_at is not None:
+        lines += _family(
+            "healthcode_keys_refreshed_time_seconds",
+            "gauge",
+            "When this process last read the signing keys from Postgres.",
+            [("", state.refreshed_at)],
         )
     return lines
 
