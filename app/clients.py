@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 
 import asyncpg
 
 from app.http.problems import Forbidden, Unauthenticated
+from app.limits import rates_from_json, rates_to_json
 from app.scopes import CLIENT_KINDS
+from cache.rate_limit import Rate
 
 _SECRET_PREFIX: Final = "hc_"
 _HEADER_MEMO_LIMIT: Final = 1024
@@ -22,6 +24,9 @@ class Client:
     name: str
     kind: str
     scopes: tuple[str, ...]
+    # Request limits of this client that differ from its kind's (bucket, rate); usually none. Not part
+    # of its identity: a client whose limits change is still the same client in the call counts.
+    limits: tuple[tuple[str, Rate], ...] = field(default=(), compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,25 +39,55 @@ def hash_secret(secret: str) -> bytes:
     return hashlib.sha256(secret.encode()).digest()
 
 
-async def add_client(conn: asyncpg.Connection, name: str, kind: str, scopes: tuple[str, ...] = ()) -> IssuedClient:
+async def add_client(
+    conn: asyncpg.Connection,
+    name: str,
+    kind: str,
+    scopes: tuple[str, ...] = (),
+    limits: dict[str, Rate] | None = None,
+) -> IssuedClient:
     if kind not in CLIENT_KINDS:
         raise ValueError(f"kind must be one of {', '.join(CLIENT_KINDS)}")
     secret = _SECRET_PREFIX + secrets.token_urlsafe(32)
+    stored = rates_to_json(limits or {})
     row = await conn.fetchrow(
-        """INSERT INTO api_clients (name, kind, key_prefix, key_hash, scopes)
-           VALUES ($1, $2, $3, $4, $5) RETURNING id""",
+        """INSERT INTO api_clients (name, kind, key_prefix, key_hash, scopes, rate_limits)
+           VALUES ($1, $2, $3, $4, $5, $6) RETURNING id""",
         name,
         kind,
         secret[:8],
         hash_secret(secret),
         list(scopes),
+        stored,
     )
     assert row is not None
     await conn.execute(
         "INSERT INTO audit_log (actor, action, detail) VALUES ('cli', 'client.add', $1)",
-        {"client_id": row["id"], "name": name, "kind": kind, "scopes": list(scopes)},
+        {"client_id": row["id"], "name": name, "kind": kind, "scopes": list(scopes)}
+        | ({"rate_limits": stored} if stored else {}),
     )
-    return IssuedClient(Client(row["id"], name, kind, scopes), secret)
+    return IssuedClient(Client(row["id"], name, kind, scopes, rates_from_json(stored)), secret)
+
+
+async def set_client_limits(
+    conn: asyncpg.Connection, name: str, limits: dict[str, Rate], reset: tuple[str, ...] = ()
+) -> dict[str, Rate] | None:
+    """Override some of a client's limits (and drop the overrides named in `reset`); every process
+    applies them at its next refresh. Returns the client's overrides now, or None if no such client."""
+    async with conn.transaction():
+        row = await conn.fetchrow(
+            "SELECT id, rate_limits FROM api_clients WHERE name = $1 AND revoked_at IS NULL FOR UPDATE", name
+        )
+        if row is None:
+            return None
+        rates = {bucket: rate for bucket, rate in rates_from_json(row["rate_limits"]) if bucket not in reset}
+        rates.update(limits)
+        await conn.execute("UPDATE api_clients SET rate_limits = $2 WHERE name = $1", name, rates_to_json(rates))
+        await conn.execute(
+            "INSERT INTO audit_log (actor, action, detail) VALUES ('cli', 'client.limit', $1)",
+            {"client_id": row["id"], "name": name, "rate_limits": rates_to_json(rates)},
+        )
+    return rates
 
 
 async def revoke_client(conn: asyncpg.Connection, name: str) -> bool:
@@ -78,7 +113,7 @@ async def client_by_secret(conn: asyncpg.Connection, secret: str) -> Client | No
 
 async def list_clients(conn: asyncpg.Connection) -> list[asyncpg.Record]:
     return await conn.fetch(
-        "SELECT id, name, kind, key_prefix, scopes, created_at, revoked_at FROM api_clients ORDER BY id"
+        "SELECT id, name, kind, key_prefix, scopes, rate_limits, created_at, revoked_at FROM api_clients ORDER BY id"
     )
 
 
@@ -100,8 +135,15 @@ class ClientRegistry:
         self.calls: dict[Client, int] = {}
 
     async def refresh(self, conn: asyncpg.Connection | asyncpg.Pool) -> None:
-        rows = await conn.fetch("SELECT id, name, kind, key_hash, scopes FROM api_clients WHERE revoked_at IS NULL")
-        self._by_hash = {bytes(r["key_hash"]): Client(r["id"], r["name"], r["kind"], tuple(r["scopes"])) for r in rows}
+        rows = await conn.fetch(
+            "SELECT id, name, kind, key_hash, scopes, rate_limits FROM api_clients WHERE revoked_at IS NULL"
+        )
+        self._by_hash = {
+            bytes(r["key_hash"]): Client(
+                r["id"], r["name"], r["kind"], tuple(r["scopes"]), rates_from_json(r["rate_limits"])
+            )
+            for r in rows
+        }
         self._by_header = {}
 
     def authenticate(self, authorization: str | None, *, kind: str | tuple[str, ...]) -> Client:

@@ -7,7 +7,11 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
+
+if TYPE_CHECKING:
+    from cache.rate_limit import Rate
 
 
 class SettingsError(ValueError):
@@ -55,6 +59,8 @@ class Settings:
     agency_uploads_per_second: int = 20
     # Rejected rows past which a batch is refused as a whole (with counts by code), not stored row by row.
     max_rejections_per_batch: int = 10_000
+    # Request limits per client kind and bucket that differ from app.limits.DEFAULTS.
+    rate_limits: tuple[tuple[str, str, Rate], ...] = ()
     # Private signing keys given in the environment (PEM), used before key files.
     signing_key_pems: tuple[bytes, ...] = ()
 
@@ -102,6 +108,7 @@ class Settings:
             ruleset=env.get("HEALTHCODE_RULESET", "default-2022"),
             refresh_seconds=float(_int(env, "HEALTHCODE_REFRESH_SECONDS", 5, low=1, high=3600)),
             agency_uploads_per_second=_int(env, "HEALTHCODE_AGENCY_UPLOADS_PER_SECOND", 20, low=1, high=100_000),
+            rate_limits=_rate_limits(env, "HEALTHCODE_RATE_LIMITS"),
             signing_key_pems=_pems(env, "HEALTHCODE_SIGNING_KEYS"),
             max_rejections_per_batch=_int(
                 env, "HEALTHCODE_MAX_REJECTIONS_PER_BATCH", 10_000, low=0, high=1_000_000_000
@@ -184,6 +191,18 @@ def _without_line_ending(raw: bytes) -> bytes:
     if raw.endswith(b"\r\n"):
         return raw[:-2]
     return raw.removesuffix(b"\n")
+
+
+def _rate_limits(env: Mapping[str, str], name: str) -> tuple[tuple[str, str, Rate], ...]:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return ()
+    from app.limits import LimitSpecError, parse_kind_rates  # only when set: it loads the Redis client
+
+    try:
+        return tuple((kind, bucket, rate) for (kind, bucket), rate in parse_kind_rates(raw).items())
+    except LimitSpecError as exc:
+        raise SettingsError(f"{name}: {exc}") from None
 
 
 _PEM_BLOCK = re.compile(r"-----BEGIN [A-Z ]+-----.+?-----END [A-Z ]+-----", re.DOTALL)

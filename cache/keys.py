@@ -26,8 +26,9 @@ def status_key(pseudonym: bytes) -> bytes:
     return b"hc:{" + hexlify(pseudonym) + b"}:st"
 
 
-def rate_limit_key(client_id: str, epoch_second: int) -> str:
-    """`hc:rl:{<client>}:<epoch second>` — one fixed-window counter, hash-tagged by client."""
-    if not client_id or any(c in client_id for c in "{}: \t\r\n"):
-        raise ValueError(f"client id {client_id!r} is empty or holds a character reserved in keys")
-    return f"hc:rl:{{{client_id}}}:{epoch_second}"
+def rate_limit_key(client_id: str, bucket: str) -> str:
+    """`hc:rl:{<client>}:<bucket>` — one client's token bucket, hash-tagged by client."""
+    for part in (client_id, bucket):
+        if not part or any(c in part for c in "{}: \t\r\n"):
+            raise ValueError(f"client id or bucket {part!r} is empty or holds a character reserved in keys")
+    return f"hc:rl:{{{client_id}}}:{bucket}"

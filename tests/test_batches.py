@@ -355,7 +355,8 @@ async def test_an_agency_past_its_upload_rate_is_told_to_back_off(
     assert set(statuses) <= {202, 429}
     refused = next(payload for status, payload in answers if status == 429)
     assert refused["type"] == "/problems/rate-limited"
-    assert refused["detail"] == "upload limit reached: 1 a second per agency"
+    assert refused["limit"] == "uploads"
+    assert refused["detail"].startswith("client test-agency has used its uploads limit (1 a second, bursts of 1)")
     # A refused upload leaves nothing behind.
     assert await db.fetchval("SELECT count(*) FROM batches") == statuses.count(202)
 

@@ -1,4 +1,4 @@
-"""Scan-event stream and per-client rate limits, against a real Redis (db 14)."""
+"""Scan-event stream, against a real Redis (db 14)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,6 @@ from redis.asyncio.client import Pipeline
 from redis.crc import key_slot
 
 from cache.connection import open_redis
-from cache.keys import rate_limit_key
-from cache.rate_limit import RateLimiter
 from cache.scan_stream import Backlog, ScanStream
 
 # Same server as the rest of the suite (REDIS_URL, as `make test` exports it), db 14 for these tests.
@@ -139,55 +137,6 @@ async def test_ensure_group_is_idempotent(stream: ScanStream, redis: Redis) -> N
     await stream.ensure_group()
     groups = await redis.xinfo_groups("hc:scans")
     assert [group["name"] for group in groups] == [b"scan-writers"]
-
-
-# -- rate limits ----------------------------------------------------------------------------------
-
-
-async def test_rate_limit_allows_up_to_the_limit_per_second(redis: Redis) -> None:
-    clock = FakeClock(1_700_000_000.2)
-    limiter = RateLimiter(redis, clock=clock)
-
-    assert [await limiter.allow("agency-cdc", 3) for _ in range(5)] == [True, True, True, False, False]
-    assert await limiter.allow("agency-rail", 3) is True  # clients are counted apart
-
-    clock.now += 1  # next window
-    assert await limiter.allow("agency-cdc", 3) is True
-    assert (limiter.allowed, limiter.denied) == (5, 2)
-
-
-async def test_rate_limit_key_expires(redis: Redis) -> None:
-    limiter = RateLimiter(redis, clock=FakeClock(1_700_000_000.5))
-    await limiter.allow("app-1", 10)
-    key = rate_limit_key("app-1", 1_700_000_000)
-    assert key == "hc:rl:{app-1}:1700000000"
-    assert await redis.get(key) == b"1"
-    assert 0 < await redis.ttl(key) <= 2
-
-
-async def test_rate_limit_fails_open_and_leaves_dead_redis_alone() -> None:
-    dead = open_redis(DEAD_REDIS_URL, client_class=PipelineCountingRedis)
-    monotonic = FakeClock(0.0)
-    limiter = RateLimiter(dead, breaker_seconds=5.0, monotonic=monotonic)
-    try:
-        assert await limiter.allow("app-1", 1) is True
-        assert limiter.redis_available is False
-        assert await limiter.allow("app-1", 1) is True
-        assert limiter.failed_open == 2
-        assert dead.pipelines == 1  # the second request did not touch Redis
-        monotonic.now += 5
-        assert limiter.redis_available is True
-        assert await limiter.allow("app-1", 1) is True
-        assert dead.pipelines == 2
-    finally:
-        await dead.aclose()
-
-
-async def test_rate_limit_rejects_keys_that_would_break_the_hash_tag(redis: Redis) -> None:
-    limiter = RateLimiter(redis)
-    with pytest.raises(ValueError, match="reserved"):
-        await limiter.allow("evil}client", 10)
-    assert await limiter.allow("app-1", 0) is False
 
 
 # -- a Redis that lost its data, dead consumers, dead letters, the backlog -------------------------------

@@ -224,6 +224,35 @@ async def test_clients_add_list_revoke(run: Run, db: asyncpg.Connection) -> None
     assert "revoked" in out.splitlines()[0]
 
 
+async def test_clients_limits_per_client(run: Run, db: asyncpg.Connection) -> None:
+    code, _, _ = await run("clients", "add", "--kind", "scanner", "--name", "vendor-gates", "--limit", "verify=200/400")
+    assert code == 0
+    stored = await db.fetchval("SELECT rate_limits FROM api_clients WHERE name = 'vendor-gates'")
+    assert stored == {"verify": {"per_second": 200.0, "burst": 400}}
+    code, out, _ = await run("clients", "list")
+    assert out.rstrip().endswith("limits verify=200/400")
+
+    assert await run("clients", "limit", "vendor-gates", "verify=0") == (
+        0,
+        "client vendor-gates limits: verify=0/0\n",
+        "",
+    )
+    assert await run("clients", "limit", "vendor-gates", "--reset", "verify") == (
+        0,
+        "client vendor-gates limits: the defaults of its kind\n",
+        "",
+    )
+    code, _, err = await run("clients", "limit", "vendor-gates", "verify=fast")
+    assert (code, err) == (2, "healthcode clients: 'fast' is not RATE[/BURST], e.g. 500/1000\n")
+    code, _, err = await run("clients", "add", "--kind", "scanner", "--name", "x", "--limit", "status=5")
+    assert code == 2 and "BUCKET one of verify" in err
+    assert await run("clients", "limit", "nobody", "verify=1") == (
+        1,
+        "",
+        "healthcode clients: no active client named nobody\n",
+    )
+
+
 async def test_clients_add_refuses_an_unknown_kind(run: Run, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exited:
         await run("clients", "add", "--kind", "police", "--name", "x")

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from app.settings import Settings
+from app.settings import Settings, SettingsError
+from cache.rate_limit import Rate
 
 SECRET = b"0123456789abcdef-shared-secret"
 PEM = "-----BEGIN PRIVATE KEY-----\nMIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQg\n-----END PRIVATE KEY-----"
@@ -47,3 +48,17 @@ def test_the_repr_shows_no_pepper_private_key_or_password() -> None:
         assert "signing_key_pems=<1 private keys>" in text
         assert "'postgresql://healthcode:***@db.internal:5432/healthcode'" in text
         assert "token_ttl_seconds=300" in text
+
+
+def test_rate_limits_per_kind_come_from_the_environment() -> None:
+    settings = Settings.from_env(
+        env(HEALTHCODE_PEPPER=SECRET.hex(), HEALTHCODE_RATE_LIMITS="citizen-backend.status=2000/4000, scanner.verify=5")
+    )
+    assert settings.rate_limits == (("citizen-backend", "status", Rate(2000, 4000)), ("scanner", "verify", Rate(5, 5)))
+    for wrong, message in (
+        ("scanner.status=5", "KIND.BUCKET one of"),
+        ("citizen-backend.status=-1", "per_second > 0"),
+        ("citizen-backend.status", "expected KIND.BUCKET=RATE"),
+    ):
+        with pytest.raises(SettingsError, match=f"HEALTHCODE_RATE_LIMITS: .*{message}"):
+            Settings.from_env(env(HEALTHCODE_PEPPER=SECRET.hex(), HEALTHCODE_RATE_LIMITS=wrong))

@@ -24,6 +24,7 @@ from app.http.appkeys import (
     HANDLES,
     INGEST,
     INGEST_PG,
+    LIMITS,
     PG,
     POSTGRES_STATE,
     PUBLISHER,
@@ -40,13 +41,14 @@ from app.http.handlers import appeals, batches, meta, metrics, qr, samples, stat
 from app.http.middleware import FrontDoor
 from app.ingest.process import BatchProcessor
 from app.keys.signer import SignerState
+from app.limits import UPLOADS, Limits
 from app.rules.ruleset import load_ruleset
 from app.scans import ScanRecorder, ScanWriter, ensure_scan_partitions
 from app.settings import Settings
 from app.statuses.loader import StatusLoader
 from app.statuses.publish import StatusPublisher
 from cache.connection import open_redis
-from cache.rate_limit import RateLimiter
+from cache.rate_limit import Rate, RateLimiter
 from cache.scan_stream import ScanStream
 from cache.status_cache import StatusCache
 from cache.status_writer import StatusWriter
@@ -131,11 +133,13 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         acquire_timeout=settings.pg_acquire_timeout_seconds,
         miss_timeout=settings.pg_miss_timeout_seconds,
     )
+    app[LIMITS] = limits(settings)
+    # One limiter for every route; its takes ride along with the status cache's reads.
+    limiter = app[RATE_LIMITER] = RateLimiter(redis)
     app[STATUS_CACHE] = StatusCache(
-        redis, loader.load, writer=writer, negative_ttl_seconds=settings.negative_ttl_seconds
+        redis, loader.load, writer=writer, negative_ttl_seconds=settings.negative_ttl_seconds, limiter=limiter
     )
     app[SCANS] = ScanRecorder(ScanStream(redis), pool)
-    app[RATE_LIMITER] = RateLimiter(redis)
     await ensure_scan_partitions(pool, datetime.now(UTC).date())
     app[INGEST] = BatchProcessor(pool, publisher)
     yield
@@ -145,6 +149,14 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         await app[SCANS].refusals.flush(pool)  # the last few seconds of refused-scan counts
     except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
         log.warning("refused-scan counts lost at shutdown: %d scans (%s)", app[SCANS].refusals.unflushed, exc)
+    await limiter.drain()
+
+
+def limits(settings: Settings) -> Limits:
+    uploads = settings.agency_uploads_per_second
+    overrides = {("agency", UPLOADS): Rate(uploads, uploads)}
+    overrides.update(((kind, bucket), rate) for kind, bucket, rate in settings.rate_limits)
+    return Limits(overrides)
 
 
 async def _background(app: web.Application) -> AsyncIterator[None]:

@@ -11,6 +11,7 @@ from app.health import DependencyState
 from app.http.middleware import FrontDoor
 from app.ingest.process import BatchProcessor
 from app.keys.signer import SignerState
+from app.limits import Limits
 from app.scans import ScanRecorder, ScanWriter
 from app.settings import Settings
 from app.statuses.loader import StatusLoader
@@ -29,6 +30,7 @@ STATUS_LOADER = web.AppKey("status_loader", StatusLoader)  # its read counter is
 SIGNER = web.AppKey("signer", SignerState)
 HANDLES = web.AppKey("handles", HandleCipher)  # seals and opens the `sub` of status tokens
 RATE_LIMITER = web.AppKey("rate_limiter", RateLimiter)
+LIMITS = web.AppKey("limits", Limits)
 SCANS = web.AppKey("scans", ScanRecorder)
 SCAN_WRITER = web.AppKey("scan_writer", ScanWriter)  # only with background tasks
 FRONT_DOOR = web.AppKey("front_door", FrontDoor)

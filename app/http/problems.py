@@ -165,8 +165,10 @@ class RateLimited(ProblemError):
     slug = "rate-limited"
     title = "Too many requests from this client"
 
-    def __init__(self, detail: str, retry_after: int = 1) -> None:
-        super().__init__(detail, headers={"Retry-After": str(retry_after)})
+    def __init__(self, detail: str, retry_after: int = 1, bucket: str | None = None) -> None:
+        # `limit` names the client's bucket that ran out (status, verify, uploads, ...).
+        extra = {"limit": bucket} if bucket else None
+        super().__init__(detail, extra=extra, headers={"Retry-After": str(retry_after)})
 
 
 def jittered(seconds: int) -> int:

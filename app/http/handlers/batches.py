@@ -13,12 +13,14 @@ from aiohttp import web
 
 from app.clients import Client
 from app.db import UNAVAILABLE_ERRORS
-from app.http.appkeys import CLIENTS, INGEST, INGEST_PG, PG, POSTGRES_STATE, RATE_LIMITER, SETTINGS
+from app.http.appkeys import CLIENTS, INGEST, INGEST_PG, PG, POSTGRES_STATE, SETTINGS
+from app.http.client_limits import admit
 from app.http.handlers.common import json_response, postgres_answers, postgres_unavailable
-from app.http.problems import BodyTimeout, InvalidField, NotFound, RateLimited, UnsupportedMediaType, UploadsBusy
+from app.http.problems import BodyTimeout, InvalidField, NotFound, UnsupportedMediaType, UploadsBusy
 from app.ingest.errors import BatchTooLarge, KindNotAllowed
 from app.ingest.store import batch_by_id, batch_view, rejections
 from app.ingest.upload import kind_named, receive_batch
+from app.limits import BATCH_READS, UPLOADS
 
 routes = web.RouteTableDef()
 
@@ -81,8 +83,7 @@ async def upload(request: web.Request) -> web.Response:
             "Idempotency-Key", "bad_key", f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} printable characters"
         )
     # Limited after the cheap checks, so a malformed retry storm costs no Redis round trip either.
-    if not await app[RATE_LIMITER].allow(str(client.id), app[SETTINGS].agency_uploads_per_second):
-        raise RateLimited(f"upload limit reached: {app[SETTINGS].agency_uploads_per_second} a second per agency")
+    await admit(request, client, UPLOADS)
     processor, settings = app[INGEST], app[SETTINGS]
     try:
         conn = await app[INGEST_PG].acquire(timeout=SLOT_WAIT_SECONDS)
@@ -121,6 +122,7 @@ async def upload(request: web.Request) -> web.Response:
 
 async def _own_batch(request: web.Request) -> asyncpg.Record:
     client = _agency(request)
+    await admit(request, client, BATCH_READS)
     try:
         batch_id = int(request.match_info["batch_id"])
     except ValueError:

@@ -9,7 +9,7 @@ from collections.abc import Iterable
 from aiohttp import web
 from redis.exceptions import RedisError
 
-from app.http.appkeys import CLIENTS, FRONT_DOOR, POSTGRES_STATE, SCAN_WRITER, SCANS, SIGNER, STATUS_CACHE
+from app.http.appkeys import CLIENTS, FRONT_DOOR, POSTGRES_STATE, RATE_LIMITER, SCAN_WRITER, SCANS, SIGNER, STATUS_CACHE
 from app.keys.lifecycle import NO_ACTIVE_KEY, PRIVATE_KEY_MISSING, PRIVATE_KEY_UNUSABLE
 from cache.scan_stream import Backlog
 
@@ -58,6 +58,14 @@ def render(app: web.Application) -> str:
             for c, n in sorted(clients.calls.items(), key=lambda item: item[0].id)
         ]
         lines += _family("healthcode_client_calls_total", "counter", "Authorised calls, by client.", calls)
+    limiter = app.get(RATE_LIMITER)
+    if limiter is not None:
+        for name, value, text in (
+            ("allowed", limiter.allowed, "Requests that took a token from their client's bucket."),
+            ("denied", limiter.denied, "Requests refused 429: their client's bucket was empty."),
+            ("failed_open", limiter.failed_open, "Requests let through unchecked while Redis was unavailable."),
+        ):
+            lines += _family(f"healthcode_rate_limit_{name}_total", "counter", text, [("", value)])
     lines += _signing(app)
     lines += _family(
         "healthcode_shed_total", "counter", "Requests answered 503 by load shedding.", [("", counter.shed)]

@@ -9,7 +9,9 @@ from collections.abc import Callable
 from aiohttp import web
 
 from app.http.appkeys import CLIENTS, SIGNER
+from app.http.client_limits import admit
 from app.http.problems import InvalidField
+from app.limits import QR
 from signing.errors import BadToken
 from signing.jws import MAX_TOKEN_LENGTH
 from signing.qr import render_png, render_svg
@@ -41,7 +43,8 @@ _cache = RenderCache()
 
 
 async def _qr(request: web.Request, fmt: str, render: Callable[[str], bytes], content_type: str) -> web.Response:
-    request.app[CLIENTS].authenticate(request.headers.get("Authorization"), kind="citizen-backend")
+    client = request.app[CLIENTS].authenticate(request.headers.get("Authorization"), kind="citizen-backend")
+    await admit(request, client, QR)
     token = request.query.get("token", "")
     if not token or len(token) > MAX_TOKEN_LENGTH:
         raise InvalidField("token", "missing", f"pass the token as ?token=, at most {MAX_TOKEN_LENGTH} characters")

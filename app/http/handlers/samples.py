@@ -15,10 +15,12 @@ from typing import Final
 from aiohttp import web
 
 from app.http.appkeys import CLIENTS, PG, SETTINGS, SIGNER
+from app.http.client_limits import admit
 from app.http.handlers.common import identity_from_body, json_response, read_json_object, required_string
 from app.http.problems import InvalidField
 from app.identity import mask_number, pseudonym
 from app.ingest.errors import Conflict, KindNotAllowed
+from app.limits import SAMPLES, TEST_CODE
 from cache.keys import PSEUDONYM_BYTES
 from signing.encoding import b64url_decode, b64url_encode
 from signing.errors import BadToken
@@ -34,7 +36,8 @@ MAX_SAMPLE_ID: Final = 64
 async def test_code(request: web.Request) -> web.Response:
     app = request.app
     settings = app[SETTINGS]
-    app[CLIENTS].authenticate(request.headers.get("Authorization"), kind="citizen-backend")
+    client = app[CLIENTS].authenticate(request.headers.get("Authorization"), kind="citizen-backend")
+    await admit(request, client, TEST_CODE)
     body = await read_json_object(request)
     identity = identity_from_body(body)
     subject = pseudonym(identity, settings.pepper)
@@ -59,6 +62,7 @@ async def register_sample(request: web.Request) -> web.Response:
     client = app[CLIENTS].authenticate(request.headers.get("Authorization"), kind="agency")
     if "test" not in client.scopes:
         raise KindNotAllowed(f"agency {client.name} may not register samples; it needs the test scope")
+    await admit(request, client, SAMPLES)
     body = await read_json_object(request)
     token = required_string(body, "token", max_length=MAX_TOKEN_LENGTH)
     sample_id = required_string(body, "sample_id", max_length=MAX_SAMPLE_ID).strip()

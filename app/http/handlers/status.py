@@ -8,11 +8,14 @@ from typing import Any
 from aiohttp import web
 
 from app.http.appkeys import CLIENTS, HANDLES, SETTINGS, SIGNER, STATUS_CACHE
+from app.http.client_limits import admit, charge, rate_limited
 from app.http.handlers.common import identity_from_body, json_response, read_json_object
 from app.http.handlers.status_view import last_test, negative_test_at, vaccination
-from app.http.problems import SubjectNotFound
+from app.http.problems import InvalidIdentityProblem, SubjectNotFound
 from app.identity import pseudonym
+from app.limits import STATUS
 from cache.entry import StatusEntry
+from cache.rate_limit import Refused
 from signing.colours import COLOUR_LETTER
 
 routes = web.RouteTableDef()
@@ -22,12 +25,20 @@ routes = web.RouteTableDef()
 async def status(request: web.Request) -> web.Response:
     app = request.app
     settings = app[SETTINGS]
-    app[CLIENTS].authenticate(request.headers.get("Authorization"), kind="citizen-backend")
+    client = app[CLIENTS].authenticate(request.headers.get("Authorization"), kind="citizen-backend")
     body = await read_json_object(request)
-    identity = identity_from_body(body)
+    try:
+        identity = identity_from_body(body)
+    except InvalidIdentityProblem:
+        await admit(request, client, STATUS)  # a malformed guess counts against the limit too
+        raise
     signer = app[SIGNER].status_signer()  # before any look-up: without a key there is nothing to answer
     subject = pseudonym(identity, settings.pepper)
-    entry = await app[STATUS_CACHE].get(subject)
+    try:
+        # The limit's token is taken in the same Redis round trip as the read.
+        entry = await app[STATUS_CACHE].get(subject, admission=charge(request, client, STATUS))
+    except Refused as refused:
+        raise rate_limited(client, refused) from None
     if entry is None:
         raise SubjectNotFound("no status is held for this document; the person may not be registered yet")
     now = int(time.time())

@@ -9,11 +9,14 @@ from typing import Any
 from aiohttp import web
 
 from app.http.appkeys import CLIENTS, HANDLES, SCANS, SIGNER, STATUS_CACHE
+from app.http.client_limits import admit, charge, rate_limited
 from app.http.handlers.checkpoint_policy import policy_from_body
 from app.http.handlers.common import json_response, read_json_object, required_string
 from app.http.handlers.status_view import last_test, negative_test_at, vaccination
+from app.limits import VERIFY
 from app.scans import ScanEvent
 from cache.entry import StatusEntry
+from cache.rate_limit import Refused
 from signing.colours import COLOUR_LETTER
 from signing.errors import BadToken
 from signing.jws import MAX_TOKEN_LENGTH
@@ -49,11 +52,16 @@ async def verify(request: web.Request) -> web.Response:
         subject = app[HANDLES].open(str(claims["sub"]), int(str(claims["iat"])))
     except BadToken as exc:
         valid, reason = False, exc.reason
+        await admit(request, client, VERIFY)
     else:
         valid, reason = True, "ok"
         token_colour = _LETTER_COLOUR.get(str(claims["st"]))
         token_version = int(str(claims.get("ver", 0)))
-        entry = await app[STATUS_CACHE].get(subject)
+        try:
+            # The limit's token is taken in the same Redis round trip as the read.
+            entry = await app[STATUS_CACHE].get(subject, admission=charge(request, client, VERIFY))
+        except Refused as refused:
+            raise rate_limited(client, refused) from None
 
     current_colour = entry.colour if entry else None
     await app[SCANS].record(ScanEvent(now, checkpoint, client.id, subject, valid, reason, token_colour, current_colour))
