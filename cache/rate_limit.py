@@ -19,7 +19,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
@@ -79,6 +79,16 @@ class Refused(Exception):
         self.retry_after = retry_after
 
 
+_KEY_MEMO_LIMIT: Final = 100_000
+
+
+class Carrier(Protocol):
+    """A round trip that claims waiting takes (StatusCache): `pumping` while it is sending."""
+
+    @property
+    def pumping(self) -> bool: ...
+
+
 # What a take resolves to: None when the request may go on, else the refusal (not raised into the
 # future, so a caller that went away leaves no unretrieved exception behind).
 Admission = asyncio.Future[Refused | None]
@@ -123,8 +133,11 @@ class RateLimiter:
         self._breaker = Breaker(breaker_seconds, clock=monotonic)
         self._timeout = timeout_seconds
         self._pending: dict[tuple[str, str], _Bucket] = {}
+        self._keys: dict[tuple[str, str], bytes] = {}  # checked and encoded once per bucket
         self._start_due = False  # a call_soon(_start) is queued
         self._pumping = False
+        # A status cache whose reads carry these takes: while its pump runs, it sends them.
+        self.carrier: Carrier | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         # EVAL (which also loads the script) until Redis is known to hold it; EVALSHA after that.
         self._script_loaded = False
@@ -148,17 +161,30 @@ class RateLimiter:
             self.failed_open += 1
             admission.set_result(None)
             return admission
-        rate_limit_key(client, bucket)  # refuses a name that would break the key's hash tag, here and now
-        entry = self._pending.get((client, bucket))
+        name = (client, bucket)
+        entry = self._pending.get(name)
         if entry is None:
-            entry = self._pending[(client, bucket)] = _Bucket(client, bucket, rate)
+            if name not in self._keys:
+                if len(self._keys) > _KEY_MEMO_LIMIT:
+                    self._keys.clear()
+                # Refuses, here and now, a name that would break the key's hash tag.
+                self._keys[name] = rate_limit_key(client, bucket).encode()
+            entry = self._pending[name] = _Bucket(client, bucket, rate)
         entry.waiters.append(admission)
-        if not self._start_due:
+        self.kick()
+        return admission
+
+    @property
+    def pending(self) -> bool:
+        return bool(self._pending)
+
+    def kick(self) -> None:
+        """Make sure waiting takes are sent: by a carrier's round trip, or else by one of our own."""
+        if self._pending and not self._start_due:
             # Deferred by one loop turn: a status read issued in this turn claims these takes first and
             # carries them in its own round trip (call_soon callbacks and task steps run in FIFO order).
             self._start_due = True
             asyncio.get_running_loop().call_soon(self._start)
-        return admission
 
     async def admit(self, client: str, bucket: str, rate: Rate) -> Refused | None:
         return await self.take(client, bucket, rate)
@@ -180,6 +206,8 @@ class RateLimiter:
 
     def _start(self) -> None:
         self._start_due = False
+        if self.carrier is not None and self.carrier.pumping:
+            return  # its next round trip claims them; it kicks again when it stops
         if self._pending and not self._pumping:
             self._pumping = True
             task = asyncio.get_running_loop().create_task(self._pump())
@@ -224,7 +252,7 @@ class RateLimiter:
             self._resolve(buckets, replies)
 
     def _pack(self, bucket: _Bucket, now_ms: int) -> bytes:
-        key = rate_limit_key(bucket.client, bucket.name).encode()
+        key = self._keys.get((bucket.client, bucket.name)) or rate_limit_key(bucket.client, bucket.name).encode()
         head = (b"EVALSHA", TAKE_SHA) if self._script_loaded else (b"EVAL", TAKE_SCRIPT)
         return _command(*head, b"1", key, *(str(a).encode() for a in _args(bucket, now_ms)))
 
@@ -242,7 +270,9 @@ class RateLimiter:
             self._script_loaded = True
             granted, retry_ms = int(reply[0]), int(reply[1])
             live = [w for w in bucket.waiters if not w.done()]
-            refusal = Refused(bucket.client, bucket.name, bucket.rate, retry_after=max(1, math.ceil(retry_ms / 1000)))
+            refusal = None
+            if granted < len(live):
+                refusal = Refused(bucket.client, bucket.name, bucket.rate, max(1, math.ceil(retry_ms / 1000)))
             for index, waiter in enumerate(live):
                 waiter.set_result(None if index < granted else refusal)
             self.allowed += min(granted, len(live))
@@ -262,9 +292,8 @@ class RateLimiter:
     def _requeue(self, bucket: _Bucket) -> None:
         entry = self._pending.setdefault((bucket.client, bucket.name), _Bucket(bucket.client, bucket.name, bucket.rate))
         entry.waiters.extend(bucket.waiters)
-        if not self._start_due:
-            self._start_due = True
-            asyncio.get_running_loop().call_soon(self._start)
+        if self.carrier is None or not self.carrier.pumping:
+            self.kick()
 
 
 def _args(bucket: _Bucket, now_ms: int) -> tuple[str, int, int, int]:
