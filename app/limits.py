@@ -19,6 +19,7 @@ VERIFY: Final = "verify"
 TEST_CODE: Final = "test-code"
 QR: Final = "qr"
 DECLARATIONS: Final = "declarations"  # for health declarations, when they exist
+APPEALS: Final = "appeals"
 SAMPLES: Final = "samples"
 UPLOADS: Final = "uploads"
 BATCH_READS: Final = "batch-reads"
@@ -32,9 +33,11 @@ DEFAULTS: Final[Mapping[str, Mapping[str, Rate]]] = {
         TEST_CODE: Rate(50, 100),
         QR: Rate(100, 200),
         DECLARATIONS: Rate(100, 200),
+        APPEALS: Rate(20, 40),
     },
     "scanner": {VERIFY: Rate(20, 40)},
     "agency": {UPLOADS: Rate(20, 20), SAMPLES: Rate(200, 400), BATCH_READS: Rate(50, 100)},
+    "operator": {APPEALS: Rate(20, 40)},
 }
 BUCKETS: Final = tuple(sorted({bucket for buckets in DEFAULTS.values() for bucket in buckets}))
 

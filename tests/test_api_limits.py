@@ -108,11 +108,17 @@ ROUTES = [
     ),
     ("agency", "batch-reads", "get", "/v1/batches/1", "/v1/batches/{batch_id}", {}),
     ("agency", "batch-reads", "get", "/v1/batches/1/rejections", "/v1/batches/{batch_id}/rejections", {}),
+    ("citizen-backend", "appeals", "post", "/v1/appeals", "/v1/appeals", {"json": {"id_number": resident(1)}}),
+    ("citizen-backend", "appeals", "get", "/v1/appeals/1", "/v1/appeals/{appeal_id}", {}),
+    ("operator", "appeals", "get", "/v1/appeals", "/v1/appeals", {}),
+    ("operator", "appeals", "post", "/v1/appeals/1/decisions", "/v1/appeals/{appeal_id}/decisions", {"json": {}}),
 ]
 
 
 @pytest.mark.parametrize(
-    ("kind", "bucket", "method", "path", "documented", "request_args"), ROUTES, ids=[r[3] for r in ROUTES]
+    ("kind", "bucket", "method", "path", "documented", "request_args"),
+    ROUTES,
+    ids=[f"{r[0]}:{r[2]}:{r[3]}" for r in ROUTES],
 )
 async def test_every_authorised_route_is_limited(
     make_client: AppFactory,

@@ -11,8 +11,8 @@ from app.settings import Settings
 
 _LIMIT_HELP = (
     "a limit of this client instead of its kind's default, e.g. status=2000/4000 (2000 a second, bursts of "
-    "4000) or verify=0 (refused); buckets: status, test-code, qr, declarations (citizen backends), verify "
-    "(scanners), uploads, samples, batch-reads (agencies); repeatable"
+    "4000) or verify=0 (refused); buckets: status, test-code, qr, appeals, declarations (citizen backends), "
+    "verify (scanners), uploads, samples, batch-reads (agencies), appeals (operators); repeatable"
 )
 
 

@@ -12,9 +12,11 @@ from app.appeals import model
 from app.appeals.decisions import decide
 from app.appeals.store import citizen_view, file_appeal, list_appeals, operator_view
 from app.http.appkeys import CLIENTS, PG, PUBLISHER, SETTINGS
+from app.http.client_limits import admit
 from app.http.handlers.common import identity_from_body, json_response, read_json_object
 from app.http.problems import InvalidField, NotFound
 from app.identity import pseudonym
+from app.limits import APPEALS
 
 routes = web.RouteTableDef()
 
@@ -35,6 +37,7 @@ def _appeal_id(request: web.Request) -> int:
 async def file(request: web.Request) -> web.Response:
     app = request.app
     client = app[CLIENTS].authenticate(request.headers.get("Authorization"), kind=CITIZEN)
+    await admit(request, client, APPEALS)
     body = await read_json_object(request)
     identity = identity_from_body(body)
     filing = model.filing(body.get("category"), body.get("text"), body.get("contact_ref"))
@@ -54,6 +57,7 @@ async def file(request: web.Request) -> web.Response:
 async def show(request: web.Request) -> web.Response:
     app = request.app
     client = app[CLIENTS].authenticate(request.headers.get("Authorization"), kind=(CITIZEN, OPERATOR))
+    await admit(request, client, APPEALS)
     appeal_id = _appeal_id(request)
     async with app[PG].acquire() as conn:
         if client.kind == OPERATOR:
@@ -64,7 +68,8 @@ async def show(request: web.Request) -> web.Response:
 @routes.get("/v1/appeals")
 async def index(request: web.Request) -> web.Response:
     app = request.app
-    app[CLIENTS].authenticate(request.headers.get("Authorization"), kind=OPERATOR)
+    client = app[CLIENTS].authenticate(request.headers.get("Authorization"), kind=OPERATOR)
+    await admit(request, client, APPEALS)
     query = request.query
     # A misspelt filter must not quietly widen the list an operator reads.
     for name in query.keys() - _LIST_PARAMETERS:
@@ -84,6 +89,7 @@ async def index(request: web.Request) -> web.Response:
 async def decisions(request: web.Request) -> web.Response:
     app = request.app
     client = app[CLIENTS].authenticate(request.headers.get("Authorization"), kind=OPERATOR)
+    await admit(request, client, APPEALS)
     body = await read_json_object(request)  # the body first: a bad one is 422 whichever appeal it names
     decision = model.decision(
         body.get("action"),
