@@ -112,3 +112,15 @@ class Limits:
             if name == bucket:
                 return rate
         return self._defaults[kind][bucket]
+
+
+def unbounded(per_second: float = 1_000_000) -> tuple[tuple[str, str, Rate], ...]:
+    """Limits too high to matter, for every bucket but agency uploads: for load tests and test suites
+    that measure something else (as Settings.rate_limits, or HEALTHCODE_RATE_LIMITS via `as_spec`)."""
+    rate = Rate(per_second, int(per_second))
+    return tuple((kind, bucket, rate) for kind, buckets in DEFAULTS.items() for bucket in buckets if bucket != UPLOADS)
+
+
+def as_spec(rates: Iterable[tuple[str, str, Rate]]) -> str:
+    """The HEALTHCODE_RATE_LIMITS text of these limits."""
+    return ",".join(f"{kind}.{bucket}={rate.per_second:g}/{rate.burst}" for kind, bucket, rate in rates)

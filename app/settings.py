@@ -69,7 +69,9 @@ class Settings:
         shown = []
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name == "pepper":
+            # Secrets are bytes (the pepper, other keys) or PEM blocks: every such field is hidden,
+            # including ones added later.
+            if isinstance(value, bytes):
                 text = f"<{len(value)} secret bytes>"
             elif f.name == "signing_key_pems":
                 text = f"<{len(value)} private keys>"

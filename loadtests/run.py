@@ -43,6 +43,11 @@ KEY_ENV = {
     "agency": "HEALTHCODE_AGENCY_KEY",
 }
 TICKS = os.sysconf("SC_CLK_TCK")
+# HEALTHCODE_RATE_LIMITS of the local service: the buckets the scenarios draw from, far above any run.
+UNBOUNDED_LIMITS = ",".join(
+    f"{bucket}=1000000/1000000"
+    for bucket in ("citizen-backend.status", "citizen-backend.qr", "scanner.verify", "agency.batch-reads")
+)
 _PG_SHARED = ("walwriter", "checkpointer", "background writer")
 _METRIC = re.compile(r'^healthcode_http_requests_total\{method="([^"]*)",route="([^"]*)",status="(\d+)"\} (\d+)$')
 
@@ -123,6 +128,9 @@ def _local_service(port: int) -> Iterator[subprocess.Popen[bytes]]:
     env = {**os.environ}
     # Short-lived tokens, so scanners meet expired ones within a short run (30 s is the shortest allowed).
     env.setdefault("HEALTHCODE_TOKEN_TTL_SECONDS", "30")
+    # A few client keys stand in for a whole province's clients: per-client limits would measure
+    # themselves, not the service.
+    env.setdefault("HEALTHCODE_RATE_LIMITS", UNBOUNDED_LIMITS)
     proc = subprocess.Popen([_healthcode(), "serve", "--host", "127.0.0.1", "--port", str(port)], env=env)
     try:
         yield proc

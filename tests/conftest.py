@@ -25,6 +25,7 @@ from app.clients import add_client
 from app.db import connect, drop_database, recreate_database
 from app.http.app import create_app
 from app.keys.lifecycle import activate, new_key
+from app.limits import unbounded
 from app.scopes import CLIENT_KINDS, RECORD_KINDS
 from app.settings import Settings
 
@@ -77,6 +78,8 @@ def settings(database_url: str, server_urls: tuple[str, str], tmp_path: Path) ->
         negative_ttl_seconds=30,
         pg_pool_min=1,
         pg_pool_max=5,
+        # Tests of something else may send many requests from one client; limits have tests of their own.
+        rate_limits=unbounded(),
     )
 
 

@@ -20,6 +20,7 @@ import orjson
 import pytest
 
 from app.dev.servers import free_port
+from app.limits import as_spec
 from app.settings import Settings
 from tests.test_api_status import insert_status
 
@@ -41,6 +42,8 @@ def _env(settings: Settings) -> dict[str, str]:
         "HEALTHCODE_PEPPER": settings.pepper.hex(),
         "HEALTHCODE_KEYS_DIR": str(settings.keys_dir),
         "HEALTHCODE_PEPPER_FILE": "",
+        # One client drives three times capacity here: what is measured is shedding, not its limits.
+        "HEALTHCODE_RATE_LIMITS": as_spec(settings.rate_limits),
     }
 
 
