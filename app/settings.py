@@ -65,12 +65,14 @@ class Settings:
     signing_key_pems: tuple[bytes, ...] = ()
 
     def __repr__(self) -> str:
-        # Settings end up in logs and tracebacks: the pepper, private keys and URL passwords never do.
+        # Settings end up in logs and tracebacks: secrets never do. Fields marked repr=False are left
+        # out; any other bytes (a secret added later) and PEM blocks show only their size; URLs lose
+        # their password.
         shown = []
         for f in fields(self):
+            if not f.repr:
+                continue
             value = getattr(self, f.name)
-            # Secrets are bytes (the pepper, other keys) or PEM blocks: every such field is hidden,
-            # including ones added later.
             if isinstance(value, bytes):
                 text = f"<{len(value)} secret bytes>"
             elif f.name == "signing_key_pems":

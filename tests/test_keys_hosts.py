@@ -15,10 +15,9 @@ import asyncpg
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from app.http.appkeys import PG, SIGNER
+from app.http.appkeys import HANDLES, PG, SIGNER
 from app.keys import lifecycle as keys
 from app.settings import Settings
-from signing.encoding import b64url_encode
 from tests.conftest import AppFactory
 from tests.support import bearer
 from tests.test_openapi import assert_documented
@@ -26,7 +25,6 @@ from tests.test_openapi import assert_documented
 Api = TestClient[web.Request, web.Application]
 PROBLEM = "application/problem+json"
 NUMBER = "11010519491231002X"
-SUB = b64url_encode(bytes(16))
 
 
 async def refresh(*apis: Api) -> None:
@@ -64,7 +62,9 @@ async def test_a_host_without_the_active_private_key_refuses_to_sign_and_still_f
     host_a = await make_client()
     host_b = await make_client(keys_dir=folder_b)
     citizen, scanner = bearer(client_keys["citizen-backend"]), bearer(client_keys["scanner"])
-    old_token = host_b.app[SIGNER].status_signer().sign_status(SUB, "G", 0, 1, int(time.time()), ver=1)
+    now = int(time.time())
+    handle = host_b.app[HANDLES].seal(bytes(16), now)
+    old_token = host_b.app[SIGNER].status_signer().sign_status(handle, "G", 0, 1, now, ver=1)
 
     # Host A makes a key only its own folder holds and activates it.
     new = await keys.activate(db, await keys.new_key(db, settings.keys_dir))

@@ -18,6 +18,7 @@ def env(**extra: str) -> dict[str, str]:
         "DATABASE_URL": "postgresql://healthcode:db-password@db.internal:5432/healthcode",
         "REDIS_URL": "redis://:redis-password@cache.internal:6379/0",
         "HEALTHCODE_KEYS_DIR": "/keys",
+        "HEALTHCODE_HANDLE_KEY": "cd" * 32,
         **extra,
     }
 
@@ -44,7 +45,7 @@ def test_the_repr_shows_no_pepper_private_key_or_password() -> None:
         for secret in (SECRET.hex(), repr(SECRET), "MIGHAgEAMBMGByqGSM49", "db-password", "redis-password"):
             assert secret not in text
         # ...and the repr still says what is configured.
-        assert "pepper=<30 secret bytes>" in text
+        assert "pepper" not in text and "handle_key" not in text
         assert "signing_key_pems=<1 private keys>" in text
         assert "'postgresql://healthcode:***@db.internal:5432/healthcode'" in text
         assert "token_ttl_seconds=300" in text
