@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+import time
 
 from app.dev.chaos.scenarios import FULL, SCENARIOS, SHORT, Outcome, reset
 from app.dev.chaos.stack import Stack
@@ -40,10 +41,14 @@ async def run(short: bool, only: list[str]) -> list[Outcome]:
     stack = Stack(people=2000 if short else 10_000)
     outcomes = []
     try:
+        started = time.monotonic()
         await stack.start()
+        print(f"chaos: own servers and {stack.people:,} people ready in {time.monotonic() - started:.1f} s", flush=True)
         for name in names:
             await reset(stack)
+            started = time.monotonic()
             outcome = await SCENARIOS[name](stack, size)
+            outcome.notes.append(f"took {time.monotonic() - started:.1f} s with settling")
             print(table(outcome), flush=True)
             outcomes.append(outcome)
     finally:
