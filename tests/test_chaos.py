@@ -18,6 +18,7 @@ pytestmark = pytest.mark.slow
 SCENARIOS = ("steady", "redis-restart", "postgres-stop", "poison", "slow-uploads")
 
 
+@pytest.mark.timeout(600)
 def test_every_fault_scenario_passes_in_its_short_form() -> None:
     only = [arg for name in SCENARIOS for arg in ("--only", name)]
     run = subprocess.run(

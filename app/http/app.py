@@ -47,7 +47,7 @@ from app.scans import ScanRecorder, ScanWriter, ensure_scan_partitions
 from app.settings import Settings
 from app.statuses.loader import StatusLoader
 from app.statuses.publish import StatusPublisher
-from cache.connection import open_redis
+from cache.connection import REDIS_ERRORS, open_redis
 from cache.rate_limit import Rate, RateLimiter
 from cache.scan_stream import ScanStream
 from cache.status_cache import StatusCache
@@ -172,8 +172,16 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
         await app[SIGNER].refresh(pool)
         await ensure_scan_partitions(pool, datetime.now(UTC).date())
 
+    async def repay() -> None:
+        async with pool.acquire() as conn:
+            # While Redis is down the statuses stay owed; the cache and the publisher log the outage once.
+            with contextlib.suppress(*REDIS_ERRORS):
+                await app[PUBLISHER].repay(conn)
+
     tasks = [
         asyncio.create_task(writer.run(), name="scan-writer"),
+        # Statuses Postgres stored while Redis could not take them, published once it can.
+        asyncio.create_task(_every(REPAY_SECONDS, repay, app[POSTGRES_STATE]), name="status-repay"),
         asyncio.create_task(app[SCANS].run(SCAN_GUARD_SECONDS), name="scan-recorder"),
         asyncio.create_task(_every(settings.refresh_seconds, refresh, app[POSTGRES_STATE]), name="refresh"),
         # Batches left unfinished by a crash or another process, then statuses past valid_until.
@@ -189,6 +197,7 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
 
 
 SWEEP_SECONDS = 60.0
+REPAY_SECONDS = 1.0
 # How often scans kept by the recorder are checked against Redis, and refused-scan counts flushed.
 SCAN_GUARD_SECONDS = 1.0
 

@@ -31,7 +31,7 @@ from typing import Final
 
 import asyncpg
 
-from app.db import Conn
+from app.db import UNAVAILABLE_ERRORS, Conn
 from app.ingest.merge import MERGE_CHUNK, SUBJECT_PAGE, affected_subjects, merge_batch
 from app.ingest.store import delete_staging, mark_failed
 from app.statuses.compute import load_risk_areas
@@ -46,6 +46,9 @@ _POOL_FOR_WRITER: Final = 4
 _MERGE_LOCK: Final = 0x4843_0003
 # Attempts at a batch before it is marked failed: enough to ride out a restart or a short outage.
 MAX_ATTEMPTS: Final = 5
+# A batch whose processing failed is tried again after these pauses (doubling), not only at recovery.
+RETRY_FIRST_SECONDS: Final = 1.0
+RETRY_MAX_SECONDS: Final = 30.0
 # Advisory lock namespace (with a batch id) held by the process whose attempts a batch counts.
 _WORKER_LOCKS: Final = 0x4843_0005
 
@@ -104,12 +107,30 @@ class BatchProcessor:
             await asyncio.gather(*self._tasks.values(), return_exceptions=True)
 
     async def _run(self, batch_id: int) -> None:
+        """Process the batch; while it is unfinished after a failure, try again after a pause that grows.
+
+        A failure noted on the batch counts as an attempt, and the last allowed one marks it failed, so
+        this ends; a failure that cannot be noted (Postgres down) is tried again, never in a tight loop.
+        """
+        pause = RETRY_FIRST_SECONDS
+        while True:
+            try:
+                await self.process(batch_id)
+            except UNAVAILABLE_ERRORS as exc:
+                log.warning("processing batch %d: Postgres unavailable (%s); trying again", batch_id, exc)
+            except Exception:
+                log.exception("processing batch %d failed; trying again in %.0f s", batch_id, pause)
+            if not await self._unfinished(batch_id):
+                return
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, RETRY_MAX_SECONDS)
+
+    async def _unfinished(self, batch_id: int) -> bool:
         try:
-            await self.process(batch_id)
-        except Exception:
-            # Logged, not raised: the batch stays where it stopped and recovery tries it again, a
-            # bounded number of times (process_batch counts the attempts).
-            log.exception("processing batch %d failed", batch_id)
+            state = await self.pool.fetchval("SELECT state FROM batches WHERE id = $1", batch_id)
+        except UNAVAILABLE_ERRORS:
+            return True  # cannot tell: Postgres is down, so the batch cannot have moved on
+        return state in ("received", "loading")
 
     async def process(self, batch_id: int, *, pause: Pause = _no_pause) -> None:
         # One batch at a time in this process, so batch work leaves the pool's other connections to

@@ -10,11 +10,15 @@ Statuses only move forward. Each carries a version (sql/004_status_versions.sql)
 keeps a stored row whose (version, computed_at) is newer, and the Redis write is guarded the same way
 (cache/status_writer.py). A status Postgres refused is not published to Redis: Redis must never hold
 an older status than Postgres.
+
+Redis failing does not fail a write: what Postgres stored but Redis did not take is recorded as owed
+(status_refresh_owed, sql/009) and `repay` publishes it, newest first from Postgres, once Redis answers.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Final, TypeVar
 
@@ -22,8 +26,11 @@ from app.db import Conn
 from app.rules.ruleset import RuleSet
 from app.statuses.compute import Areas, evaluate_fetched, fetch_records, load_risk_areas
 from app.statuses.stored import STATUSES_QUERY, entry_from_row
+from cache.connection import REDIS_ERRORS
 from cache.entry import StatusEntry
 from cache.status_writer import StatusWriter
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -66,6 +73,12 @@ FROM status_stage
 # Statuses of people no longer in subjects (the sweeper finds them): dropped, or swept forever.
 _DROP_ORPHANS = """DELETE FROM statuses st WHERE st.pseudonym = ANY($1::bytea[])
     AND NOT EXISTS (SELECT 1 FROM subjects s WHERE s.pseudonym = st.pseudonym)"""
+_OWE = """INSERT INTO status_refresh_owed (pseudonym) SELECT unnest($1::bytea[])
+    ON CONFLICT (pseudonym) DO NOTHING"""
+# Taken a page at a time, locked so two processes repaying do not publish the same page twice.
+_OWED_PAGE = "SELECT pseudonym FROM status_refresh_owed ORDER BY since LIMIT $1 FOR UPDATE SKIP LOCKED"
+_PAID = "DELETE FROM status_refresh_owed WHERE pseudonym = ANY($1::bytea[])"
+REPAY_PAGE: Final = 5000
 # Below this many statuses the arrays' upsert is as fast and needs no temporary table.
 _STAGED_FROM: Final = 100
 
@@ -93,6 +106,8 @@ class StatusPublisher:
         self.ruleset = ruleset
         self.pause = pause
         self.refused_by_postgres = 0
+        self.owed = 0  # statuses recorded as owed to Redis, for metrics
+        self._redis_failing = False
 
     async def recompute(
         self, conn: Conn, subjects: Sequence[bytes], now: int, areas: Areas | None = None
@@ -113,7 +128,7 @@ class StatusPublisher:
             for row in await conn.fetch(STATUSES_QUERY, newer):
                 entries[bytes(row["pseudonym"])] = entry_from_row(row)
         await self.pause("stored")
-        await self.writer.put_many({p: entries[p] for p in stored})
+        await self._owe(conn, await self._publish({p: entries[p] for p in stored}))
         return entries
 
     async def refresh(
@@ -146,6 +161,7 @@ class StatusPublisher:
         writes = reads if store_conn is None else _InOrder()
         writer_conn = conn if store_conn is None else store_conn
         pending: list[asyncio.Future[Any]] = []
+        owed: list[bytes] = []
         done = 0
         try:
             fetching = reads.run(fetch_records(conn, chunks[0], now, areas))
@@ -164,7 +180,7 @@ class StatusPublisher:
                 await self.pause("computed")
                 stored = writes.run(self._store(writer_conn, entries, now))
                 pending.append(stored)
-                pending.append(asyncio.ensure_future(self._publish_when_stored(stored, entries)))
+                pending.append(asyncio.ensure_future(self._publish_when_stored(stored, entries, owed)))
                 done += len(entries)
             await asyncio.gather(*pending)
         finally:
@@ -173,24 +189,65 @@ class StatusPublisher:
                 future.cancel()
             # Collected, so that no failure is left unretrieved (each is raised above, or by gather).
             await asyncio.gather(*leftover, return_exceptions=True)
+        # Recorded once the pipeline is idle: its connections are free again.
+        await self._owe(writer_conn, owed)
         return done
 
     async def publish_stored(self, entries: Mapping[bytes, StatusEntry]) -> int:
-        """Publish statuses read from Postgres (cache warm, a miss's fill); returns how many Redis took."""
+        """Publish statuses read from Postgres (cache warm); returns how many Redis took. Redis errors are
+        raised: a warm that did not happen must not look done."""
         await self.pause("stored")
         return await self.writer.put_many(entries)
+
+    async def repay(self, conn: Conn) -> int:
+        """Publish what is owed to Redis, from what Postgres now holds; returns how many were repaid.
+
+        Stops at the first Redis failure, leaving the rest owed (the page in hand stays owed too).
+        """
+        repaid = 0
+        while True:
+            async with conn.transaction():
+                page = [bytes(r["pseudonym"]) for r in await conn.fetch(_OWED_PAGE, REPAY_PAGE)]
+                if not page:
+                    return repaid
+                rows = await conn.fetch(STATUSES_QUERY, page)
+                fresh = {bytes(r["pseudonym"]): entry_from_row(r) for r in rows if r["colour"] is not None}
+                await self.writer.put_many(fresh)  # a Redis error rolls the page back: still owed
+                await conn.execute(_PAID, page)
+            repaid += len(page)
+            if self._redis_failing:
+                self._redis_failing = False
+                log.warning("Redis takes statuses again; repaying what was owed")
 
     async def drop_orphans(self, conn: Conn, subjects: Sequence[bytes]) -> None:
         """Delete the stored statuses of any of `subjects` that are no longer registered."""
         await conn.execute(_DROP_ORPHANS, list(subjects))
 
-    async def _publish_when_stored(self, stored: asyncio.Future[set[bytes]], entries: dict[bytes, StatusEntry]) -> None:
+    async def _publish_when_stored(
+        self, stored: asyncio.Future[set[bytes]], entries: dict[bytes, StatusEntry], owed: list[bytes]
+    ) -> None:
         """Refresh Redis once Postgres holds the statuses (it stays the source of truth), a slice at a time."""
         keep = await stored
         await self.pause("stored")
         items = [(p, e) for p, e in entries.items() if p in keep]
         for start in range(0, len(items), _PUBLISH_SLICE):
-            await self.writer.put_many(dict(items[start : start + _PUBLISH_SLICE]))
+            owed += await self._publish(dict(items[start : start + _PUBLISH_SLICE]))
+
+    async def _publish(self, entries: dict[bytes, StatusEntry]) -> list[bytes]:
+        """Publish to Redis; returns the subjects Redis did not take because it failed (owed)."""
+        try:
+            await self.writer.put_many(entries)
+        except REDIS_ERRORS as exc:
+            if not self._redis_failing:
+                self._redis_failing = True
+                log.warning("Redis refused statuses (%s); they are owed and published when it is back", exc)
+            return list(entries)
+        return []
+
+    async def _owe(self, conn: Conn, subjects: list[bytes]) -> None:
+        if subjects:
+            await conn.execute(_OWE, subjects)
+            self.owed += len(subjects)
 
     async def _store(self, conn: Conn, entries: dict[bytes, StatusEntry], now: int) -> set[bytes]:
         """Upsert the statuses unless a newer one is stored; returns the subjects whose status was stored."""
