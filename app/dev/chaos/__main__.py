@@ -12,7 +12,7 @@ import asyncio
 import sys
 import time
 
-from app.dev.chaos.scenarios import FULL, SCENARIOS, SHORT, Outcome, reset
+from app.dev.chaos.scenarios import FULL, SCENARIOS, SHORT, Outcome
 from app.dev.chaos.stack import Stack
 
 
@@ -45,7 +45,6 @@ async def run(short: bool, only: list[str]) -> list[Outcome]:
         await stack.start()
         print(f"chaos: own servers and {stack.people:,} people ready in {time.monotonic() - started:.1f} s", flush=True)
         for name in names:
-            await reset(stack)
             started = time.monotonic()
             outcome = await SCENARIOS[name](stack, size)
             outcome.notes.append(f"took {time.monotonic() - started:.1f} s with settling")

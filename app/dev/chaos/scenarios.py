@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
-from app.dev.chaos.load import CHECKPOINT, LAB, Driver, Tally
+from app.dev.chaos.load import Driver, Tally
 from app.dev.chaos.stack import Stack
 
 SETTLE_TIMEOUT = 60.0
@@ -63,14 +63,14 @@ Scenario = Callable[[Stack, Size], Awaitable[Outcome]]
 
 async def steady(stack: Stack, size: Size) -> Outcome:
     """No fault: the baseline every other scenario is compared with."""
-    async with Driver(stack.base_url, stack.keys, stack.numbers) as driver:
+    async with Driver(stack.base_url, stack.keys, stack.numbers, "steady") as driver:
         await driver.run(size.seconds, size.rate)
         return await settle("steady", stack, driver)
 
 
 async def redis_restart(stack: Stack, size: Size) -> Outcome:
     """Redis killed mid-load and started again empty (no persistence)."""
-    async with Driver(stack.base_url, stack.keys, stack.numbers) as driver:
+    async with Driver(stack.base_url, stack.keys, stack.numbers, "redis-restart") as driver:
         load = asyncio.ensure_future(driver.run(size.seconds, size.rate))
         await asyncio.sleep(size.seconds / 3)  # a third of the load before the fault
         await stack.stop_redis()
@@ -82,7 +82,7 @@ async def redis_restart(stack: Stack, size: Size) -> Outcome:
 
 async def postgres_stop(stack: Stack, size: Size) -> Outcome:
     """Postgres stopped (immediate: a crash) mid-load and started again."""
-    async with Driver(stack.base_url, stack.keys, stack.numbers) as driver:
+    async with Driver(stack.base_url, stack.keys, stack.numbers, "postgres-stop") as driver:
         load = asyncio.ensure_future(driver.run(size.seconds, size.rate))
         await asyncio.sleep(size.seconds / 3)
         await stack.stop_postgres()
@@ -94,7 +94,7 @@ async def postgres_stop(stack: Stack, size: Size) -> Outcome:
 
 async def poison(stack: Stack, size: Size) -> Outcome:
     """A scan whose checkpoint Postgres cannot store, and an upload of unbalanced quotes, amid the load."""
-    async with Driver(stack.base_url, stack.keys, stack.numbers) as driver:
+    async with Driver(stack.base_url, stack.keys, stack.numbers, "poison") as driver:
         load = asyncio.ensure_future(driver.run(size.seconds, size.rate))
         await poll(lambda: bool(driver.tally.tokens))  # the first status answer brings a token to scan
         await driver.verify(checkpoint="gate\x00poison")
@@ -121,7 +121,7 @@ async def poison(stack: Stack, size: Size) -> Outcome:
 
 async def slow_uploads(stack: Stack, size: Size) -> Outcome:
     """Uploads that trickle in, more than a pool holds, while citizens and scanners go on."""
-    async with Driver(stack.base_url, stack.keys, stack.numbers) as driver:
+    async with Driver(stack.base_url, stack.keys, stack.numbers, "slow-uploads") as driver:
         stop = asyncio.Event()
         trickles = [asyncio.ensure_future(_trickle(driver.session, stack, stop)) for _ in range(size.slow_uploads)]
         await driver.run(size.seconds, size.rate, uploads_per_second=0)
@@ -142,7 +142,7 @@ async def overload(stack: Stack, size: Size) -> Outcome:
     await _flood(stack, 1.0, CAPACITY_CONNECTIONS)  # warm-up: every person's status in Redis, connections open
     capacity = _rate(await _flood(stack, size.overload_seconds / 2, CAPACITY_CONNECTIONS))
     probe = Tally()
-    async with Driver(stack.base_url, stack.keys, stack.numbers) as driver:
+    async with Driver(stack.base_url, stack.keys, stack.numbers, "overload") as driver:
         flooding = asyncio.ensure_future(_flood(stack, size.overload_seconds, OVERLOAD_CONNECTIONS))
         while not flooding.done():
             await driver.status()
@@ -208,10 +208,11 @@ async def settle(name: str, stack: Stack, driver: Driver) -> Outcome:
         else:
             outcome.batches_failed += 1
             outcome.notes.append(f"batch {view['id']} failed: {view['error']}")
-    outcome.rows_stored = int(str(await stack.fetchval("SELECT count(*) FROM nucleic_tests WHERE lab = $1", LAB)))
+    rows = await stack.fetchval("SELECT count(*) FROM nucleic_tests WHERE lab = $1", driver.lab)
+    outcome.rows_stored = int(str(rows))
 
     async def scans_stored() -> bool:
-        outcome.scans_stored = await _scans(stack)
+        outcome.scans_stored = await _scans(stack, driver.checkpoint)
         return outcome.scans_stored >= tally.scans_sent
 
     with contextlib.suppress(TimeoutError):  # judged below: a shortfall is the finding
@@ -235,14 +236,8 @@ async def poll(check: Callable[[], bool | Awaitable[bool]], interval: float = 0.
             await asyncio.sleep(interval)
 
 
-async def reset(stack: Stack) -> None:
-    """Start each scenario from zero scans and zero load-test rows, so its counts are its own."""
-    await stack.fetchval("DELETE FROM scan_events")
-    await stack.fetchval("DELETE FROM nucleic_tests WHERE lab = $1", LAB)
-
-
-async def _scans(stack: Stack) -> int:
-    return int(str(await stack.fetchval("SELECT count(*) FROM scan_events WHERE checkpoint = $1", CHECKPOINT)))
+async def _scans(stack: Stack, checkpoint: str) -> int:
+    return int(str(await stack.fetchval("SELECT count(*) FROM scan_events WHERE checkpoint = $1", checkpoint)))
 
 
 async def _batch(session: aiohttp.ClientSession, stack: Stack, location: str) -> dict[str, object] | None:
