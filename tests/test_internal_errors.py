@@ -8,6 +8,7 @@ import re
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 
+import asyncpg
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
@@ -73,3 +74,20 @@ def test_every_operation_documents_its_500_and_every_sheddable_one_its_503() -> 
     assert DOCUMENT["components"]["responses"]["InternalError"]["content"][PROBLEM]["schema"] == {
         "$ref": "#/components/schemas/InternalErrorProblem"
     }
+
+
+def test_a_postgres_outage_behind_another_error_is_still_the_outage() -> None:
+    """A connection lost mid-COPY surfaces as an InterfaceError raised while leaving the transaction:
+    the answer is the outage's 503, not a 500."""
+    from app.http.middleware import _postgres_unavailable
+
+    lost = asyncpg.exceptions.ConnectionDoesNotExistError("connection was closed in the middle of operation")
+    try:
+        try:
+            raise lost
+        except asyncpg.PostgresError:
+            raise asyncpg.InterfaceError("cannot call Transaction.__aexit__(): the connection is closed") from None
+    except asyncpg.InterfaceError as surfaced:
+        assert surfaced.__cause__ is None
+        assert _postgres_unavailable(surfaced) is lost
+    assert _postgres_unavailable(ValueError("a bug")) is None

@@ -118,25 +118,39 @@ class FrontDoor:
             return problem_response(ingest_problem(error), request.path)
         except AppealError as error:
             return problem_response(appeal_problem(error), request.path)
-        except _POSTGRES_UNAVAILABLE as exc:
+        except Exception as exc:
+            lost = _postgres_unavailable(exc)
+            if lost is None:
+                return _internal_error(request)
             # DatabaseUnavailable was reported where it was raised; asyncpg's own errors from code that
             # does not map them are reported here. The state logs once per outage, never per request.
-            if not isinstance(exc, DatabaseUnavailable):
-                self.postgres.failed(unavailable_reason(exc))
+            if not isinstance(lost, DatabaseUnavailable):
+                self.postgres.failed(unavailable_reason(lost))
             unavailable = DependencyUnavailable(
                 "the status store (Postgres) is not answering; hits in the cache still are",
                 retry_after=jittered(2),
                 dependency="postgres",
             )
             return problem_response(unavailable, request.path)
-        except Exception:
-            return _internal_error(request)
         finally:
             self.in_flight -= 1
 
     def _count(self, method: str, route: str, status: int) -> None:
         key = (method, route, status)
         self.counts[key] = self.counts.get(key, 0) + 1
+
+
+def _postgres_unavailable(exc: BaseException) -> BaseException | None:
+    """The Postgres outage behind `exc`, if any: itself, or what it was raised from or while handling
+    (a connection lost mid-COPY surfaces as an InterfaceError raised while leaving the transaction)."""
+    seen: BaseException | None = exc
+    for _ in range(5):  # a short chain; never loop on a cycle
+        if seen is None:
+            return None
+        if isinstance(seen, _POSTGRES_UNAVAILABLE):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def _internal_error(request: web.Request) -> web.Response:
