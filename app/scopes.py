@@ -12,3 +12,6 @@ from typing import Final
 
 CLIENT_KINDS: Final = ("citizen-backend", "scanner", "agency", "operator")
 RECORD_KINDS: Final = ("population", "vaccination", "test", "travel", "designation", "risk_area")
+# Operator loads without --agency are recorded against this client id (no API client has it). The
+# operator may correct or retract any agency's record; an agency only its own.
+OPERATOR_CLIENT_ID: Final = 0

@@ -47,7 +47,7 @@ async def test_population_good_and_bad_rows(api: Api, client_keys: dict[str, str
     status, batch = await upload(api, client_keys["agency"], "population", body)
     assert status == 202
     assert batch["state"] == "done"
-    assert batch["counts"] == {"read": 6, "accepted": 3, "rejected": 3, "duplicates": 0}
+    assert batch["counts"] == {"read": 6, "accepted": 3, "rejected": 3, "duplicates": 0, "corrected": 0, "retracted": 0}
     assert batch["subjects_recomputed"] == 3
     assert batch["timings"]["finished_at"] is not None
     assert await rejections(api, client_keys["agency"], batch["id"]) == [
@@ -109,9 +109,9 @@ async def test_same_record_twice_is_stored_once(api: Api, client_keys: dict[str,
     _, batch = await upload(
         api, secret, "test", csv_body(header, row, row, f"{number(2)},{ago(hours=2)},negative,lab-a")
     )
-    assert batch["counts"] == {"read": 3, "accepted": 2, "rejected": 0, "duplicates": 1}
+    assert batch["counts"] == {"read": 3, "accepted": 2, "rejected": 0, "duplicates": 1, "corrected": 0, "retracted": 0}
     _, batch = await upload(api, secret, "test", csv_body(header, row, f"{number(3)},{ago(hours=2)},negative,lab-b"))
-    assert batch["counts"] == {"read": 2, "accepted": 1, "rejected": 0, "duplicates": 1}
+    assert batch["counts"] == {"read": 2, "accepted": 1, "rejected": 0, "duplicates": 1, "corrected": 0, "retracted": 0}
     assert await db.fetchval("SELECT count(*) FROM nucleic_tests") == 3
 
 
@@ -130,7 +130,7 @@ async def test_positive_test_turns_the_status_red(api: Api, client_keys: dict[st
         f"resident,{bad_checksum(7)},{ago(hours=3)},negative,lab-a,",
     )
     _, batch = await upload(api, secret, "test", body)
-    assert batch["counts"] == {"read": 7, "accepted": 2, "rejected": 5, "duplicates": 0}
+    assert batch["counts"] == {"read": 7, "accepted": 2, "rejected": 5, "duplicates": 0, "corrected": 0, "retracted": 0}
     assert [(r["row"], r["field"], r["code"]) for r in await rejections(api, secret, batch["id"])] == [
         (3, "sampled_at", "date_in_future"),
         (4, "result", "bad_result"),
@@ -157,7 +157,7 @@ async def test_vaccination_rows(api: Api, client_keys: dict[str, str]) -> None:
         f"{number(1)},sinovac-coronavac,3,01/05/2021,",
     )
     _, batch = await upload(api, secret, "vaccination", body)
-    assert batch["counts"] == {"read": 6, "accepted": 2, "rejected": 4, "duplicates": 0}
+    assert batch["counts"] == {"read": 6, "accepted": 2, "rejected": 4, "duplicates": 0, "corrected": 0, "retracted": 0}
     assert [(r["row"], r["code"]) for r in await rejections(api, secret, batch["id"])] == [
         (3, "unknown_product"),
         (4, "bad_dose"),
@@ -181,7 +181,7 @@ async def test_travel_and_a_new_risk_area_recompute_arrivals(
         f"{number(3)},420102,{ago(hours=5)},bicycle",
     )
     _, batch = await upload(api, secret, "travel", body)
-    assert batch["counts"] == {"read": 5, "accepted": 2, "rejected": 3, "duplicates": 0}
+    assert batch["counts"] == {"read": 5, "accepted": 2, "rejected": 3, "duplicates": 0, "corrected": 0, "retracted": 0}
     assert [r["code"] for r in await rejections(api, secret, batch["id"])] == [
         "unknown_area_code",
         "unknown_area_code",
@@ -192,7 +192,7 @@ async def test_travel_and_a_new_risk_area_recompute_arrivals(
     since = ago(days=2)
     areas = csv_body("area_code,level,valid_from,valid_until", f"420100,high,{since},", f"420100,severe,{since},")
     _, batch = await upload(api, secret, "risk_area", areas)
-    assert batch["counts"] == {"read": 2, "accepted": 1, "rejected": 1, "duplicates": 0}
+    assert batch["counts"] == {"read": 2, "accepted": 1, "rejected": 1, "duplicates": 0, "corrected": 0, "retracted": 0}
     assert batch["subjects_recomputed"] == 1
     flagged = await status_of(api, citizen, number(1))
     assert (flagged["colour"], flagged["popup"], flagged["reasons"]) == ("yellow", True, ["risk_area_arrival"])
@@ -215,7 +215,7 @@ async def test_designations(api: Api, client_keys: dict[str, str]) -> None:
         f"{number(3)},quarantine,{ago(days=1)},,,",
     )
     _, batch = await upload(api, secret, "designation", body)
-    assert batch["counts"] == {"read": 5, "accepted": 2, "rejected": 3, "duplicates": 0}
+    assert batch["counts"] == {"read": 5, "accepted": 2, "rejected": 3, "duplicates": 0, "corrected": 0, "retracted": 0}
     assert [(r["field"], r["code"]) for r in await rejections(api, secret, batch["id"])] == [
         ("kind", "bad_kind"),
         ("valid_until", "bad_interval"),
@@ -245,7 +245,7 @@ async def test_ndjson_and_gzip(api: Api, client_keys: dict[str, str]) -> None:
     )
     assert status == 202
     assert batch["format"] == "ndjson"
-    assert batch["counts"] == {"read": 5, "accepted": 1, "rejected": 4, "duplicates": 0}
+    assert batch["counts"] == {"read": 5, "accepted": 1, "rejected": 4, "duplicates": 0, "corrected": 0, "retracted": 0}
     assert [(r["row"], r["field"], r["code"]) for r in await rejections(api, secret, batch["id"])] == [
         (2, "age", "unknown_field"),
         (3, "name", "bad_type"),
@@ -397,7 +397,7 @@ async def test_a_multi_member_gzip_upload_is_read_to_the_end(api: Api, client_ke
     body = gzip.compress(people(1, 2)) + gzip.compress(more)
     status, batch = await upload(api, client_keys["agency"], "population", body, headers={"Content-Encoding": "gzip"})
     assert status == 202
-    assert batch["counts"] == {"read": 5, "accepted": 5, "rejected": 0, "duplicates": 0}
+    assert batch["counts"] == {"read": 5, "accepted": 5, "rejected": 0, "duplicates": 0, "corrected": 0, "retracted": 0}
 
 
 async def test_rejections_past_the_cap_refuse_the_batch_with_a_summary(

@@ -218,7 +218,10 @@ async def test_load_file(settings: Settings, db: asyncpg.Connection, redis: Redi
     out = io.StringIO()
     batch_id = await load_file(settings, "population", people, out=out)
     report = out.getvalue()
-    assert "done; read 51, accepted 50, rejected 1, duplicates 0; 50 statuses recomputed" in report
+    assert (
+        "done; read 51, accepted 50, rejected 1, duplicates 0, corrected 0, retracted 0; 50 statuses recomputed"
+        in report
+    )
     assert "row 51: id_number: wrong_length" in report
     assert "rejections by code: wrong_length 1" in report
     assert await db.fetchval("SELECT count(*) FROM subjects") == 50

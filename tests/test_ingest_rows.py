@@ -23,7 +23,7 @@ def good_row(kind: str, i: int) -> dict[str, str]:
         | {"authority": "cdc", "reason": "case 17"},
         "risk_area": {"area_code": "420100", "level": "high", "valid_from": ago(days=2), "valid_until": ago(days=-2)},
     }
-    row = rows[kind]
+    row = rows[kind] | ({} if kind in ("population", "risk_area") else {"action": "upsert"})
     assert set(row) == KINDS[kind].columns
     return row
 
@@ -54,7 +54,14 @@ async def test_nul_in_any_column_rejects_that_row_only(
     status, batch = await upload(api, client_keys["agency"], kind, body, content_type=content_type)
     assert status == 202, batch
     assert batch["state"] == "done"
-    assert batch["counts"] == {"read": len(rows), "accepted": 1, "rejected": len(columns), "duplicates": 0}
+    assert batch["counts"] == {
+        "read": len(rows),
+        "accepted": 1,
+        "rejected": len(columns),
+        "duplicates": 0,
+        "corrected": 0,
+        "retracted": 0,
+    }
     got = await rejections(api, client_keys["agency"], batch["id"])
     assert [(r["row"], r["field"], r["code"]) for r in got] == [
         (n, column, "nul_character") for n, column in enumerate(columns, 2)
@@ -96,7 +103,7 @@ async def test_a_time_past_what_our_columns_hold_rejects_that_row_only(
     rows = [{c: r.get(c, "") for c in rows[0]} for r in rows]
     status, batch = await upload(api, client_keys["agency"], kind, as_csv(rows))
     assert status == 202, batch
-    assert batch["counts"] == {"read": 4, "accepted": 1, "rejected": 3, "duplicates": 0}
+    assert batch["counts"] == {"read": 4, "accepted": 1, "rejected": 3, "duplicates": 0, "corrected": 0, "retracted": 0}
     got = await rejections(api, client_keys["agency"], batch["id"])
     assert [(r["row"], r["field"], r["code"]) for r in got] == [(n, column, "time_out_of_range") for n in (2, 3, 4)]
     assert got[0]["message"] == f"{column} 9999-12-31T23:00:00-05:00 is not before 2100"

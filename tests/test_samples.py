@@ -62,7 +62,7 @@ async def test_code_flow(make_client: AppFactory, db: asyncpg.Connection, client
     )
     status, batch = await upload(api, collector, "test", body)
     assert status == 202
-    assert batch["counts"] == {"read": 2, "accepted": 1, "rejected": 1, "duplicates": 0}
+    assert batch["counts"] == {"read": 2, "accepted": 1, "rejected": 1, "duplicates": 0, "corrected": 0, "retracted": 0}
     assert [(r["row"], r["field"], r["code"]) for r in await rejections(api, collector, batch["id"])] == [
         (2, "sample_id", "unknown_sample")
     ]

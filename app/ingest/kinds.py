@@ -32,6 +32,8 @@ MODES: Final = frozenset({"rail", "air", "road", "water", "telecom"})
 DESIGNATIONS: Final = frozenset(DESIGNATION_KINDS)
 LEVELS: Final = frozenset(RISK_LEVELS)
 MAX_SAMPLE_ID: Final = 64
+# What a row of a record kind does to the record its natural key names: store (or correct) it, or withdraw it.
+ACTIONS: Final = frozenset({"upsert", "retract"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +125,17 @@ def _risk_area(row: Row, ctx: Context) -> tuple[Any, ...]:
     return code, level, since, until
 
 
+def _acting(parse: RowFunction) -> RowFunction:
+    """A record kind's row function that also reads ``action`` (``upsert`` when absent)."""
+
+    def parse_with_action(row: Row, ctx: Context) -> tuple[Any, ...]:
+        values = parse(row, ctx)
+        action = (row.get("action") or "").strip() or "upsert"
+        return *values, choice(action, "action", ACTIONS, "bad_action")
+
+    return parse_with_action
+
+
 _IDENTITY: Final = ("pseudonym", "id_type", "masked_number")
 
 KINDS: Final[dict[str, Kind]] = {
@@ -139,35 +152,35 @@ KINDS: Final[dict[str, Kind]] = {
         Kind(
             "vaccination",
             frozenset({"id_number", "product", "dose", "vaccinated_on"}),
-            frozenset({"id_type", "site"}),
+            frozenset({"id_type", "site", "action"}),
             "staging_vaccination",
-            (*_IDENTITY, "product", "dose", "vaccinated_on", "site"),
-            _vaccination,
+            (*_IDENTITY, "product", "dose", "vaccinated_on", "site", "action"),
+            _acting(_vaccination),
         ),
         Kind(
             "test",
             frozenset({"sampled_at", "result", "lab"}),
-            frozenset({"id_type", "reported_at"}),
+            frozenset({"id_type", "reported_at", "action"}),
             "staging_test",
-            (*_IDENTITY, "sample_id", "sampled_at", "result", "lab", "reported_at"),
-            _test,
+            (*_IDENTITY, "sample_id", "sampled_at", "result", "lab", "reported_at", "action"),
+            _acting(_test),
             one_of=frozenset({"id_number", "sample_id"}),
         ),
         Kind(
             "travel",
             frozenset({"id_number", "area_code", "arrived_at", "mode"}),
-            frozenset({"id_type"}),
+            frozenset({"id_type", "action"}),
             "staging_travel",
-            (*_IDENTITY, "area_code", "arrived_at", "mode"),
-            _travel,
+            (*_IDENTITY, "area_code", "arrived_at", "mode", "action"),
+            _acting(_travel),
         ),
         Kind(
             "designation",
             frozenset({"id_number", "kind", "valid_from", "authority"}),
-            frozenset({"id_type", "valid_until", "reason"}),
+            frozenset({"id_type", "valid_until", "reason", "action"}),
             "staging_designation",
-            (*_IDENTITY, "kind", "valid_from", "valid_until", "authority", "reason"),
-            _designation,
+            (*_IDENTITY, "kind", "valid_from", "valid_until", "authority", "reason", "action"),
+            _acting(_designation),
         ),
         Kind(
             "risk_area",

@@ -22,14 +22,13 @@ from app.ingest.process import process_batch
 from app.ingest.store import batch_by_id, rejections
 from app.ingest.upload import kind_named, receive_batch
 from app.rules.ruleset import load_ruleset
+from app.scopes import OPERATOR_CLIENT_ID
 from app.settings import Settings
 from app.statuses.publish import StatusPublisher
 from app.stores import open_stores
 from cache.status_writer import StatusWriter
 
 READ_CHUNK: Final = 1 << 20
-# Operator loads without --agency are recorded against this client id (no API client has it).
-OPERATOR_CLIENT_ID: Final = 0
 SHOWN_REJECTIONS: Final = 20
 
 
@@ -126,7 +125,8 @@ async def report(conn: Conn, batch_id: int, out: TextIO, *, seen_before: bool = 
         print(f"this file was loaded before as batch {batch_id}; nothing changed", file=out)
     print(
         f"batch {batch_id} ({row['kind']}): {row['state']}; read {row['rows_read']}, accepted {row['accepted']}, "
-        f"rejected {row['rejected']}, duplicates {row['duplicates']}; {row['subjects']} statuses recomputed",
+        f"rejected {row['rejected']}, duplicates {row['duplicates']}, "
+        f"corrected {row['corrected']}, retracted {row['retracted']}; {row['subjects']} statuses recomputed",
         file=out,
     )
     if row["error"]:

@@ -1,9 +1,10 @@
 """Merging a staged batch into the record tables: set-based SQL, one statement per step and chunk.
 
-The natural key of each record table decides what is a duplicate: ``ON CONFLICT DO NOTHING`` stores a
-record once however often it is sent, and the difference between valid rows and inserted rows is the
-duplicate count. Rows that can only be judged against stored data (a test naming an unknown sample)
-are rejected here, in SQL, into ``batch_rejections``.
+The natural key of each record table decides what is a duplicate: a record is stored once however often
+it is sent, and rows that changed nothing (neither inserted, corrected nor retracted) are the duplicate
+count. A person's records may be corrected or retracted by the agency that sent them
+(app.ingest.corrections). Rows that can only be judged against stored data (a test naming an unknown
+sample, a change to another agency's record) are rejected here, in SQL, into ``batch_rejections``.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from app.db import Conn
+from app.ingest.corrections import merge_records
 from app.rules.areas import area_prefix
 
 
@@ -21,6 +23,8 @@ class Merged:
     accepted: int  # records inserted (or, for population and risk areas, changed)
     rejected: int  # rows rejected by the merge itself
     duplicates: int
+    corrected: int = 0  # stored records replaced by a row with another value
+    retracted: int = 0  # stored records withdrawn
 
 
 # Every statement below works on the rows of one range of row numbers, $2 < row_no <= $3: a batch is
@@ -38,9 +42,13 @@ _S_ROWS = "s.batch_id = $1 AND s.row_no > $2 AND s.row_no <= $3"
 # computed from the new records must outrank any computed before (sql/004_status_versions.sql).
 _SUBJECTS_FROM = f"""INSERT INTO subjects (pseudonym, id_type, masked_number)
     SELECT DISTINCT ON (pseudonym) pseudonym, id_type, masked_number
-    FROM {{table}} WHERE {_ROWS} AND pseudonym IS NOT NULL
+    FROM {{table}} WHERE {_ROWS} AND pseudonym IS NOT NULL AND action = 'upsert'
     ORDER BY pseudonym, row_no
     ON CONFLICT (pseudonym) DO UPDATE SET revision = subjects.revision + 1"""
+# A retraction never makes anyone a subject (there is nothing to withdraw from a stranger).
+_RETRACTED_REVISED = f"""UPDATE subjects u SET revision = u.revision + 1
+    FROM (SELECT DISTINCT pseudonym FROM {{table}} WHERE {_ROWS} AND pseudonym IS NOT NULL AND action = 'retract') r
+    WHERE u.pseudonym = r.pseudonym"""
 # Test results named by a registered sample only: their people are known (a sample names one).
 _SAMPLE_SUBJECTS_REVISED = f"""UPDATE subjects u SET revision = u.revision + 1
     FROM (SELECT DISTINCT m.pseudonym FROM staging_test s JOIN samples m ON m.sample_id = s.sample_id
@@ -57,26 +65,6 @@ _MERGE: Final[dict[str, str]] = {
             masked_number = excluded.masked_number, updated_at = now(), revision = subjects.revision + 1
         WHERE subjects.masked_name IS DISTINCT FROM excluded.masked_name
            OR subjects.masked_number IS DISTINCT FROM excluded.masked_number""",
-    "vaccination": f"""INSERT INTO vaccinations (pseudonym, product, dose, vaccinated_on, site, batch_id)
-        SELECT pseudonym, product, dose, vaccinated_on, site, $1 FROM staging_vaccination WHERE {_ROWS}
-        ORDER BY pseudonym, row_no
-        ON CONFLICT DO NOTHING""",
-    "test": f"""INSERT INTO nucleic_tests (pseudonym, sampled_at, result, lab, reported_at, sample_id, batch_id)
-        SELECT coalesce(s.pseudonym, m.pseudonym), s.sampled_at, s.result, s.lab, s.reported_at, s.sample_id, $1
-        FROM staging_test s LEFT JOIN samples m ON m.sample_id = s.sample_id
-        WHERE {_S_ROWS} AND (s.pseudonym IS NOT NULL OR m.pseudonym IS NOT NULL)
-          AND (s.pseudonym IS NULL OR m.pseudonym IS NULL OR s.pseudonym = m.pseudonym)
-        ORDER BY 1, s.row_no
-        ON CONFLICT DO NOTHING""",
-    "travel": f"""INSERT INTO travel_arrivals (pseudonym, area_code, arrived_at, mode, batch_id)
-        SELECT pseudonym, area_code, arrived_at, mode, $1 FROM staging_travel WHERE {_ROWS}
-        ORDER BY pseudonym, row_no
-        ON CONFLICT DO NOTHING""",
-    "designation": f"""INSERT INTO designations (pseudonym, kind, valid_from, valid_until, authority, reason, batch_id)
-        SELECT pseudonym, kind, valid_from, valid_until, authority, reason, $1
-        FROM staging_designation WHERE {_ROWS}
-        ORDER BY pseudonym, row_no
-        ON CONFLICT DO NOTHING""",
     # A risk area sent again with another level or end replaces the old record: areas are announced
     # and then changed, and the change must take effect.
     "risk_area": f"""INSERT INTO risk_areas (area_code, level, valid_from, valid_until, batch_id)
@@ -127,19 +115,27 @@ async def merge_batch(conn: Conn, batch_id: int, kind: str, *, chunk_rows: int =
     # natural key is the one stored): index insertions then walk each index once a chunk instead of
     # touching pages all over it. The sort needs memory of its own, or it spills to disk.
     await conn.execute(f"SET LOCAL work_mem = '{_SORT_MEMORY}'")
-    staged = rejected = accepted = 0
+    staged = rejected = accepted = corrected = retracted = 0
     for after, upto in row_ranges(await last_row(conn, batch_id, kind), chunk_rows):
         staged += await conn.fetchval(f"SELECT count(*) FROM staging_{kind} WHERE {_ROWS}", batch_id, after, upto)
         if kind == "test":
             rejected += _count(await conn.execute(_TEST_REJECTIONS, batch_id, after, upto))
-        if kind not in ("population", "risk_area"):
-            await conn.execute(_SUBJECTS_FROM.format(table=f"staging_{kind}"), batch_id, after, upto)
+        if kind in _MERGE:
+            accepted += _count(await conn.execute(_MERGE[kind], batch_id, after, upto))
+            continue
+        # Revisions bumped in this transaction, before any record changes: sql/004_status_versions.sql.
+        await conn.execute(_SUBJECTS_FROM.format(table=f"staging_{kind}"), batch_id, after, upto)
+        await conn.execute(_RETRACTED_REVISED.format(table=f"staging_{kind}"), batch_id, after, upto)
         if kind == "test":
             await conn.execute(_SAMPLE_SUBJECTS_REVISED, batch_id, after, upto)
-        accepted += _count(await conn.execute(_MERGE[kind], batch_id, after, upto))
+        changes = await merge_records(conn, batch_id, kind, after, upto)
+        rejected += changes.rejected
+        accepted += changes.inserted
+        corrected += changes.corrected
+        retracted += changes.retracted
     if kind == "risk_area" and accepted:
         await conn.execute(_AREAS_REVISED)
-    return Merged(accepted, rejected, staged - rejected - accepted)
+    return Merged(accepted, rejected, staged - rejected - accepted - corrected - retracted, corrected, retracted)
 
 
 async def affected_subjects(

@@ -314,13 +314,15 @@ async def _merge_once(conn: Conn, batch_id: int, kind: str, pause: Pause, chunk_
         )
         merged = await merge_batch(conn, batch_id, kind, chunk_rows=chunk_rows)
         await conn.execute(
-            """UPDATE batches SET accepted = $2, rejected = rejected + $3, duplicates = $4,
-                   merged_at = clock_timestamp()
+            """UPDATE batches SET accepted = $2, rejected = rejected + $3, duplicates = $4, corrected = $5,
+                   retracted = $6, merged_at = clock_timestamp()
                WHERE id = $1""",
             batch_id,
             merged.accepted,
             merged.rejected,
             merged.duplicates,
+            merged.corrected,
+            merged.retracted,
         )
         await pause("merged")
     return True

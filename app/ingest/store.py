@@ -11,8 +11,8 @@ from app.db import Conn
 
 STATES: Final = ("received", "loading", "done", "failed")
 
-_COLUMNS: Final = """id, client_id, kind, format, state, rows_read, accepted, rejected, duplicates, subjects, error,
-    received_at, started_at, merged_at, finished_at"""
+_COLUMNS: Final = """id, client_id, kind, format, state, rows_read, accepted, rejected, duplicates, corrected,
+    retracted, subjects, error, received_at, started_at, merged_at, finished_at"""
 _BY_ID: Final = f"SELECT {_COLUMNS} FROM batches WHERE id = $1"
 _BY_KEY: Final = f"SELECT {_COLUMNS} FROM batches WHERE client_id = $1 AND idempotency_key = $2"
 
@@ -43,6 +43,8 @@ def batch_view(row: asyncpg.Record) -> dict[str, Any]:
             "accepted": row["accepted"],
             "rejected": row["rejected"],
             "duplicates": row["duplicates"],
+            "corrected": row["corrected"],
+            "retracted": row["retracted"],
         },
         "subjects_recomputed": row["subjects"],
         "error": row["error"],
