@@ -23,7 +23,7 @@ from app.identity import Identity, mask_number
 _SUBJECT = """INSERT INTO subjects (pseudonym, id_type, masked_name, masked_number) VALUES ($1, $2, $3, $4)
     ON CONFLICT (pseudonym) DO UPDATE SET revision = subjects.revision + 1, updated_at = now(),
         masked_name = CASE WHEN subjects.masked_name = '' THEN excluded.masked_name ELSE subjects.masked_name END
-    RETURNING xmax = 0 AS created"""
+    """
 _RECENT = """SELECT id FROM declarations WHERE pseudonym = $1 AND declared_at > now() - interval '1 day'
     ORDER BY declared_at DESC LIMIT 1"""
 # The stored travel is everything declared that day, like the arrivals it holds.
@@ -48,7 +48,6 @@ _ARRIVALS = """INSERT INTO travel_arrivals (pseudonym, area_code, arrived_at, mo
 @dataclass(frozen=True, slots=True)
 class Stored:
     declaration_id: int
-    created_subject: bool
     updated: bool  # an earlier declaration of the same day was updated
 
 
@@ -59,9 +58,7 @@ async def store_declaration(
         [{"area_code": a.area_code, "arrived_on": a.arrived_on.isoformat(), "mode": a.mode} for a in declaration.travel]
     ).decode()
     async with conn.transaction():
-        created = await conn.fetchval(
-            _SUBJECT, subject, identity.id_type, declaration.masked_name, mask_number(identity.number)
-        )
+        await conn.execute(_SUBJECT, subject, identity.id_type, declaration.masked_name, mask_number(identity.number))
         earlier = await conn.fetchval(_RECENT, subject)
         if earlier is not None:
             await conn.execute(_REPLACE, earlier, client_id, declaration.masked_name, declaration.phone_ref, travel)
@@ -79,4 +76,4 @@ async def store_declaration(
             [arrival_moment(a.arrived_on, now) for a in arrivals],
             [a.mode for a in arrivals],
         )
-    return Stored(declaration_id, bool(created), earlier is not None)
+    return Stored(declaration_id, earlier is not None)
