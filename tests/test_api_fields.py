@@ -25,6 +25,7 @@ ROUTE_KINDS = {
     "/v1/verify": "scanner",
     "/v1/samples": "agency",
     "/v1/appeals": "citizen-backend",
+    "/v1/declarations": "citizen-backend",
     "/v1/appeals/{appeal_id}/decisions": "operator",
 }
 # A value each field accepts, so that only the field under test is wrong.
@@ -39,6 +40,8 @@ GOOD = {
     "contact_ref": "wx-msg-1",
     "reason": "lab mix-up",
     "colour": "green",
+    "name": "李四",
+    "phone": "13812345678",
 }
 
 
@@ -90,7 +93,8 @@ async def test_nul_in_a_text_field_is_422_and_nothing_is_stored(
         url, field, f"{field} must not contain the NUL character (U+0000)"
     )
     assert await redis.xlen(SCAN_STREAM) == 0
-    stored = "SELECT (SELECT count(*) FROM subjects) + (SELECT count(*) FROM samples) + (SELECT count(*) FROM appeals)"
+    stored = """SELECT (SELECT count(*) FROM subjects) + (SELECT count(*) FROM samples) + (SELECT count(*) FROM appeals)
+        + (SELECT count(*) FROM declarations)"""
     assert await db.fetchval(stored) == 0
 
 

@@ -49,6 +49,7 @@ KIND_OF = {
     "/v1/qr.png": "citizen-backend",
     "/v1/qr.svg": "citizen-backend",
     "/v1/test-code": "citizen-backend",
+    "/v1/declarations": "citizen-backend",
     "/v1/verify": "scanner",
     "/v1/batches": "agency",
     "/v1/batches/{batch_id}": "agency",

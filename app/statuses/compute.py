@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from app.db import Conn
+from app.declarations.model import china_day
 from app.rules.areas import RiskAreaIndex
 from app.rules.engine import evaluate
 from app.rules.records import (
@@ -43,7 +44,7 @@ _VACCINATIONS = f"""SELECT r.pseudonym, product, dose, {_EPOCH.format("vaccinate
     FROM {_KEYS.format("vaccinations r", "r")}"""
 _TESTS = f"""SELECT r.pseudonym, {_EPOCH.format("sampled_at")}, result, {_EPOCH.format("reported_at")}
     FROM {_KEYS.format("nucleic_tests r", "r")}"""
-_ARRIVALS = f"""SELECT r.pseudonym, area_code, {_EPOCH.format("arrived_at")}, mode
+_ARRIVALS = f"""SELECT r.pseudonym, area_code, {_EPOCH.format("arrived_at")}, mode, source = 'declared'
     FROM {_KEYS.format("travel_arrivals r", "r")}"""
 _DESIGNATIONS = f"""SELECT r.pseudonym, kind, {_EPOCH.format("valid_from")}, {_EPOCH.format("valid_until")}
     FROM {_KEYS.format("designations r", "r")}"""
@@ -59,6 +60,12 @@ _BULK_KEYS = 100
 _RISK_AREAS = f"""SELECT area_code, level, {_EPOCH.format("valid_from")} AS since,
     {_EPOCH.format("valid_until")} AS until FROM risk_areas"""
 _AREAS_REVISION = "SELECT value FROM input_revisions WHERE name = 'risk_areas'"
+
+
+def declared_not_held(declared: Sequence[Arrival], agency: Sequence[Arrival]) -> list[Arrival]:
+    """Declared arrivals an agency does not hold (the same area on the same day): the agency's wins."""
+    held = {(a.area_code, china_day(a.arrived_at)) for a in agency}
+    return [a for a in declared if (a.area_code, china_day(a.arrived_at)) not in held]
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,8 +140,11 @@ async def fetch_records(conn: Conn, pseudonyms: Sequence[bytes], now: int, areas
         for p, sampled, result, reported in await conn.fetch(_TESTS, keys):
             tests[p].append(NucleicTest(sampled, result, reported))
         arrivals: defaultdict[bytes, list[Arrival]] = defaultdict(list)
-        for p, code, at, mode in await conn.fetch(_ARRIVALS, keys):
-            arrivals[p].append(Arrival(code, at, mode))
+        declared: defaultdict[bytes, list[Arrival]] = defaultdict(list)
+        for p, code, at, mode, self_declared in await conn.fetch(_ARRIVALS, keys):
+            (declared if self_declared else arrivals)[p].append(Arrival(code, at, mode))
+        for p, more in declared.items():
+            arrivals[p].extend(declared_not_held(more, arrivals.get(p, ())))
         designations: defaultdict[bytes, list[Designation]] = defaultdict(list)
         for p, kind, since, until in await conn.fetch(_DESIGNATIONS, keys):
             designations[p].append(Designation(kind, since, until))

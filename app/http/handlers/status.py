@@ -17,6 +17,7 @@ from app.limits import STATUS
 from cache.entry import StatusEntry
 from cache.rate_limit import Refused
 from signing.colours import COLOUR_LETTER
+from signing.jws import TokenSigner
 
 routes = web.RouteTableDef()
 
@@ -41,7 +42,13 @@ async def status(request: web.Request) -> web.Response:
         raise rate_limited(client, refused) from None
     if entry is None:
         raise SubjectNotFound("no status is held for this document; the person may not be registered yet")
-    now = int(time.time())
+    return json_response(signed_status(app, signer, subject, entry, int(time.time())))
+
+
+def signed_status(
+    app: web.Application, signer: TokenSigner, subject: bytes, entry: StatusEntry, now: int
+) -> dict[str, Any]:
+    """The status answer with a new token (also the answer of a declaration)."""
     token = signer.sign_status(
         app[HANDLES].seal(subject, now),  # a new handle per token: two tokens of one person do not link
         COLOUR_LETTER[entry.colour],
@@ -51,7 +58,7 @@ async def status(request: web.Request) -> web.Response:
         ver=entry.version,
         negative_test_at=negative_test_at(entry),
     )
-    return json_response(status_payload(entry, token, now, now + settings.token_ttl_seconds))
+    return status_payload(entry, token, now, now + app[SETTINGS].token_ttl_seconds)
 
 
 def status_payload(entry: StatusEntry, token: str, now: int, token_expires_at: int) -> dict[str, Any]:
