@@ -25,6 +25,7 @@ from redis import Redis
 
 from app.dev.population import synthetic_people
 from app.identity import Identity, pseudonym
+from app.limits import as_spec, unbounded
 from app.settings import Settings, SettingsError
 from cache.keys import status_key
 from loadtests.bench import BenchError
@@ -61,6 +62,9 @@ def bench_env(base: Mapping[str, str]) -> dict[str, str]:
         "DATABASE_URL": _with_path(base["DATABASE_URL"], f"/{BENCH_DATABASE}"),
         "REDIS_URL": _with_path(base["REDIS_URL"], f"/{BENCH_REDIS_DB}"),
         "HEALTHCODE_KEYS_DIR": str(keys_dir.parent / f"{keys_dir.name}-bench"),
+        # One demo key stands in for a province's clients: the limiter runs on every request, as in
+        # production, with buckets no run can empty.
+        "HEALTHCODE_RATE_LIMITS": as_spec(unbounded()),
     }
 
 
