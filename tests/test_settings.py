@@ -5,12 +5,20 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from app.settings import Settings, SettingsError
 from cache.rate_limit import Rate
 
 SECRET = b"0123456789abcdef-shared-secret"
-PEM = "-----BEGIN PRIVATE KEY-----\nMIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQg\n-----END PRIVATE KEY-----"
+# A key made for this run, never one written in the repository.
+PEM = (
+    ec.generate_private_key(ec.SECP256R1())
+    .private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    .decode()
+)
+PEM_BODY = PEM.splitlines()[1]  # a line of the key's own base64, which a repr must never show
 
 
 def env(**extra: str) -> dict[str, str]:
@@ -42,7 +50,7 @@ def test_the_repr_shows_no_pepper_private_key_or_password() -> None:
     settings = Settings.from_env(env(HEALTHCODE_PEPPER=SECRET.hex(), HEALTHCODE_SIGNING_KEYS=PEM))
     assert settings.signing_key_pems  # the key was read...
     for text in (repr(settings), str(settings)):
-        for secret in (SECRET.hex(), repr(SECRET), "MIGHAgEAMBMGByqGSM49", "db-password", "redis-password"):
+        for secret in (SECRET.hex(), repr(SECRET), PEM_BODY, "db-password", "redis-password"):
             assert secret not in text
         # ...and the repr still says what is configured.
         assert "pepper" not in text and "handle_key" not in text
