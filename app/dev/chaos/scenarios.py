@@ -70,26 +70,26 @@ async def steady(stack: Stack, size: Size) -> Outcome:
 
 async def redis_restart(stack: Stack, size: Size) -> Outcome:
     """Redis killed mid-load and started again empty (no persistence)."""
-    async with Driver(stack.base_url, stack.keys, stack.numbers, "redis-restart") as driver:
-        load = asyncio.ensure_future(driver.run(size.seconds, size.rate))
-        await asyncio.sleep(size.seconds / 3)  # a third of the load before the fault
-        await stack.stop_redis()
-        await asyncio.sleep(size.seconds / 3)
-        await stack.start_redis()
-        await load
-        return await settle("redis-restart", stack, driver)
+    return await _down_midway("redis-restart", stack, size, stack.stop_redis, stack.start_redis)
 
 
 async def postgres_stop(stack: Stack, size: Size) -> Outcome:
     """Postgres stopped (immediate: a crash) mid-load and started again."""
-    async with Driver(stack.base_url, stack.keys, stack.numbers, "postgres-stop") as driver:
+    return await _down_midway("postgres-stop", stack, size, stack.stop_postgres, stack.start_postgres)
+
+
+async def _down_midway(
+    name: str, stack: Stack, size: Size, stop: Callable[[], Awaitable[None]], start: Callable[[], Awaitable[None]]
+) -> Outcome:
+    """The load runs throughout; a server is down for its middle third."""
+    async with Driver(stack.base_url, stack.keys, stack.numbers, name) as driver:
         load = asyncio.ensure_future(driver.run(size.seconds, size.rate))
+        await asyncio.sleep(size.seconds / 3)  # a third of the load before the fault
+        await stop()
         await asyncio.sleep(size.seconds / 3)
-        await stack.stop_postgres()
-        await asyncio.sleep(size.seconds / 3)
-        await stack.start_postgres()
+        await start()
         await load
-        return await settle("postgres-stop", stack, driver)
+        return await settle(name, stack, driver)
 
 
 async def poison(stack: Stack, size: Size) -> Outcome:
