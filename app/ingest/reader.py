@@ -100,6 +100,39 @@ class BodyDecoder:
 Parsed = tuple[int, Row | RowError]
 
 
+class _Unfinished:
+    """The unfinished record between pieces of a body: kept in pieces and joined once, when it ends, so
+    reading stays linear however long it is; past _MAX_LINE characters the batch is refused."""
+
+    __slots__ = ("_code", "_length", "_message", "_pieces")
+
+    def __init__(self, code: str, message: str) -> None:
+        self._code, self._message = code, message
+        self._pieces: list[str] = []
+        self._length = 0
+
+    def keep(self, text: str) -> None:
+        if not text:
+            return
+        self._pieces.append(text)
+        self._length += len(text)
+        if self._length > _MAX_LINE:
+            raise BadBatch(self._code, self._message)
+
+    def complete(self, text: str, cut: int) -> str:
+        """What is kept joined with ``text[:cut]`` (the records now complete); ``text[cut:]`` is kept."""
+        data = "".join(self._pieces) + text[:cut] if self._pieces else text[:cut]
+        self._pieces, self._length = [], 0
+        self.keep(text[cut:])
+        return data
+
+    def take(self) -> str:
+        """Everything kept (at the end of the body), and nothing kept after."""
+        data = "".join(self._pieces)
+        self._pieces, self._length = [], 0
+        return data
+
+
 class CsvRows:
     """CSV with a header row naming the kind's columns, in any order.
 
@@ -112,35 +145,22 @@ class CsvRows:
         self.kind = kind
         self.header: list[str] | None = None
         self.rows = 0
-        self._pending: list[str] = []  # an incomplete record, in pieces
-        self._pending_length = 0
+        self._pending = _Unfinished("bad_csv", f"a record is longer than {_MAX_LINE} characters (unbalanced quotes?)")
         self._quoted = False  # whether the pending text ends inside a quoted field
 
     def feed(self, text: str) -> list[Parsed]:
         cut = self._last_boundary(text)
         if cut < 0:
-            self._keep(text)
+            self._pending.keep(text)
             return []
-        data = "".join(self._pending) + text[:cut] if self._pending else text[:cut]
-        self._pending, self._pending_length = [], 0
-        self._keep(text[cut:])
-        return self._parse(data)
+        return self._parse(self._pending.complete(text, cut))
 
     def finish(self) -> list[Parsed]:
-        data = "".join(self._pending)
-        self._pending, self._pending_length = [], 0
+        data = self._pending.take()
         parsed = self._parse(data) if data.strip() else []
         if self.header is None:
             raise BadBatch("missing_header", f"the CSV has no header row; start with: {self._example()}")
         return parsed
-
-    def _keep(self, text: str) -> None:
-        if not text:
-            return
-        self._pending.append(text)
-        self._pending_length += len(text)
-        if self._pending_length > _MAX_LINE:
-            raise BadBatch("bad_csv", f"a record is longer than {_MAX_LINE} characters (unbalanced quotes?)")
 
     def _last_boundary(self, text: str) -> int:
         """The index just after the last newline of ``text`` outside quotes, or -1; carries the quote state.
@@ -220,31 +240,17 @@ class NdjsonRows:
     def __init__(self, kind: Kind) -> None:
         self.kind = kind
         self.rows = 0
-        self._pending: list[str] = []  # an incomplete line, in pieces (joined once, when it ends)
-        self._pending_length = 0
+        self._pending = _Unfinished("bad_ndjson", f"a line is longer than {_MAX_LINE} characters")
 
     def feed(self, text: str) -> list[Parsed]:
         cut = text.rfind("\n") + 1
         if not cut:
-            self._keep(text)
+            self._pending.keep(text)
             return []
-        data = "".join(self._pending) + text[:cut] if self._pending else text[:cut]
-        self._pending, self._pending_length = [], 0
-        self._keep(text[cut:])
-        return self._parse(data)
-
-    def _keep(self, text: str) -> None:
-        if not text:
-            return
-        self._pending.append(text)
-        self._pending_length += len(text)
-        if self._pending_length > _MAX_LINE:
-            raise BadBatch("bad_ndjson", f"a line is longer than {_MAX_LINE} characters")
+        return self._parse(self._pending.complete(text, cut))
 
     def finish(self) -> list[Parsed]:
-        data = "".join(self._pending)
-        self._pending, self._pending_length = [], 0
-        return self._parse(data)
+        return self._parse(self._pending.take())
 
     def _parse(self, data: str) -> list[Parsed]:
         out: list[Parsed] = []
