@@ -6,13 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
-import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -22,6 +20,7 @@ import pytest
 from app.dev.servers import free_port
 from app.limits import as_spec
 from app.settings import Settings
+from loadtests.bench.servers import pinned_server
 from tests.test_api_status import insert_status
 
 NUMBER = "500103199003071239"
@@ -47,37 +46,11 @@ def _env(settings: Settings) -> dict[str, str]:
     }
 
 
-def _answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=1) as answer:
-            return bool(answer.status == 200)
-    except (urllib.error.URLError, OSError):
-        return False
-
-
 @pytest.fixture
-def server(settings: Settings, signing_key: str, client_keys: dict[str, str]) -> Iterator[str]:
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "serve", "--port", str(port)],
-        env=_env(settings),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while not _answers(f"{base}/healthz"):
-            assert process.poll() is None and time.monotonic() < deadline, "the server did not start"
-            time.sleep(0.05)  # polling a process we started; nothing to wait on instead
-        yield base
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+def server(settings: Settings, signing_key: str, client_keys: dict[str, str], tmp_path: Path) -> Iterator[str]:
+    command = [sys.executable, "-m", "app.cli", "serve", "--port", str(port := free_port())]
+    with pinned_server(command, port=port, cpu=None, log=tmp_path / "server.log", env=_env(settings)) as served:
+        yield served.base_url
 
 
 def _post(url: str, key: str, body: dict[str, Any]) -> dict[str, Any]:
