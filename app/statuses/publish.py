@@ -18,8 +18,9 @@ Redis failing does not fail a write: what Postgres stored but Redis did not take
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from typing import Any, Final, TypeVar
 
 from app.db import Conn
@@ -304,9 +305,9 @@ class _InOrder:
 
     def __init__(self) -> None:
         self._last: asyncio.Future[Any] | None = None
-        self._all: list[asyncio.Future[Any]] = []
+        self._all: list[tuple[asyncio.Future[Any], Coroutine[Any, Any, Any]]] = []
 
-    def run(self, step: Awaitable[T]) -> asyncio.Future[T]:
+    def run(self, step: Coroutine[Any, Any, T]) -> asyncio.Future[T]:
         previous = self._last
 
         async def after() -> T:
@@ -316,12 +317,16 @@ class _InOrder:
 
         task: asyncio.Future[T] = asyncio.ensure_future(after())
         self._last = task
-        self._all = [t for t in self._all if not t.done()]
-        self._all.append(task)
+        self._all = [(t, s) for t, s in self._all if not t.done()]
+        self._all.append((task, step))
         return task
 
     def cancel(self) -> list[asyncio.Future[Any]]:
         """Cancel what has not run yet; returns every step not yet collected."""
-        for task in self._all:
+        for task, step in self._all:
             task.cancel()
-        return self._all
+            # A step whose turn never came is closed here: its wrapper stops at the cancelled wait for
+            # the step before it, and an unawaited coroutine would be reported at garbage collection.
+            if inspect.getcoroutinestate(step) == inspect.CORO_CREATED:
+                step.close()
+        return [task for task, _ in self._all]
