@@ -43,5 +43,5 @@ async def test_each_step_runs_after_the_one_before_it_ends() -> None:
     await asyncio.sleep(0)
     assert order == []  # the second waits for the first even though it could run now
     release.set()
-    assert await asyncio.gather(first, second) == ["first", "second"]
+    assert list(await asyncio.gather(first, second)) == ["first", "second"]
     assert order == ["first", "second"]
