@@ -189,18 +189,22 @@ class Overloaded(ProblemError):
         )
 
 
+# A shed answer's Retry-After, in seconds, chosen at random per answer so refused clients spread out.
+SHED_RETRY_AFTER: Final = (1, 2, 3)
+
+
 def overloaded_response(retry_after: int) -> web.Response:
     """A shed answer, as cheap as aiohttp allows: under overload it is most of what the process sends."""
     return web.Response(
         status=503,
-        body=_overloaded_body(retry_after),
+        body=overloaded_body(retry_after),
         content_type=PROBLEM_CONTENT_TYPE,
         headers={"Retry-After": str(retry_after)},
     )
 
 
 @cache
-def _overloaded_body(retry_after: int) -> bytes:
+def overloaded_body(retry_after: int) -> bytes:
     return orjson.dumps(Overloaded(retry_after).body())
 
 

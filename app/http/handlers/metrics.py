@@ -70,6 +70,12 @@ def render(app: web.Application) -> str:
     lines += _family(
         "healthcode_shed_total", "counter", "Requests answered 503 by load shedding.", [("", counter.shed)]
     )
+    lines += _family(
+        "healthcode_shed_at_door_total",
+        "counter",
+        "Of the requests shed, those refused before they were parsed (app/http/door.py).",
+        [("", counter.admission.shed_at_door)],
+    )
     lines += _family("healthcode_in_flight", "gauge", "Requests being served now.", [("", counter.in_flight)])
     gate = counter.admission
     lines += _family("healthcode_queued", "gauge", "Requests waiting for admission now.", [("", gate.queued)])
