@@ -89,8 +89,8 @@ async def test_a_closed_door_answers_503_keeps_the_connection_and_counts_the_ref
     await insert_status(db, settings.pepper, NUMBER)
     gate = front.admission
     key = client_keys["citizen-backend"].encode()
-    headers = b"Authorization: Bearer " + key + b"\r\nContent-Type: application/json\r\n"
-    status_request = request(extra=headers).replace(b"Authorization: Bearer k\r\n", b"")
+    authorised = b"Authorization: Bearer " + key + b"\r\nContent-Type: application/json\r\n"
+    status_request = request(extra=authorised).replace(b"Authorization: Bearer k\r\n", b"")
     reader, writer = await asyncio.open_connection(host, port)
     try:
         # Overloaded, every slot taken by requests the test pretends are being handled.
