@@ -284,8 +284,9 @@ async def test_the_holder_may_end_a_relation_too(api: Api, citizen: dict[str, st
     relation = await register(api, citizen, PARENT, CHILD, kind="guardian")
     ended = await call(api, f"/v1/relations/{relation['id']}/end", person(PARENT), citizen, 200)
     assert (ended["state"], ended["ended_by"]) == ("ended", "holder")
-    r = await api.post("/v1/relations/x1/end", json=person(PARENT), headers=citizen)
-    assert r.status == 404
+    for bad in ("x1", str(2**63)):
+        r = await api.post(f"/v1/relations/{bad}/end", json=person(PARENT), headers=citizen)
+        assert r.status == 404
 
 
 async def test_a_pair_holds_one_live_relation(db: asyncpg.Connection, settings: Settings) -> None:
@@ -322,6 +323,8 @@ async def test_the_look_up_log_comes_a_page_at_a_time(api: Api, citizen: dict[st
     ]
     problem = await call(api, "/v1/lookups/query", person(ELDER, limit=0), citizen, 422)
     assert (problem["field"], problem["code"]) == ("limit", "out_of_range")
+    problem = await call(api, "/v1/lookups/query", person(ELDER, before=2**63), citizen, 422)
+    assert (problem["field"], problem["code"]) == ("before", "wrong_type")
 
 
 async def test_only_citizen_backends_and_within_the_relations_limit(

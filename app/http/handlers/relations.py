@@ -37,6 +37,7 @@ CITIZEN: Final = "citizen-backend"
 ON_BEHALF_OF: Final = "on_behalf_of"
 DEFAULT_PAGE: Final = 50
 MAX_PAGE: Final = 200
+MAX_ID: Final = 2**63 - 1  # a bigint: anything larger names no row, and Postgres would refuse it
 
 
 def identity_at(body: dict[str, Any], member: str) -> Identity:
@@ -56,14 +57,14 @@ def _page(body: dict[str, Any]) -> tuple[int, int | None]:
     limit, before = body.get("limit", DEFAULT_PAGE), body.get("before")
     if type(limit) is not int or not 1 <= limit <= MAX_PAGE:
         raise InvalidField("limit", "out_of_range", f"limit must be an integer from 1 to {MAX_PAGE}")
-    if before is not None and (type(before) is not int or before < 1):
+    if before is not None and (type(before) is not int or not 1 <= before <= MAX_ID):
         raise InvalidField("before", "wrong_type", "before must be a positive integer: a page's next_before")
     return limit, before
 
 
 def _relation_id(request: web.Request) -> int:
     text = request.match_info["relation_id"]
-    if not text.isascii() or not text.isdigit() or len(text) > 18:
+    if not text.isascii() or not text.isdigit() or int(text) > MAX_ID:
         raise NotFound(f"no relation {text}")
     return int(text)
 
