@@ -18,6 +18,7 @@ from app.settings import Settings
 from signing import BadHandle
 from signing.encoding import b64url_decode, b64url_encode
 from signing.handles import HandleCipher
+from signing.qr import module_matrix
 from tests.conftest import AppFactory
 from tests.support import bearer
 from tests.test_ingest_helpers import number
@@ -43,6 +44,11 @@ async def test_two_codes_of_one_person_do_not_link_and_still_register_the_sample
         assert b64url_encode(subject) not in token and subject.hex() not in token
         assert subject not in b64url_decode(sub)
         assert api.app[HANDLES].open(sub, int(str(claims_of(token)["iat"])), TEST_CODE_PURPOSE) == subject
+
+    # The handle makes the code longer (294 characters, QR version 13, with the bare pseudonym); it stays
+    # within version 15 at error correction M, like the status token.
+    side = len(module_matrix(first)) - 8  # without the quiet zone
+    assert (side - 17) // 4 <= 15
 
     for token, sample in ((first, "S-1"), (second, "S-2")):
         r = await api.post("/v1/samples", json={"token": token, "sample_id": sample}, headers=bearer(collector))
