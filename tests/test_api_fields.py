@@ -27,6 +27,10 @@ ROUTE_KINDS = {
     "/v1/appeals": "citizen-backend",
     "/v1/declarations": "citizen-backend",
     "/v1/appeals/{appeal_id}/decisions": "operator",
+    "/v1/relations": "citizen-backend",
+    "/v1/relations/query": "citizen-backend",
+    "/v1/relations/{relation_id}/end": "citizen-backend",
+    "/v1/lookups/query": "citizen-backend",
 }
 # A value each field accepts, so that only the field under test is wrong.
 GOOD = {
@@ -42,6 +46,8 @@ GOOD = {
     "colour": "green",
     "name": "李四",
     "phone": "13812345678",
+    "kind": "carer",
+    "attestation_ref": "poa-2022-0412",
 }
 
 
@@ -86,7 +92,8 @@ async def test_nul_in_a_text_field_is_422_and_nothing_is_stored(
 ) -> None:
     body = {name: GOOD[name] for route, name in json_text_fields() if route == path}
     body[field] = body[field][:3] + "\x00" + body[field][3:]
-    url = path.replace("{appeal_id}", "1")  # no such appeal: the body is refused before the id is looked up
+    # No such appeal or relation: the body is refused before the id is looked up.
+    url = path.replace("{appeal_id}", "1").replace("{relation_id}", "1")
     r = await post(api, client_keys[ROUTE_KINDS[path]], url, orjson.dumps(body))
     assert r.status == 422, await r.text()
     assert await r.json(content_type=PROBLEM) == nul_problem(
@@ -94,7 +101,7 @@ async def test_nul_in_a_text_field_is_422_and_nothing_is_stored(
     )
     assert await redis.xlen(SCAN_STREAM) == 0
     stored = """SELECT (SELECT count(*) FROM subjects) + (SELECT count(*) FROM samples) + (SELECT count(*) FROM appeals)
-        + (SELECT count(*) FROM declarations)"""
+        + (SELECT count(*) FROM declarations) + (SELECT count(*) FROM relations)"""
     assert await db.fetchval(stored) == 0
 
 

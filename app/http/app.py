@@ -37,7 +37,7 @@ from app.http.appkeys import (
     STATUS_CACHE,
     STATUS_LOADER,
 )
-from app.http.handlers import appeals, batches, declarations, meta, metrics, qr, samples, status, verify
+from app.http.handlers import appeals, batches, declarations, meta, metrics, qr, relations, samples, status, verify
 from app.http.middleware import FrontDoor
 from app.ingest.process import BatchProcessor
 from app.keys.signer import SignerState
@@ -82,7 +82,7 @@ def create_app(settings: Settings, *, background: bool = True) -> web.Applicatio
     app.cleanup_ctx.extend([_admission, _postgres, _redis, _services])
     if background:
         app.cleanup_ctx.append(_background)
-    for module in (meta, status, verify, qr, batches, samples, appeals, declarations, metrics):
+    for module in (meta, status, verify, qr, batches, samples, appeals, declarations, relations, metrics):
         app.add_routes(module.routes)
     return app
 

@@ -29,6 +29,7 @@ from app.ingest.errors import (
     UnknownKind,
     UploadInProgress,
 )
+from app.relations.errors import InvalidRelationField, NoRelation, RelationError, RelationExists, RelationNotFound
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"
 # Relative type URIs resolve against the service's own address, where /problems/ documents them.
@@ -388,3 +389,32 @@ def bare_problem(status: int, title: str, detail: str | None = None) -> web.Resp
     if detail:
         body["detail"] = detail
     return web.Response(status=status, body=orjson.dumps(body), content_type=PROBLEM_CONTENT_TYPE)
+
+
+class NoRelationProblem(ProblemError):
+    """A look-up on behalf of another person without a live relation to them (app.relations)."""
+
+    status = 403
+    slug = "no-relation"
+    title = "No registered relation allows this look-up"
+
+
+class RelationExistsProblem(ProblemError):
+    status = 409
+    slug = "relation-exists"
+    title = "The two people already have a relation of another kind"
+
+
+def relation_problem(error: RelationError) -> ProblemError:
+    """The problem that answers a refusal of the relations domain (app.relations.errors)."""
+    if isinstance(error, InvalidRelationField):
+        if error.code == "identity_number_in_text":
+            return IdentityNumberInTextProblem(error.field, error.code, error.detail)
+        return InvalidField(error.field, error.code, error.detail)
+    if isinstance(error, NoRelation):
+        return NoRelationProblem(error.detail, extra={"code": error.code})
+    if isinstance(error, RelationExists):
+        return RelationExistsProblem(error.detail, extra={"code": error.code, "relation_id": error.relation_id})
+    if isinstance(error, RelationNotFound):
+        return NotFound(error.detail)
+    return InvalidField("body", error.code, error.detail)  # never a 500 for a refusal added later

@@ -28,6 +28,11 @@ async def status(request: web.Request) -> web.Response:
     settings = app[SETTINGS]
     client = app[CLIENTS].authenticate(request.headers.get("Authorization"), kind="citizen-backend")
     body = await read_json_object(request)
+    if "on_behalf_of" in body:  # a relative's status, through a registered relation (off the hot path)
+        # Imported here: the relations module answers with signed_status, defined below.
+        from app.http.handlers.relations import status_on_behalf
+
+        return await status_on_behalf(request, client, body)
     try:
         identity = identity_from_body(body)
     except InvalidIdentityProblem:
