@@ -35,6 +35,10 @@ class Settings:
     # queue whose oldest waiter stays older than the target for a whole interval is shed.
     admit_concurrency: int = 64
     queue_target_seconds: float = 0.005
+    # Refuse simple requests from their bytes while overloaded (app/http/door.py); 0 turns it off, so
+    # that every refusal goes through aiohttp and the middleware (for comparison, or behind a proxy
+    # that needs aiohttp's own handling of every request).
+    door: bool = True
     queue_interval_seconds: float = 0.1
     max_body_bytes: int = 64 * 1024
     max_upload_bytes: int = 4 * 1024 * 1024 * 1024
@@ -98,6 +102,7 @@ class Settings:
             negative_ttl_seconds=_int(env, "HEALTHCODE_NEGATIVE_TTL_SECONDS", 30, low=1, high=3600),
             max_in_flight=_int(env, "HEALTHCODE_MAX_IN_FLIGHT", 2000, low=1, high=1_000_000),
             admit_concurrency=_int(env, "HEALTHCODE_ADMIT_CONCURRENCY", 64, low=1, high=100_000),
+            door=bool(_int(env, "HEALTHCODE_DOOR", 1, low=0, high=1)),
             queue_target_seconds=_ms(env, "HEALTHCODE_QUEUE_TARGET_MS", 5, low=1, high=10_000),
             queue_interval_seconds=_ms(env, "HEALTHCODE_QUEUE_INTERVAL_MS", 100, low=10, high=60_000),
             max_body_bytes=_int(env, "HEALTHCODE_MAX_BODY_BYTES", 64 * 1024, low=1024, high=1 << 30),

@@ -43,12 +43,17 @@ def serve(settings: Settings, *, host: str, port: int, access_log: bool = False,
     app = create_app(settings)
     app.on_startup.append(_freeze_heap)  # after the cleanup contexts: pools and clients exist by then
     front_door = app[FRONT_DOOR]
-    runner = DoorRunner(
-        app,
-        door=Door(front_door.admission, front_door.count),
-        access_log=access_logger if access_log else None,
-        handle_signals=True,
-        shutdown_timeout=SHUTDOWN_GRACE_SECONDS,
+    logger = access_logger if access_log else None
+    runner = (
+        DoorRunner(
+            app,
+            door=Door(front_door.admission, front_door.count),
+            access_log=logger,
+            handle_signals=True,
+            shutdown_timeout=SHUTDOWN_GRACE_SECONDS,
+        )
+        if settings.door
+        else web.AppRunner(app, access_log=logger, handle_signals=True, shutdown_timeout=SHUTDOWN_GRACE_SECONDS)
     )
     loop = uvloop.new_event_loop()
     asyncio.set_event_loop(loop)
