@@ -495,7 +495,7 @@ async def test_an_invalid_token_never_meets_a_policy(api: Api, client_keys: dict
             {"max_test_age": 48},
             "policy.max_test_age",
             "unknown_member",
-            "policy takes only max_test_age_hours and require_vaccination",
+            "policy takes only max_test_age_hours, require_vaccination and accept_peer_codes",
         ),
         (None, "policy", "wrong_type", "policy must be an object"),
         *(

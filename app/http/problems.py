@@ -384,3 +384,31 @@ def bare_problem(status: int, title: str, detail: str | None = None) -> web.Resp
     if detail:
         body["detail"] = detail
     return web.Response(status=status, body=orjson.dumps(body), content_type=PROBLEM_CONTENT_TYPE)
+
+
+class PeerUnauthorized(ProblemError):
+    """A peer request whose assertion (RFC 7523 style) is missing or refused; `reason` says which check."""
+
+    status = 401
+    slug = "peer-unauthorized"
+    title = "The peer request's assertion is refused"
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail, extra={"reason": reason}, headers={"WWW-Authenticate": 'Bearer realm="healthcode-peers"'})
+
+
+class CredentialUnavailable(ProblemError):
+    """No SMART Health Card key is active (see `healthcode credentials`)."""
+
+    status = 503
+    slug = "credential-unavailable"
+    title = "This deployment cannot sign health cards now"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail, headers={"Retry-After": "30"})
+
+
+class CredentialTooLarge(ProblemError):
+    status = 422
+    slug = "credential-too-large"
+    title = "The health card does not fit one QR code"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Final
@@ -58,6 +58,12 @@ class RuleSet:
     two_tests_min_gap: int
     vaccine_courses: Mapping[str, int]  # product code -> doses for a full course
     vaccine_names: Mapping[str, str]  # product code -> display name
+    # product code -> CVX code (what a SMART Health Card names it by); products without one are
+    # exported as 500, "COVID-19 non-US vaccine, product unknown"
+    vaccine_cvx: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    # product code -> EU DCC medicinal product code (`mp` of an HCERT), where the EU register has one
+    vaccine_eu_product: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    who_eul: frozenset[str] = frozenset()  # products on the WHO Emergency Use Listing
 
 
 class _Table:
@@ -168,10 +174,21 @@ def parse_ruleset(data: Mapping[str, Any], source: str = "<rule set>") -> RuleSe
     vaccines = top.table("vaccines")
     courses: dict[str, int] = {}
     names: dict[str, str] = {}
+    cvx: dict[str, str] = {}
+    eu_product: dict[str, str] = {}
+    eul: set[str] = set()
     for product in list(vaccines.data):
         entry = vaccines.table(product)
         names[product] = entry.string("name")
         courses[product] = entry.integer("doses", 1, 10)
+        if "cvx" in entry.data:
+            cvx[product] = entry.string("cvx")
+            if not cvx[product].isdigit():
+                raise entry.error("cvx", f"expected a CVX code of digits, got {cvx[product]!r}")
+        if "eu_product" in entry.data:
+            eu_product[product] = entry.string("eu_product")
+        if "who_eul" in entry.data and entry.boolean("who_eul"):
+            eul.add(product)
         entry.finish()
     vaccines.finish()
     top.finish()
@@ -195,6 +212,9 @@ def parse_ruleset(data: Mapping[str, Any], source: str = "<rule set>") -> RuleSe
         two_tests_min_gap=two_gap,
         vaccine_courses=MappingProxyType(courses),
         vaccine_names=MappingProxyType(names),
+        vaccine_cvx=MappingProxyType(cvx),
+        vaccine_eu_product=MappingProxyType(eu_product),
+        who_eul=frozenset(eul),
     )
 
 

@@ -1,0 +1,41 @@
+"""Redis keys of the federation: assertion ids already used (replay), and people whose peers were asked.
+
+A peer request's `jti` is remembered until its assertion expires: SET NX refuses a second use in one
+round trip, on every process. A person's peer look-up is remembered for a while (the answer itself is
+stored as records): the value says which peers answered, so a status can say so without asking again.
+Both keys carry a hash tag, the jti key the caller's issuer and the look-up key the pseudonym, so each
+is one slot in a Redis Cluster.
+"""
+
+from __future__ import annotations
+
+from binascii import hexlify
+
+from redis.asyncio import Redis
+
+from cache.keys import PSEUDONYM_BYTES
+
+
+def jti_key(issuer: str, jti: str) -> str:
+    return f"hc:jti:{{{issuer}}}:{jti}"
+
+
+def peer_lookup_key(pseudonym: bytes) -> bytes:
+    """`hc:{<pseudonym hex>}:pv` — beside the subject's status key, in the same slot."""
+    if len(pseudonym) != PSEUDONYM_BYTES:
+        raise ValueError(f"pseudonym must be {PSEUDONYM_BYTES} bytes, got {len(pseudonym)}")
+    return b"hc:{" + hexlify(pseudonym) + b"}:pv"
+
+
+async def first_use(redis: Redis, issuer: str, jti: str, ttl_seconds: int) -> bool:
+    """True the first time (issuer, jti) is seen within ttl_seconds; False for a replay."""
+    return bool(await redis.set(jti_key(issuer, jti), b"1", nx=True, ex=max(ttl_seconds, 1)))
+
+
+async def recent_lookup(redis: Redis, pseudonym: bytes) -> bytes | None:
+    value: bytes | None = await redis.get(peer_lookup_key(pseudonym))
+    return value
+
+
+async def remember_lookup(redis: Redis, pseudonym: bytes, value: bytes, ttl_seconds: int) -> None:
+    await redis.set(peer_lookup_key(pseudonym), value, ex=ttl_seconds)
