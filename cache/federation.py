@@ -33,8 +33,8 @@ async def first_use(redis: Redis, issuer: str, jti: str, ttl_seconds: int) -> bo
 
 
 async def recent_lookup(redis: Redis, pseudonym: bytes) -> bytes | None:
-    value: bytes | None = await redis.get(peer_lookup_key(pseudonym))
-    return value
+    value = await redis.get(peer_lookup_key(pseudonym))
+    return value.encode() if isinstance(value, str) else value
 
 
 async def remember_lookup(redis: Redis, pseudonym: bytes, value: bytes, ttl_seconds: int) -> None:

@@ -111,6 +111,8 @@ def refused(reason: str) -> dict[str, Any]:
     return {
         "valid": False,
         "reason": reason,
+        "issuer": None,
+        "issuer_name": None,
         "checkpoint": CHECKPOINT,
         "token_colour": None,
         "current_colour": None,
@@ -170,6 +172,8 @@ async def test_a_valid_token_shows_both_colours_and_the_masked_person(
     assert body == {
         "valid": True,
         "reason": "ok",
+        "issuer": "healthcode",
+        "issuer_name": None,
         "checkpoint": CHECKPOINT,
         "token_colour": "green",
         "current_colour": "red",
@@ -203,7 +207,7 @@ async def test_a_valid_token_for_someone_no_longer_known(
 ) -> None:
     subject = pseudonym(Identity("resident", NUMBER), settings.pepper)
     body = await verify_ok(api, client_keys["scanner"], token_for(api, subject, "Y"))
-    assert body == {**refused("ok"), "valid": True, "token_colour": "yellow", "token_version": 1}
+    assert body == {**refused("ok"), "valid": True, "issuer": "healthcode", "token_colour": "yellow", "token_version": 1}
 
 
 async def test_the_scan_is_recorded_against_the_checkpoint(

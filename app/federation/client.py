@@ -81,7 +81,7 @@ class PeerClient:
                 continue
             tasks[asyncio.create_task(self._ask(peer, federation_pseudonym))] = peer
         if tasks:
-            done, pending = await asyncio.wait(tasks, timeout=budget)
+            _, pending = await asyncio.wait(tasks, timeout=budget)
             for task in pending:
                 task.cancel()
             for task, peer in tasks.items():
@@ -103,7 +103,9 @@ class PeerClient:
     def _failed(self, peer: Peer, outcome: Outcome, reason: str, detail: str) -> None:
         breaker = self._breakers[peer.issuer]
         if breaker.closed:  # one line per outage window, not per status answer
-            log.warning("peer %s not reached (%s): %s; not asked for %.0f s", peer.issuer, reason, detail, BREAKER_SECONDS)
+            log.warning(
+                "peer %s not reached (%s): %s; not asked for %.0f s", peer.issuer, reason, detail, BREAKER_SECONDS
+            )
         breaker.trip()
         outcome.not_reached[peer.issuer] = reason
         self.outcomes[peer.issuer, reason] += 1
@@ -140,7 +142,9 @@ class PeerClient:
             raise PeerFailure(BAD_ANSWER, f"not a records answer: {exc}") from None
         never = TokenVerifier(lambda kid: (), self.trust.own_issuer, RECORDS_TYP)
         try:
-            verified = await self.trust.verify(token, RECORDS_TYP, never, int(time.time()), max_length=MAX_RECORDS_TOKEN)
+            verified = await self.trust.verify(
+                token, RECORDS_TYP, never, int(time.time()), max_length=MAX_RECORDS_TOKEN
+            )
         except BadToken as exc:
             raise PeerFailure(BAD_ANSWER, f"records refused ({exc.reason}): {exc}") from None
         claims = verified.claims

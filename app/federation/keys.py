@@ -122,7 +122,9 @@ class PeerKeys:
                 del self.sets[issuer]
             elif previous.by_kid and any(r.alg not in peer.algorithms for rs in previous.by_kid.values() for r in rs):
                 previous.by_kid = {
-                    kid: kept for kid, rs in previous.by_kid.items() if (kept := tuple(r for r in rs if r.alg in peer.algorithms))
+                    kid: kept
+                    for kid, rs in previous.by_kid.items()
+                    if (kept := tuple(r for r in rs if r.alg in peer.algorithms))
                 }
         for issuer in self.peers:
             self.sets.setdefault(issuer, KeySet())
@@ -152,7 +154,11 @@ class PeerKeys:
     async def refresh(self, session: aiohttp.ClientSession, *, force: bool = False) -> None:
         """Fetch every peer's keys that are due (all of them with `force`), concurrently."""
         now = self._clock()
-        due = [p for p in self.peers.values() if force or now >= max(self.sets[p.issuer].fresh_until, self.sets[p.issuer].next_attempt)]
+        due = [
+            p
+            for p in self.peers.values()
+            if force or now >= max(self.sets[p.issuer].fresh_until, self.sets[p.issuer].next_attempt)
+        ]
         if due:
             await asyncio.gather(*(self.fetch(session, peer) for peer in due))
         self._expire()
@@ -164,7 +170,10 @@ class PeerKeys:
             headers["If-None-Match"] = keys.etag
         try:
             async with session.get(
-                peer.jwks_url, headers=headers, timeout=aiohttp.ClientTimeout(total=FETCH_TIMEOUT), allow_redirects=False
+                peer.jwks_url,
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=FETCH_TIMEOUT),
+                allow_redirects=False,
             ) as response:
                 if response.status == 304 and keys.fetched:
                     by_kid = keys.by_kid
@@ -203,13 +212,17 @@ class PeerKeys:
             self._set_state(peer.issuer, keys, EXPIRED, f"cannot fetch {peer.jwks_url}: {reason}")
         else:
             until = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(keys.usable_until))
-            self._set_state(peer.issuer, keys, STALE, f"cannot fetch {peer.jwks_url}: {reason}; last good keys kept until {until}")
+            self._set_state(
+                peer.issuer, keys, STALE, f"cannot fetch {peer.jwks_url}: {reason}; last good keys kept until {until}"
+            )
 
     def _expire(self) -> None:
         now = self._clock()
         for issuer, keys in self.sets.items():
             if keys.fetched and keys.state != EXPIRED and now > keys.usable_until:
-                self._set_state(issuer, keys, EXPIRED, "last good keys expired; its tokens are refused until a fetch succeeds")
+                self._set_state(
+                    issuer, keys, EXPIRED, "last good keys expired; its tokens are refused until a fetch succeeds"
+                )
 
     @staticmethod
     def _set_state(issuer: str, keys: KeySet, state: str, detail: str) -> None:

@@ -73,6 +73,13 @@ async def remove_peer(conn: Conn, issuer: str) -> bool:
 async def list_peers(conn: Conn) -> list[Peer]:
     rows = await conn.fetch(f"SELECT {_COLUMNS} FROM peers ORDER BY issuer")
     return [
-        Peer(r["issuer"], r["display_name"], r["jwks_url"], tuple(r["algorithms"]), r["vaccination_source"], r["api_base_url"])
+        Peer(
+            r["issuer"],
+            r["display_name"],
+            r["jwks_url"],
+            tuple(r["algorithms"]),
+            r["vaccination_source"],
+            r["api_base_url"],
+        )
         for r in rows
     ]

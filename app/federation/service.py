@@ -15,6 +15,7 @@ data and says which peers were not reached.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -27,7 +28,7 @@ import orjson
 from redis.asyncio import Redis
 
 from app.db import UNAVAILABLE_ERRORS
-from app.federation.assertion import ASSERTION_SECONDS, ASSERTION_TYP
+from app.federation.assertion import ASSERTION_SECONDS
 from app.federation.client import Outcome, PeerClient
 from app.federation.identity import federation_pseudonym
 from app.federation.keys import PeerKeys
@@ -51,7 +52,9 @@ STORE_TIMEOUT_SECONDS: Final = 1.0
 
 
 class Federation:
-    def __init__(self, settings: Settings, session: aiohttp.ClientSession, signer: Callable[[int], TokenSigner]) -> None:
+    def __init__(
+        self, settings: Settings, session: aiohttp.ClientSession, signer: Callable[[int], TokenSigner]
+    ) -> None:
         self.settings = settings
         self.session = session
         self.keys = PeerKeys(settings.peer_keys_max_stale_seconds)
@@ -109,10 +112,9 @@ async def consult(
         reason = "no federation key configured" if settings.federation_key is None else "no vaccination-source peers"
         return Consulted(entry, {"consulted": False, "reason": reason, "reached": [], "not_reached": []})
     remembered = None
-    try:
+    # Without the memo the peers are asked again: bounded by the budget all the same.
+    with contextlib.suppress(*REDIS_ERRORS):
         remembered = await recent_lookup(redis, subject)
-    except REDIS_ERRORS:
-        pass  # without the memo the peers are asked again: bounded by the budget all the same
     if remembered is not None:
         federation.lookups["cached"] += 1
         return Consulted(entry, {**orjson.loads(remembered), "consulted": True, "cached": True})
@@ -132,10 +134,8 @@ async def consult(
         if entry_now is not None:
             entry = entry_now
     if not outcome.not_reached:
-        try:
+        with contextlib.suppress(*REDIS_ERRORS):
             await remember_lookup(redis, subject, orjson.dumps(report), settings.peer_cache_seconds)
-        except REDIS_ERRORS:
-            pass
     return Consulted(entry, {**report, "consulted": True, "cached": False})
 
 
@@ -154,6 +154,6 @@ async def _keep(
             federation.lookups["stored"] += 1
             entries = await publisher.recompute(conn, [subject], int(time.time()))
             return True, entries.get(subject)
-    except (*UNAVAILABLE_ERRORS, TimeoutError) as exc:
+    except UNAVAILABLE_ERRORS as exc:  # TimeoutError among them
         log.warning("peer vaccinations not stored (%s); answering from local data", type(exc).__name__)
         return False, None

@@ -5,13 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import aiohttp
+import orjson
 
 from app.federation.keys import PeerKeys
+from signing.encoding import b64url_decode
 from signing.errors import UntrustedIssuer
 from signing.jws import MAX_TOKEN_LENGTH, TokenVerifier, unverified_issuer
-from signing.encoding import b64url_decode
-
-import orjson
 
 # Allowance for a peer's clock being ahead of ours (its tokens' `iat` slightly in our future).
 PEER_LEEWAY_SECONDS = 30
@@ -37,7 +36,9 @@ class TrustedVerifier:
         self.peer_keys = peer_keys
         self.session = session
 
-    async def verify(self, token: str, typ: str, own: TokenVerifier, now: int, *, max_length: int = MAX_TOKEN_LENGTH) -> Verified:
+    async def verify(
+        self, token: str, typ: str, own: TokenVerifier, now: int, *, max_length: int = MAX_TOKEN_LENGTH
+    ) -> Verified:
         issuer = unverified_issuer(token, max_length)
         if issuer == self.own_issuer:
             return Verified(issuer, own.verify(token, now), local=True)

@@ -16,12 +16,12 @@ from aiohttp import web
 from redis.asyncio import Redis
 
 from app.clients import ClientRegistry
-from app.db import UNAVAILABLE_ERRORS, close_pool, create_pool, unavailable_reason
-from app.health import DependencyState
-from app.http.admission import Admission
 from app.credentials.keys import CredentialKeys
+from app.db import UNAVAILABLE_ERRORS, close_pool, create_pool, unavailable_reason
 from app.federation.assertion import ASSERTION_TYP
 from app.federation.service import Federation
+from app.health import DependencyState
+from app.http.admission import Admission
 from app.http.appkeys import (
     CLIENTS,
     CREDENTIAL_KEYS,

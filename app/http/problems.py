@@ -394,7 +394,9 @@ class PeerUnauthorized(ProblemError):
     title = "The peer request's assertion is refused"
 
     def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(detail, extra={"reason": reason}, headers={"WWW-Authenticate": 'Bearer realm="healthcode-peers"'})
+        super().__init__(
+            detail, extra={"reason": reason}, headers={"WWW-Authenticate": 'Bearer realm="healthcode-peers"'}
+        )
 
 
 class CredentialUnavailable(ProblemError):

@@ -145,7 +145,8 @@ class Pseudonymiser:
         self._federation_key = federation_key
 
     def __call__(self, id_type: str | None, number: str | None) -> tuple[bytes, str, str]:
-        return self.federated(id_type, number)[:3]  # type: ignore[return-value]
+        p, kind, masked, _ = self.federated(id_type, number)
+        return p, kind, masked
 
     def federated(self, id_type: str | None, number: str | None) -> tuple[bytes, str, str, bytes | None]:
         """Also the federation pseudonym (app.federation.identity), None without a federation key."""

@@ -171,26 +171,7 @@ def parse_ruleset(data: Mapping[str, Any], source: str = "<rule set>") -> RuleSe
         raise arrival.error("two_tests_min_gap_hours", "must be shorter than two_tests_days")
     arrival.finish()
 
-    vaccines = top.table("vaccines")
-    courses: dict[str, int] = {}
-    names: dict[str, str] = {}
-    cvx: dict[str, str] = {}
-    eu_product: dict[str, str] = {}
-    eul: set[str] = set()
-    for product in list(vaccines.data):
-        entry = vaccines.table(product)
-        names[product] = entry.string("name")
-        courses[product] = entry.integer("doses", 1, 10)
-        if "cvx" in entry.data:
-            cvx[product] = entry.string("cvx")
-            if not cvx[product].isdigit():
-                raise entry.error("cvx", f"expected a CVX code of digits, got {cvx[product]!r}")
-        if "eu_product" in entry.data:
-            eu_product[product] = entry.string("eu_product")
-        if "who_eul" in entry.data and entry.boolean("who_eul"):
-            eul.add(product)
-        entry.finish()
-    vaccines.finish()
+    courses, names, cvx, eu_product, eul = _vaccines(top.table("vaccines"))
     top.finish()
 
     return RuleSet(
@@ -216,6 +197,32 @@ def parse_ruleset(data: Mapping[str, Any], source: str = "<rule set>") -> RuleSe
         vaccine_eu_product=MappingProxyType(eu_product),
         who_eul=frozenset(eul),
     )
+
+
+def _vaccines(
+    vaccines: _Table,
+) -> tuple[dict[str, int], dict[str, str], dict[str, str], dict[str, str], set[str]]:
+    """The [vaccines] table: course lengths, names, and the codes other systems know each product by."""
+    courses: dict[str, int] = {}
+    names: dict[str, str] = {}
+    cvx: dict[str, str] = {}
+    eu_product: dict[str, str] = {}
+    eul: set[str] = set()
+    for product in list(vaccines.data):
+        entry = vaccines.table(product)
+        names[product] = entry.string("name")
+        courses[product] = entry.integer("doses", 1, 10)
+        if "cvx" in entry.data:
+            cvx[product] = entry.string("cvx")
+            if not cvx[product].isdigit():
+                raise entry.error("cvx", f"expected a CVX code of digits, got {cvx[product]!r}")
+        if "eu_product" in entry.data:
+            eu_product[product] = entry.string("eu_product")
+        if "who_eul" in entry.data and entry.boolean("who_eul"):
+            eul.add(product)
+        entry.finish()
+    vaccines.finish()
+    return courses, names, cvx, eu_product, eul
 
 
 def load_ruleset(path_or_name: str | Path = DEFAULT_RULESET) -> RuleSet:

@@ -33,7 +33,9 @@ async def peer_vaccinations(request: web.Request) -> web.Response:
     settings, federation = app[SETTINGS], app[FEDERATION]
     header = request.headers.get("Authorization", "")
     if not header.startswith("Bearer ") or not header[7:].strip():
-        raise PeerUnauthorized("missing_assertion", "send Authorization: Bearer <assertion signed with your published key>")
+        raise PeerUnauthorized(
+            "missing_assertion", "send Authorization: Bearer <assertion signed with your published key>"
+        )
     now = int(time.time())
     try:
         caller = await check_assertion(federation.trust, header[7:].strip(), now)
@@ -58,7 +60,7 @@ async def peer_vaccinations(request: web.Request) -> web.Response:
     with postgres_answers(app[POSTGRES_STATE]):
         async with app[PG].acquire(timeout=settings.pg_acquire_timeout_seconds) as conn:
             records = await held_vaccinations(conn, federated, settings.region_code)
-    claims = {
+    claims: dict[str, object] = {
         "aud": caller.issuer,
         "fp": wire,
         "region": settings.region_code,
