@@ -207,7 +207,13 @@ async def test_a_valid_token_for_someone_no_longer_known(
 ) -> None:
     subject = pseudonym(Identity("resident", NUMBER), settings.pepper)
     body = await verify_ok(api, client_keys["scanner"], token_for(api, subject, "Y"))
-    assert body == {**refused("ok"), "valid": True, "issuer": "healthcode", "token_colour": "yellow", "token_version": 1}
+    assert body == {
+        **refused("ok"),
+        "valid": True,
+        "issuer": "healthcode",
+        "token_colour": "yellow",
+        "token_version": 1,
+    }
 
 
 async def test_the_scan_is_recorded_against_the_checkpoint(
