@@ -41,7 +41,8 @@ from tests.federation_world import (
     client_secrets,
 )
 from tests.support import bearer
-from tests.test_ingest_helpers import number, upload
+from tests.test_ingest_helpers import csv_body, number, upload
+from tests.test_openapi import assert_documented
 
 
 @pytest.fixture(scope="session")
@@ -388,3 +389,37 @@ async def test_include_peer_vaccinations_must_be_a_boolean(federated: tuple[Depl
     )
     body = await r.json()
     assert (r.status, body["field"], body["code"]) == (422, "include_peer_vaccinations", "wrong_type")
+
+
+async def test_federation_answers_fit_the_openapi_document(federated: tuple[Deployment, Deployment]) -> None:
+    a, b = federated
+    await a.register(8)
+    await b.register(8)
+    await b.vaccinate((8, "janssen-ad26", 1, "2021-07-01"))
+    r = await a.api.post("/v1/status", json={"id_number": number(8)}, headers=bearer(a.keys["citizen-backend"]))
+    assert (await assert_documented(r, "/v1/status", "post"))["vaccination"]["complete"] is True
+    r = await b.api.post("/v1/status", json={"id_number": number(8)}, headers=bearer(b.keys["citizen-backend"]))
+    token = (await r.json())["token"]
+    for policy in ({}, {"policy": {"accept_peer_codes": False}}):
+        r = await a.api.post(
+            "/v1/verify", json={"token": token, "checkpoint": "g", **policy}, headers=bearer(a.keys["scanner"])
+        )
+        assert (await assert_documented(r, "/v1/verify", "post"))["issuer"] == B_ISSUER
+    r = await a.api.post("/v1/verify", json={"token": "x.y.z", "checkpoint": "g"}, headers=bearer(a.keys["scanner"]))
+    await assert_documented(r, "/v1/verify", "post")
+    await assert_documented(await a.api.get("/.well-known/trust-list.json"), "/.well-known/trust-list.json", "get")
+    signer = a.api.app[SIGNER].signer_for(ASSERTION_TYP, 60)
+    path = "/v1/peer/vaccinations"
+    for token in (make_assertion(signer, B_ISSUER, int(time.time())), "bogus"):
+        r = await b.api.post(
+            path, json={"federation_pseudonym": fp_of(8)}, headers={"Authorization": f"Bearer {token}"}
+        )
+        await assert_documented(r, path, "post")
+
+
+async def test_without_a_federation_key_no_federation_pseudonym_is_stored(
+    api: Api, db: asyncpg.Connection, client_keys: dict[str, str]
+) -> None:
+    await upload(api, client_keys["agency"], "population", csv_body("id_number,name", f"{number(9)},张九"))
+    assert await db.fetchval("SELECT count(*) FROM subjects") == 1
+    assert await db.fetchval("SELECT count(*) FROM federation_subjects") == 0
