@@ -309,6 +309,7 @@ async def test_a_vaccination_given_in_b_counts_in_as_umbrella_mark(federated: tu
     assert answer["version"] > local["version"]
     # Stored as a record of origin B, through the write path: every later answer agrees without asking B.
     row = await a.db.fetchrow("SELECT origin_code, source_agency, origin_peer FROM vaccinations WHERE dose = 2")
+    assert row is not None
     assert dict(row) == {"origin_code": "CN-SC", "source_agency": "test-agency", "origin_peer": B_ISSUER}
     again = await a.status(3, include_peer_vaccinations=True)
     assert again["peer_vaccinations"]["cached"] is True and again["vaccination"]["complete"] is True
