@@ -9,22 +9,11 @@ is one slot in a Redis Cluster.
 
 from __future__ import annotations
 
-from binascii import hexlify
-
 from redis.asyncio import Redis
 
-from cache.keys import PSEUDONYM_BYTES
+from cache.keys import jti_key, peer_lookup_key
 
-
-def jti_key(issuer: str, jti: str) -> str:
-    return f"hc:jti:{{{issuer}}}:{jti}"
-
-
-def peer_lookup_key(pseudonym: bytes) -> bytes:
-    """`hc:{<pseudonym hex>}:pv` — beside the subject's status key, in the same slot."""
-    if len(pseudonym) != PSEUDONYM_BYTES:
-        raise ValueError(f"pseudonym must be {PSEUDONYM_BYTES} bytes, got {len(pseudonym)}")
-    return b"hc:{" + hexlify(pseudonym) + b"}:pv"
+__all__ = ["first_use", "peer_lookup_key", "recent_lookup", "remember_lookup"]
 
 
 async def first_use(redis: Redis, issuer: str, jti: str, ttl_seconds: int) -> bool:

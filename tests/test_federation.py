@@ -424,3 +424,12 @@ async def test_without_a_federation_key_no_federation_pseudonym_is_stored(
     await upload(api, client_keys["agency"], "population", csv_body("id_number,name", f"{number(9)},张九"))
     assert await db.fetchval("SELECT count(*) FROM subjects") == 1
     assert await db.fetchval("SELECT count(*) FROM federation_subjects") == 0
+
+
+async def test_nul_in_a_peer_request_is_422_once_the_peer_is_authenticated(
+    federated: tuple[Deployment, Deployment],
+) -> None:
+    a, b = federated
+    signer = a.api.app[SIGNER].signer_for(ASSERTION_TYP, 60)
+    status, body = await peer_call(b, make_assertion(signer, B_ISSUER, int(time.time())), "abc\x00def")
+    assert (status, body["field"], body["code"]) == (422, "federation_pseudonym", "nul_character")
