@@ -59,6 +59,7 @@ from loadtests.bench import BenchError
 PEOPLE: Final = 200
 REQUESTS: Final = 2000
 SILENT_REQUESTS: Final = 20
+CPU_PER_REQUEST: dict[int, float] = {}
 
 
 def _url(url: str, path: str) -> str:
@@ -151,6 +152,7 @@ async def _measure(
 ) -> list[float]:
     headers = {"Authorization": f"Bearer {a.keys['citizen-backend']}", "Content-Type": "application/json"}
     samples = []
+    cpu_started = time.process_time()
     for n in range(count):
         i = n % PEOPLE
         if before is not None:
@@ -162,6 +164,8 @@ async def _measure(
         samples.append(time.perf_counter() - started)
         if r.status != 200 or not expect(answer):
             raise BenchError(f"unexpected answer {r.status}: {answer}")
+    # CPU of this process (client, A and B together) per request: steadier than latency on a busy host.
+    CPU_PER_REQUEST[id(samples)] = (time.process_time() - cpu_started) / count
     return samples
 
 
@@ -257,7 +261,10 @@ async def _scenarios(a: Deployment, b: Deployment, redis: Redis, requests: int) 
             )
         finally:
             silent.close()
-    figures: dict[str, Any] = {name: _percentiles(samples) for name, samples in results.items()}
+    figures: dict[str, Any] = {
+        name: {**_percentiles(samples), "cpu_ms": round(CPU_PER_REQUEST[id(samples)] * 1000, 3)}
+        for name, samples in results.items()
+    }
     local = figures["local"]
     for name in ("peer", "peer_down_refused", "peer_down_skipped", "peer_silent"):
         figures[name]["added_p50_ms"] = round(figures[name]["p50_ms"] - local["p50_ms"], 3)
@@ -266,7 +273,8 @@ async def _scenarios(a: Deployment, b: Deployment, redis: Redis, requests: int) 
     for name, f in figures.items():
         if isinstance(f, dict):
             added = f" (added p50 {f['added_p50_ms']} ms, p99 {f['added_p99_ms']} ms)" if "added_p50_ms" in f else ""
-            print(f"peers {name}: p50 {f['p50_ms']} ms, p99 {f['p99_ms']} ms over {f['requests']}{added}")
+            cpu = f", {f['cpu_ms']} ms CPU a request"
+            print(f"peers {name}: p50 {f['p50_ms']} ms, p99 {f['p99_ms']} ms over {f['requests']}{added}{cpu}")
     return figures
 
 
