@@ -22,7 +22,7 @@ from app.federation import identity
 from app.federation.assertion import ASSERTION_TYP, make_assertion
 from app.federation.keys import EXPIRED, FRESH, STALE, PeerKeys
 from app.http.app import create_app
-from app.http.appkeys import FEDERATION, SIGNER
+from app.http.appkeys import FEDERATION, PG, SIGNER
 from app.identity import Identity, pseudonym
 from app.keys.lifecycle import activate, new_key
 from app.settings import Settings
@@ -433,3 +433,36 @@ async def test_nul_in_a_peer_request_is_422_once_the_peer_is_authenticated(
     signer = a.api.app[SIGNER].signer_for(ASSERTION_TYP, 60)
     status, body = await peer_call(b, make_assertion(signer, B_ISSUER, int(time.time())), "abc\x00def")
     assert (status, body["field"], body["code"]) == (422, "federation_pseudonym", "nul_character")
+
+
+async def test_a_peer_key_rotation_is_picked_up_by_the_first_token_that_names_the_new_key(
+    federated: tuple[Deployment, Deployment],
+) -> None:
+    a, b = federated
+    await b.register(1)
+    await activate(b.db, await new_key(b.db, b.settings.keys_dir))  # B rotates; A has not re-fetched
+    await b.api.app[SIGNER].refresh(b.api.app[PG])
+    fetched = a.api.app[FEDERATION].keys.fetches[B_ISSUER, "ok"]
+    # (B's status asks A for vaccinations with an assertion of the new key: A may re-fetch there first.)
+    token = (await b.status(1))["token"]
+    answer = await a.verify(token)
+    assert (answer["valid"], answer["issuer"]) == (True, B_ISSUER)
+    assert a.api.app[FEDERATION].keys.fetches[B_ISSUER, "ok"] == fetched + 1
+    # A kid nobody published does not make A fetch again and again: at most once per window.
+    forged = foreign_signer(B_ISSUER).sign_status("h", "G", 0, 1, int(time.time()), ver=1)
+    assert (await a.verify(forged))["reason"] == "unknown_key"
+    assert (await a.verify(forged))["reason"] == "unknown_key"
+    assert a.api.app[FEDERATION].keys.fetches[B_ISSUER, "ok"] == fetched + 1
+
+
+async def test_without_a_key_or_peers_the_status_says_nobody_was_asked(api: Api, client_keys: dict[str, str]) -> None:
+    await upload(api, client_keys["agency"], "population", csv_body("id_number,name", f"{number(2)},张二"))
+    r = await api.post(
+        "/v1/status",
+        json={"id_number": number(2), "include_peer_vaccinations": True},
+        headers=bearer(client_keys["citizen-backend"]),
+    )
+    report = (await assert_documented(r, "/v1/status", "post"))["peer_vaccinations"]
+    assert report == {"consulted": False, "reason": "no federation key configured", "reached": [], "not_reached": []}
+    r = await api.post("/v1/status", json={"id_number": number(2)}, headers=bearer(client_keys["citizen-backend"]))
+    assert "peer_vaccinations" not in await r.json()
