@@ -5,6 +5,7 @@ down or slow, and the signed trust list."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 import socket
 import time
@@ -21,6 +22,8 @@ from app.db import connect, drop_database, recreate_database
 from app.federation import identity
 from app.federation.assertion import ASSERTION_TYP, make_assertion
 from app.federation.keys import EXPIRED, FRESH, STALE, PeerKeys
+from app.federation.peers import add_peer
+from app.federation.service import Federation
 from app.http.app import create_app
 from app.http.appkeys import FEDERATION, PG, SIGNER
 from app.identity import Identity, pseudonym
@@ -466,3 +469,27 @@ async def test_without_a_key_or_peers_the_status_says_nobody_was_asked(api: Api,
     assert report == {"consulted": False, "reason": "no federation key configured", "reached": [], "not_reached": []}
     r = await api.post("/v1/status", json={"id_number": number(2)}, headers=bearer(client_keys["citizen-backend"]))
     assert "peer_vaccinations" not in await r.json()
+
+
+async def test_the_background_task_reads_the_trust_list_and_fetches_new_peers_keys(
+    deployment_a: Deployment, deployment_b: Deployment
+) -> None:
+    a, b = deployment_a, deployment_b
+    app = a.api.app
+    federation = Federation(
+        replace(a.settings, peer_refresh_seconds=1.0),
+        app[FEDERATION].session,
+        lambda ttl: app[SIGNER].signer_for(ASSERTION_TYP, ttl),
+    )
+    task = asyncio.create_task(federation.run(app[PG]))
+    try:
+        await add_peer(a.db, b.peer())  # as `healthcode peers add` would, from another process
+        deadline = time.monotonic() + 10
+        while federation.keys.state(B_ISSUER) != FRESH:
+            assert time.monotonic() < deadline, "the new peer's keys were not fetched"
+            await asyncio.sleep(0.02)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    assert federation.keys.trusted(B_ISSUER) == b.peer()

@@ -71,6 +71,7 @@ from cache.scan_stream import ScanStream
 from cache.status_cache import StatusCache
 from cache.status_writer import StatusWriter
 from signing.handles import HandleCipher
+from signing.jws import TokenSigner
 
 log = logging.getLogger(__name__)
 
@@ -185,7 +186,12 @@ async def _federation(app: web.Application) -> AsyncIterator[None]:
         headers={"User-Agent": f"healthcode ({settings.issuer})"},
     )
     signer = app[SIGNER]
-    federation = app[FEDERATION] = Federation(settings, session, lambda ttl: signer.signer_for(ASSERTION_TYP, ttl))
+    ttl = settings.token_ttl_seconds  # no token may outlive the key ring's publication window
+
+    def assertion_signer(seconds: int) -> TokenSigner:
+        return signer.signer_for(ASSERTION_TYP, min(seconds, ttl))
+
+    federation = app[FEDERATION] = Federation(settings, session, assertion_signer)
     app[CREDENTIAL_KEYS] = CredentialKeys(settings.keys_dir)
     try:
         await federation.load(pool)

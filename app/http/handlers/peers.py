@@ -56,7 +56,8 @@ async def peer_vaccinations(request: web.Request) -> web.Response:
         federated = identity.decode(wire)
     except ValueError as exc:
         raise InvalidField("federation_pseudonym", "bad_pseudonym", str(exc)) from None
-    signer = app[SIGNER].signer_for(RECORDS_TYP, RECORDS_SECONDS)
+    # A token must not outlive the key ring's publication window (the status-token lifetime).
+    signer = app[SIGNER].signer_for(RECORDS_TYP, min(RECORDS_SECONDS, settings.token_ttl_seconds))
     with postgres_answers(app[POSTGRES_STATE]):
         async with app[PG].acquire(timeout=settings.pg_acquire_timeout_seconds) as conn:
             records = await held_vaccinations(conn, federated, settings.region_code)
