@@ -133,7 +133,7 @@ async def consult(
         report["stored"] = stored
         if entry_now is not None:
             entry = entry_now
-    if not outcome.not_reached:
+    if not outcome.not_reached and report.get("stored", True):  # what was missed is asked again next time
         with contextlib.suppress(*REDIS_ERRORS):
             await remember_lookup(redis, subject, orjson.dumps(report), settings.peer_cache_seconds)
     return Consulted(entry, {**report, "consulted": True, "cached": False})
