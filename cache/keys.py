@@ -32,3 +32,15 @@ def rate_limit_key(client_id: str, bucket: str) -> str:
         if not part or any(c in part for c in "{}: \t\r\n"):
             raise ValueError(f"client id or bucket {part!r} is empty or holds a character reserved in keys")
     return f"hc:rl:{{{client_id}}}:{bucket}"
+
+
+def jti_key(issuer: str, jti: str) -> str:
+    """`hc:jti:{<issuer>}:<jti>` — a peer's assertion id, remembered until the assertion expires."""
+    return f"hc:jti:{{{issuer}}}:{jti}"
+
+
+def peer_lookup_key(pseudonym: bytes) -> bytes:
+    """`hc:{<pseudonym hex>}:pv` — a person's recent peer look-up, beside their status key (same slot)."""
+    if len(pseudonym) != PSEUDONYM_BYTES:
+        raise ValueError(f"pseudonym must be {PSEUDONYM_BYTES} bytes, got {len(pseudonym)}")
+    return b"hc:{" + hexlify(pseudonym) + b"}:pv"

@@ -42,6 +42,7 @@ _CLEAN_TABLES = (
     "api_clients", "signing_keys", "scan_events", "scan_refusals", "status_overrides", "batch_rejections", "samples",
     "staging_population", "staging_vaccination", "staging_test", "staging_travel", "staging_designation",
     "staging_risk_area", "batches", "status_refresh_owed", "record_history",
+    "peers", "federation_subjects", "credential_keys",
 )  # fmt: skip
 _CLEAN = ";".join(f"DELETE FROM {table}" for table in _CLEAN_TABLES)
 

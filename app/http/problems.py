@@ -418,3 +418,33 @@ def relation_problem(error: RelationError) -> ProblemError:
     if isinstance(error, RelationNotFound):
         return NotFound(error.detail)
     return InvalidField("body", error.code, error.detail)  # never a 500 for a refusal added later
+
+
+class PeerUnauthorized(ProblemError):
+    """A peer request whose assertion (RFC 7523 style) is missing or refused; `reason` says which check."""
+
+    status = 401
+    slug = "peer-unauthorized"
+    title = "The peer request's assertion is refused"
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(
+            detail, extra={"reason": reason}, headers={"WWW-Authenticate": 'Bearer realm="healthcode-peers"'}
+        )
+
+
+class CredentialUnavailable(ProblemError):
+    """No SMART Health Card key is active (see `healthcode credentials`)."""
+
+    status = 503
+    slug = "credential-unavailable"
+    title = "This deployment cannot sign health cards now"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail, headers={"Retry-After": "30"})
+
+
+class CredentialTooLarge(ProblemError):
+    status = 422
+    slug = "credential-too-large"
+    title = "The health card does not fit one QR code"
