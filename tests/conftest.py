@@ -23,11 +23,13 @@ from redis.asyncio import Redis
 
 from app.clients import add_client
 from app.db import connect, drop_database, recreate_database
+from app.dev.redis_cluster import LocalCluster
 from app.http.app import create_app
 from app.keys.lifecycle import activate, new_key
 from app.limits import unbounded
 from app.scopes import CLIENT_KINDS, RECORD_KINDS
 from app.settings import Settings
+from tests.redis_targets import SINGLE_URL
 
 TEST_DATABASE = f"healthcode_test_{os.getpid()}"
 # Db 0 is the demo's and 14 the cache tests'; the rest are spread over runs.
@@ -144,3 +146,25 @@ def make_client(
 @pytest.fixture
 async def api(make_client: AppFactory) -> Api:
     return await make_client()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A Redis Cluster for the session (see tests/redis_targets.py), started on first use."""
+    if url := os.environ.get("REDIS_CLUSTER_URL"):
+        yield url
+        return
+    cluster = LocalCluster(tmp_path_factory.mktemp("redis-cluster"))
+    try:
+        yield cluster.start()
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(scope="session", params=["single", "cluster"])
+def cache_redis_url(request: pytest.FixtureRequest) -> str:
+    """Each cache test that takes this runs on one server and on the cluster."""
+    if request.param == "cluster":
+        url: str = request.getfixturevalue("redis_cluster_url")
+        return url
+    return SINGLE_URL

@@ -20,6 +20,7 @@ import signal
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -108,14 +109,17 @@ class LocalCluster:
         self.stop()
         if ports is not None and len(ports) != self.size:
             raise ValueError(f"{self.size} ports needed, {len(ports)} given")
-        nodes = [Node(p, p + 10) for p in ports] if ports else [Node(free_port(), free_port()) for _ in range(self.size)]
+        if ports:
+            nodes = [Node(p, p + 10) for p in ports]
+        else:
+            nodes = [Node(free_port(), free_port()) for _ in range(self.size)]
         self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._state_file.write_text(json.dumps({"nodes": [n.__dict__ for n in nodes]}, indent=2) + "\n")
         binary = server_binary()
         for node in nodes:
             self._launch(binary, node)
         for node in nodes:
-            wait_until(lambda node=node: redis_ping(node.port), START_TIMEOUT, f"cluster node on port {node.port}")
+            wait_until(partial(redis_ping, node.port), START_TIMEOUT, f"cluster node on port {node.port}")
         try:
             _create(nodes, self.primaries)
         except Exception:
@@ -133,10 +137,10 @@ class LocalCluster:
                 continue
             os.kill(pid, signal.SIGTERM)
             try:
-                wait_until(lambda pid=pid: not pid_alive(pid), STOP_TIMEOUT, f"cluster node pid {pid} to exit")
+                wait_until(partial(_gone, pid), STOP_TIMEOUT, f"cluster node pid {pid} to exit")
             except DevServerError:
                 os.kill(pid, signal.SIGKILL)
-                wait_until(lambda pid=pid: not pid_alive(pid), STOP_TIMEOUT, f"cluster node pid {pid} to die")
+                wait_until(partial(_gone, pid), STOP_TIMEOUT, f"cluster node pid {pid} to die")
             stopped = True
         if self.folder.exists():
             shutil.rmtree(self.folder)
@@ -172,6 +176,10 @@ class LocalCluster:
             "--logfile", str(folder / "server.log"), "--dir", str(folder),
         ]  # fmt: skip
         subprocess.run(args, check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, timeout=START_TIMEOUT)
+
+
+def _gone(pid: int) -> bool:
+    return not pid_alive(pid)
 
 
 # --------------------------------------------------------------------------- creating the cluster
