@@ -99,14 +99,31 @@ def cluster_seeds(url: str) -> list[tuple[str, int]]:
     return seeds
 
 
+@overload
+def open_cluster(
+    url: str, *, max_connections: int = ..., socket_timeout: float = ..., connect_timeout: float = ...
+) -> RedisCluster: ...
+
+
+@overload
+def open_cluster(
+    url: str,
+    *,
+    max_connections: int = ...,
+    socket_timeout: float = ...,
+    connect_timeout: float = ...,
+    cluster_class: type[C],
+) -> C: ...
+
+
 def open_cluster(
     url: str,
     *,
     max_connections: int = 64,
     socket_timeout: float = 0.5,
     connect_timeout: float = 0.5,
-    cluster_class: type[C] = RedisCluster,  # type: ignore[assignment]
-) -> C:
+    cluster_class: type[RedisCluster] = RedisCluster,
+) -> RedisCluster:
     """A `RedisCluster` client from a cluster URL, with the same timeouts and no retries as `open_redis`.
 
     Query options (`?read_from_replicas=...`) are not taken: every read goes to the slot's primary, so a
