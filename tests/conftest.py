@@ -154,7 +154,8 @@ async def api(make_client: AppFactory) -> Api:
 @pytest.fixture(scope="session")
 def redis_cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A Redis Cluster for the session (see tests/redis_targets.py), started on first use."""
-    if url := os.environ.get("REDIS_CLUSTER_URL"):
+    url = os.environ.get("REDIS_CLUSTER_URL") or os.environ.get("REDIS_URL", "")
+    if is_cluster_url(url):
         yield url
         return
     cluster = LocalCluster(tmp_path_factory.mktemp("redis-cluster"))

@@ -1,7 +1,8 @@
 """The Redis servers the cache tests run against: one server (db 14 of REDIS_URL) and a Redis Cluster.
 
-The cluster is `REDIS_CLUSTER_URL` when set, else one this session starts with the dev servers' own
-code (app/dev/redis_cluster.py) and stops at the end: three primaries with a replica each, on loopback.
+The cluster is `REDIS_CLUSTER_URL` or a cluster `REDIS_URL` when set, else one this session starts with
+the dev servers' own code (app/dev/redis_cluster.py) and stops at the end: three primaries with a replica
+each, on loopback.
 Tests that take the `cache_redis_url` fixture run once on each.
 """
 
@@ -17,8 +18,19 @@ from redis.asyncio.cluster import ClusterPipeline, RedisCluster
 
 from cache.connection import is_cluster_url, open_cluster, open_redis
 
-# Same server as the rest of the suite (REDIS_URL, as `make test` exports it), db 14 for the cache tests.
-SINGLE_URL = urlunsplit(urlsplit(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))._replace(path="/14"))
+
+def _single_url() -> str:
+    """Db 14 of the suite's server (REDIS_URL, as `make test` exports it); REDIS_SINGLE_URL when REDIS_URL
+    names a cluster (`make test-cluster`), since the cache tests run on one server as well."""
+    url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+    if is_cluster_url(url):
+        url = os.environ.get("REDIS_SINGLE_URL", "")
+        if not url or is_cluster_url(url):
+            raise RuntimeError("REDIS_URL names a cluster: set REDIS_SINGLE_URL to a single server for the cache tests")
+    return urlunsplit(urlsplit(url)._replace(path="/14"))
+
+
+SINGLE_URL = _single_url()
 
 
 class CountingRedis(Redis):

@@ -570,6 +570,9 @@ def down(state: StateDir) -> None:
     with state.locked():
         stopped_pg = stop_postgres(state)
         stopped_redis = stop_valkey(state)
+        from app.dev.redis_cluster import LocalCluster  # imports this module: not at the top
+
+        stopped_redis |= LocalCluster(state.root / "cluster").stop()
     if not (stopped_pg or stopped_redis):
         say("no embedded servers were running")
 
