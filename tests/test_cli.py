@@ -30,6 +30,7 @@ from cache.entry import unpack
 from cache.keys import status_key
 from signing.keyring import NoSigningKey
 from tests.conftest import AppFactory
+from tests.redis_targets import key_count
 from tests.support import bearer
 
 Run = Callable[..., Coroutine[Any, Any, tuple[int, str, str]]]
@@ -326,7 +327,7 @@ async def test_demo_then_cache_warm_rebuilds_redis_from_postgres(
     assert sum(r["n"] for r in colours) == 200
     assert await db.fetchval("SELECT count(*) FROM signing_keys WHERE state = 'active'") == 1
     assert await db.fetchval("SELECT count(*) FROM api_clients") == len(CLIENT_KINDS)  # one of each kind
-    assert await redis.dbsize() == 200
+    assert await key_count(redis) == 200
 
     # Flushed, Redis is rebuilt from Postgres, entry for entry.
     await redis.flushdb()
