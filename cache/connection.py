@@ -9,11 +9,13 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 # What "Redis is unavailable" looks like to a caller: redis-py wraps socket errors in its own
-# ConnectionError/TimeoutError, but an OSError can still escape from connection set-up.
-REDIS_ERRORS: tuple[type[Exception], ...] = (RedisError, OSError)
+# ConnectionError/TimeoutError, but an OSError can still escape from connection set-up. A cluster
+# whose slots are not all served (a primary down, not yet replaced) raises RedisClusterException, which
+# is not a RedisError.
+REDIS_ERRORS: tuple[type[Exception], ...] = (RedisError, RedisClusterException, OSError)
 
 # `redis+cluster://[user:password@]host:port[,host:port...]`: a cluster, any of whose nodes will do as a
 # seed (the client reads the whole slot map from the first that answers). `rediss+cluster://` for TLS.

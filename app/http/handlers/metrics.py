@@ -7,10 +7,10 @@ import time
 from collections.abc import Iterable
 
 from aiohttp import web
-from redis.exceptions import RedisError
 
 from app.http.appkeys import CLIENTS, FRONT_DOOR, POSTGRES_STATE, RATE_LIMITER, SCAN_WRITER, SCANS, SIGNER, STATUS_CACHE
 from app.keys.lifecycle import NO_ACTIVE_KEY, PRIVATE_KEY_MISSING, PRIVATE_KEY_UNUSABLE
+from cache.connection import REDIS_ERRORS
 from cache.scan_stream import Backlog
 
 # Every reason is exported (0 or 1), so an alert on one of them has a series to watch from the start.
@@ -110,7 +110,7 @@ async def scan_backlog(app: web.Application) -> Backlog | None:
         return None
     try:
         return await asyncio.wait_for(recorder.stream.backlog(), _BACKLOG_TIMEOUT)
-    except (RedisError, OSError, TimeoutError):
+    except REDIS_ERRORS:  # TimeoutError (wait_for) is an OSError
         return None
 
 
