@@ -101,3 +101,10 @@ async def all_keys(client: Redis | RedisCluster) -> list[bytes | str]:
     if isinstance(client, RedisCluster):
         return await client.keys("*", target_nodes=RedisCluster.PRIMARIES)
     return await client.keys("*")
+
+
+async def get_many(client: Redis | RedisCluster, keys: list[bytes]) -> list[Any]:
+    """MGET; on a cluster, one MGET per slot (a cluster refuses an MGET across slots)."""
+    if isinstance(client, RedisCluster):
+        return await client.mget_nonatomic(keys)
+    return await client.mget(keys)

@@ -30,7 +30,7 @@ from cache.entry import unpack
 from cache.keys import status_key
 from signing.keyring import NoSigningKey
 from tests.conftest import AppFactory
-from tests.redis_targets import key_count
+from tests.redis_targets import get_many, key_count
 from tests.support import bearer
 
 Run = Callable[..., Coroutine[Any, Any, tuple[int, str, str]]]
@@ -335,7 +335,7 @@ async def test_demo_then_cache_warm_rebuilds_redis_from_postgres(
     assert (code, out) == (0, "warmed 200 status entries\n")
     pseudonyms = [bytes(r["pseudonym"]) for r in await db.fetch("SELECT pseudonym FROM subjects")]
     assert len(pseudonyms) == 200
-    stored = await redis.mget([status_key(p) for p in pseudonyms])
+    stored = await get_many(redis, [status_key(p) for p in pseudonyms])
     for p, raw in zip(pseudonyms, stored, strict=True):
         assert isinstance(raw, bytes)
         row = await db.fetchrow(STATUS_QUERY, p)
