@@ -14,6 +14,7 @@ import itertools
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,13 +22,14 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
 
+from app.dev.redis_cluster import LocalCluster
 from cache.cluster import redirects
 from cache.connection import cluster_seeds, open_cluster
 from cache.entry import unpack
 from cache.keys import status_key
 from cache.status_cache import StatusCache
 from cache.status_writer import StatusWriter
-from tests.test_cache import Loader, make_entry
+from tests.test_cache import FakeMonotonic, Loader, make_entry
 from tests.test_status_writer import subject
 
 pytestmark = pytest.mark.slow
@@ -80,6 +82,11 @@ def subjects_in_slot(slot: int, count: int) -> list[bytes]:
             if len(found) == count:
                 return found
     raise AssertionError("unreachable")
+
+
+def subjects_of(shard: Shard, tries: int) -> list[bytes]:
+    """Those of the first `tries` test subjects whose keys the shard serves (about a third)."""
+    return [p for p in map(subject, range(tries)) if any(key_slot(status_key(p)) in r for r in shard.slots)]
 
 
 @dataclass
@@ -185,7 +192,7 @@ async def test_a_slot_moved_during_reads_and_writes_loses_nothing(cluster: Redis
 async def test_a_primary_failed_over_during_reads_and_writes_loses_nothing(cluster: RedisCluster, admin: Redis) -> None:
     shard = (await shards(admin))[1]
     assert shard.replicas, "the cluster needs a replica per primary"
-    subjects = [p for p in (subject(n) for n in range(400)) if any(key_slot(status_key(p)) in r for r in shard.slots)]
+    subjects = subjects_of(shard, 400)
     traffic = await traffic_on(cluster, subjects)
     replica = node(*shard.replicas[0])
     try:
@@ -208,3 +215,62 @@ async def test_a_primary_failed_over_during_reads_and_writes_loses_nothing(clust
     assert traffic.stale == []
     assert traffic.loader.calls == []
     assert await final_versions(cluster, subjects) == traffic.written
+
+
+async def test_a_primary_killed_is_replaced_by_its_replica_and_reads_come_back(tmp_path: Path) -> None:
+    # A cluster of its own: this one loses a node for good.
+    local = LocalCluster(tmp_path / "cluster")
+    url = await asyncio.to_thread(local.start)
+    client = open_cluster(url)
+    try:
+        admin = node(*cluster_seeds(url)[0])
+        try:
+            shard = (await shards(admin))[0]
+        finally:
+            await admin.aclose()
+        subjects = [
+            p for p in (subject(n) for n in range(200)) if any(key_slot(status_key(p)) in r for r in shard.slots)
+        ]
+        entries = {p: make_entry(version=3) for p in subjects}
+        writer = StatusWriter(client)
+        assert await writer.put_many(entries) == len(subjects)
+        primary = node(shard.host, shard.port)
+        try:
+            assert await command(primary, "WAIT", 1, 5000) == 1  # the replica holds every write
+        finally:
+            await primary.aclose()
+        monotonic = FakeMonotonic()
+        loader = Loader(entries)  # stands in for Postgres
+        cache = StatusCache(client, loader, writer=writer, breaker_seconds=5.0, monotonic=monotonic)
+
+        await asyncio.to_thread(local.kill, shard.port)
+        # The dead primary's keys: the read fails, the breaker opens, and Postgres answers every one.
+        assert await asyncio.gather(*(cache.get(p) for p in subjects)) == list(entries.values())
+        assert cache.redis_errors == 1 and not cache.redis_available
+
+        replica = node(*shard.replicas[0])
+        try:
+
+            async def promoted() -> bool:
+                info = await replica.info("replication")
+                return bool(info["role"] == "master")
+
+            deadline = time.monotonic() + BOUND_SECONDS
+            while not await promoted():
+                assert time.monotonic() < deadline, "the replica was not promoted"
+                await asyncio.sleep(0.1)
+        finally:
+            await replica.aclose()
+
+        # Once the breaker lets Redis be tried again, the slot map is read anew and the promoted replica
+        # answers: every entry is there, none loaded again.
+        monotonic.now += 5.0
+        loads = len(loader.calls)
+        await cache.drain()
+        assert await asyncio.gather(*(cache.get(p) for p in subjects)) == list(entries.values())
+        assert (len(loader.calls), cache.hits) == (loads, len(subjects))
+        assert await writer.put_many({p: make_entry(version=4) for p in subjects}) == len(subjects)
+        await cache.drain()
+    finally:
+        await client.aclose()
+        await asyncio.to_thread(local.stop)

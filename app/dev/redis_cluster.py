@@ -149,6 +149,15 @@ class LocalCluster:
             say(f"redis cluster: stopped the nodes in {self.folder}")
         return stopped
 
+    def kill(self, port: int) -> None:
+        """SIGKILL the node on `port`, as a crash (fault tests); its replica takes over."""
+        node = next((n for n in self.nodes() if n.port == port), None)
+        pid = None if node is None else self._pid(node)
+        if pid is None:
+            raise DevServerError(f"no node of {self.folder} runs on port {port}")
+        os.kill(pid, signal.SIGKILL)
+        wait_until(partial(_gone, pid), STOP_TIMEOUT, f"cluster node pid {pid} to die")
+
     def node_dir(self, node: Node) -> Path:
         return self.folder / str(node.port)
 
