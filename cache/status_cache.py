@@ -219,11 +219,16 @@ class StatusCache:
             claim.resolve(replies[:taken])
         if not keys:
             return []
-        values = replies[taken:] if isinstance(self._redis, RedisCluster) else [replies[-1]]
-        for value in values:
-            if isinstance(value, Exception):
-                raise ResponseError(str(value))
-        return cast("list[bytes | None]", values if isinstance(self._redis, RedisCluster) else values[0])
+        # A refused command comes back as an exception object: a GET's each on a cluster, the MGET's here.
+        if isinstance(self._redis, RedisCluster):
+            answers = replies[taken:]
+            failed = next((a for a in answers if isinstance(a, Exception)), None)
+        else:
+            answers = replies[-1]
+            failed = answers if isinstance(answers, Exception) else None
+        if failed is not None:
+            raise ResponseError(str(failed))
+        return cast("list[bytes | None]", answers)
 
     # -- single-flight loads ----------------------------------------------------------------------
 
