@@ -59,6 +59,7 @@ test-fast: servers
 REDIS_FLOOR := $(shell sed -n 's/^ *"redis\[hiredis\]>=\([0-9.]*\),.*/\1/p' pyproject.toml)
 FLOOR_VENV := $(STATE)/venv-redis-floor
 CACHE_TESTS := tests/test_cache.py tests/test_cache_stream.py tests/test_status_writer.py tests/test_rate_limit.py \
+	tests/test_cache_connection.py \
 	tests/test_cache_cluster.py
 
 $(FLOOR_VENV)/.installed: pyproject.toml
