@@ -14,13 +14,15 @@ LOAD_ARGS = $(if $(DURATION),--duration '$(DURATION)') $(if $(OUT),--out '$(OUT)
 	$(if $(HOST),--host '$(HOST)') $(if $(WORKERS),--workers '$(WORKERS)')
 
 .DEFAULT_GOAL := help
-.PHONY: help install servers servers-stop run test test-fast test-redis-floor lint format wrk bench load chaos clean
+.PHONY: help install servers servers-stop run test test-fast test-redis-floor test-cluster cluster lint format wrk bench load chaos clean
 
 help:
 	@echo "make run               install, start Postgres and Redis, load the demo, serve the API"
 	@echo "make test              install, start Postgres and Redis, run the whole test suite"
 	@echo "make test-fast         the same without the tests marked slow (Locust, embedded servers, large samples)"
 	@echo "make test-redis-floor  the cache tests on the lowest redis-py that pyproject.toml allows, in a venv of their own"
+	@echo "make test-cluster      the suite but its slow tests with REDIS_URL on a Redis Cluster the dev servers start"
+	@echo "make cluster           start a three-primary Redis Cluster on loopback and print its REDIS_URL (BASE_PORT)"
 	@echo "make lint              ruff check, ruff format --check, mypy (strict, tests included)"
 	@echo "make format            ruff format and ruff check --fix"
 	@echo "make bench             signing and hot-path micro-benchmarks (DURATION, OUT)"
@@ -56,16 +58,32 @@ test-fast: servers
 # pyproject.toml allows is tested too: the cache tests, in a venv of their own with exactly that version.
 REDIS_FLOOR := $(shell sed -n 's/^ *"redis\[hiredis\]>=\([0-9.]*\),.*/\1/p' pyproject.toml)
 FLOOR_VENV := $(STATE)/venv-redis-floor
-CACHE_TESTS := tests/test_cache.py tests/test_cache_stream.py tests/test_status_writer.py
+CACHE_TESTS := tests/test_cache.py tests/test_cache_stream.py tests/test_status_writer.py tests/test_rate_limit.py \
+	tests/test_cache_connection.py \
+	tests/test_cache_cluster.py
 
 $(FLOOR_VENV)/.installed: pyproject.toml
 	@test -n "$(REDIS_FLOOR)" || { echo 'no "redis[hiredis]>=X.Y,..." found in pyproject.toml' >&2; exit 1; }
 	@test -x $(FLOOR_VENV)/bin/python || $(PYTHON) -m venv $(FLOOR_VENV)
-	$(FLOOR_VENV)/bin/python -m pip install --quiet -e '.[dev]' 'redis[hiredis]==$(REDIS_FLOOR)'
+	$(FLOOR_VENV)/bin/python -m pip install --quiet -e '.[dev,embedded]' 'redis[hiredis]==$(REDIS_FLOOR)'
 	touch $@
 
 test-redis-floor: servers $(FLOOR_VENV)/.installed
 	$(WITH_ENV) $(FLOOR_VENV)/bin/pytest -p no:cacheprovider $(CACHE_TESTS)
+
+# The cache tests run on one server and on a cluster in `make test` already (tests/redis_targets.py); this
+# runs everything else that reaches Redis through the app on a cluster too: three primaries with a replica
+# each, started here by the dev servers' code and stopped after.
+CLUSTER_DIR := $(STATE)/test-cluster
+
+test-cluster: servers
+	@HEALTHCODE_HOME=$(CLUSTER_DIR) $(VENV)/bin/python -m app.dev.servers cluster-up > $(STATE)/test-cluster-url
+	$(WITH_ENV) REDIS_SINGLE_URL="$$REDIS_URL" REDIS_URL=$$(cat $(STATE)/test-cluster-url) \
+		$(VENV)/bin/pytest -m "not slow" $(PYTEST_ARGS); \
+	status=$$?; HEALTHCODE_HOME=$(CLUSTER_DIR) $(VENV)/bin/python -m app.dev.servers cluster-down; exit $$status
+
+cluster: $(STAMP)
+	$(VENV)/bin/python -m app.dev.servers cluster-up $(if $(BASE_PORT),--base-port $(BASE_PORT))
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

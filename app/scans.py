@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
 import asyncpg
-from redis.exceptions import RedisError
 
 from app.scan_refusals import RefusalCounts
+from cache.connection import REDIS_ERRORS
 from cache.scan_stream import Entry, ScanStream, id_ms
 
 log = logging.getLogger(__name__)
@@ -133,7 +133,7 @@ class ScanRecorder:
             return
         try:
             entry_id = await self.stream.add(event.to_fields())
-        except (RedisError, OSError) as exc:
+        except REDIS_ERRORS as exc:
             log.warning("scan stream unavailable (%s); writing the scan to postgres directly", type(exc).__name__)
             self._fallback_seq += 1
             await insert_scans(self.pool, [(f"direct-{socket.gethostname()}-{id(self)}-{self._fallback_seq}", event)])

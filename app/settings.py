@@ -104,7 +104,7 @@ class Settings:
         env = os.environ if env is None else env
         return cls(
             database_url=_required(env, "DATABASE_URL"),
-            redis_url=_required(env, "REDIS_URL"),
+            redis_url=_redis_url(env),
             pepper=_pepper(env),
             keys_dir=Path(_required(env, "HEALTHCODE_KEYS_DIR")),
             handle_key=_handle_key(env),
@@ -168,6 +168,19 @@ def _int(env: Mapping[str, str], name: str, default: int, *, low: int, high: int
 def _ms(env: Mapping[str, str], name: str, default: int, *, low: int, high: int) -> float:
     """A duration given in milliseconds, as seconds."""
     return _int(env, name, default, low=low, high=high) / 1000
+
+
+def _redis_url(env: Mapping[str, str]) -> str:
+    """REDIS_URL; a cluster's (`redis+cluster://host:port,...`) seeds are checked here, not at first use."""
+    url = _required(env, "REDIS_URL")
+    if urlsplit(url).scheme.endswith("+cluster"):
+        from cache.connection import cluster_seeds  # only then: it loads the Redis client
+
+        try:
+            cluster_seeds(url)
+        except ValueError as exc:
+            raise SettingsError(f"REDIS_URL: {exc}") from None
+    return url
 
 
 def _without_password(url: str) -> str:

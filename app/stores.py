@@ -9,20 +9,19 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import asyncpg
-from redis.asyncio import Redis
 
 from app.db import connection
-from cache.connection import open_redis
+from cache.connection import AnyRedis, open_redis
 
 
 @asynccontextmanager
-async def open_stores(database_url: str, redis_url: str) -> AsyncIterator[tuple[asyncpg.Connection, Redis]]:
+async def open_stores(database_url: str, redis_url: str) -> AsyncIterator[tuple[asyncpg.Connection, AnyRedis]]:
     """One Postgres connection (set up like the pool's) and a Redis client; both closed when the block ends.
 
     `async with open_stores(settings.database_url, settings.redis_url) as (conn, redis): ...`
     """
     async with connection(database_url) as conn:
-        redis: Redis = open_redis(redis_url)
+        redis = open_redis(redis_url)
         try:
             yield conn, redis
         finally:

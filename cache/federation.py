@@ -9,22 +9,21 @@ is one slot in a Redis Cluster.
 
 from __future__ import annotations
 
-from redis.asyncio import Redis
-
+from cache.connection import AnyRedis
 from cache.keys import jti_key, peer_lookup_key
 
 __all__ = ["first_use", "peer_lookup_key", "recent_lookup", "remember_lookup"]
 
 
-async def first_use(redis: Redis, issuer: str, jti: str, ttl_seconds: int) -> bool:
+async def first_use(redis: AnyRedis, issuer: str, jti: str, ttl_seconds: int) -> bool:
     """True the first time (issuer, jti) is seen within ttl_seconds; False for a replay."""
     return bool(await redis.set(jti_key(issuer, jti), b"1", nx=True, ex=max(ttl_seconds, 1)))
 
 
-async def recent_lookup(redis: Redis, pseudonym: bytes) -> bytes | None:
+async def recent_lookup(redis: AnyRedis, pseudonym: bytes) -> bytes | None:
     value = await redis.get(peer_lookup_key(pseudonym))
     return value.encode() if isinstance(value, str) else value
 
 
-async def remember_lookup(redis: Redis, pseudonym: bytes, value: bytes, ttl_seconds: int) -> None:
+async def remember_lookup(redis: AnyRedis, pseudonym: bytes, value: bytes, ttl_seconds: int) -> None:
     await redis.set(peer_lookup_key(pseudonym), value, ex=ttl_seconds)

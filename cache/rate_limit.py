@@ -26,6 +26,7 @@ from redis.asyncio.cluster import RedisCluster
 
 from cache.breaker import Breaker
 from cache.bulk import round_trip
+from cache.cluster import Command, cluster_round_trip
 from cache.connection import REDIS_ERRORS
 from cache.keys import rate_limit_key
 
@@ -104,12 +105,21 @@ class _Bucket:
 
 @dataclass(slots=True)
 class Claim:
-    """Takes packed as Redis commands, for another round trip to carry; hand it every reply it asked for."""
+    """Takes packed as Redis commands, for another round trip to carry; hand it every reply it asked for.
 
-    payload: bytes
-    count: int
+    `commands` pairs each with its bucket's key, which routes it on a cluster."""
+
+    commands: list[Command]
     _limiter: RateLimiter
     _buckets: list[_Bucket]
+
+    @property
+    def payload(self) -> bytes:
+        return b"".join(packed for _, packed in self.commands)
+
+    @property
+    def count(self) -> int:
+        return len(self.commands)
 
     def resolve(self, replies: Sequence[Any]) -> None:
         self._limiter._resolve(self._buckets, replies)
@@ -190,13 +200,12 @@ class RateLimiter:
         return await self.take(client, bucket, rate)
 
     def claim(self) -> Claim | None:
-        """The takes waiting to be sent, for the caller's round trip to carry (plain Redis only)."""
-        if not self._pending or isinstance(self._redis, RedisCluster):
+        """The takes waiting to be sent, for the caller's round trip to carry."""
+        if not self._pending:
             return None
         buckets, self._pending = list(self._pending.values()), {}
         now_ms = round(self._clock() * 1000)
-        payload = b"".join(self._pack(b, now_ms) for b in buckets)
-        return Claim(payload, len(buckets), self, buckets)
+        return Claim([self._pack(b, now_ms) for b in buckets], self, buckets)
 
     async def drain(self) -> None:
         while self._tasks:
@@ -217,14 +226,14 @@ class RateLimiter:
     async def _pump(self) -> None:
         try:
             while self._pending:
-                if isinstance(self._redis, RedisCluster):
-                    await self._send_cluster()
-                    continue
                 claim = self.claim()
                 assert claim is not None
                 self.round_trips += 1
                 try:
-                    replies = await round_trip(self._redis, claim.payload, claim.count, self._timeout)
+                    if isinstance(self._redis, RedisCluster):  # one round trip per node holding a bucket
+                        replies = await cluster_round_trip(self._redis, claim.commands, self._timeout)
+                    else:
+                        replies = await round_trip(self._redis, claim.payload, claim.count, self._timeout)
                 except BaseException as exc:
                     claim.fail(exc)
                     if not isinstance(exc, REDIS_ERRORS):
@@ -234,27 +243,11 @@ class RateLimiter:
         finally:
             self._pumping = False
 
-    async def _send_cluster(self) -> None:
-        # A cluster routes each bucket's script to its node; redis-py's Script loads it where missing.
-        buckets, self._pending = list(self._pending.values()), {}
-        script = self._redis.register_script(TAKE_SCRIPT)
-        now_ms = round(self._clock() * 1000)
-        self.round_trips += 1
-        try:
-            replies = await asyncio.gather(
-                *(script(keys=[rate_limit_key(b.client, b.name)], args=_args(b, now_ms)) for b in buckets)
-            )
-        except BaseException as exc:
-            self._fail(buckets, exc)
-            if not isinstance(exc, REDIS_ERRORS):
-                raise
-        else:
-            self._resolve(buckets, replies)
-
-    def _pack(self, bucket: _Bucket, now_ms: int) -> bytes:
+    def _pack(self, bucket: _Bucket, now_ms: int) -> Command:
         key = self._keys.get((bucket.client, bucket.name)) or rate_limit_key(bucket.client, bucket.name).encode()
+        # On a cluster a node that never ran the script (a new primary) answers NOSCRIPT: sent again as EVAL.
         head = (b"EVALSHA", TAKE_SHA) if self._script_loaded else (b"EVAL", TAKE_SCRIPT)
-        return _command(*head, b"1", key, *(str(a).encode() for a in _args(bucket, now_ms)))
+        return key, _command(*head, b"1", key, *(str(a).encode() for a in _args(bucket, now_ms)))
 
     # -- answers ------------------------------------------------------------------------------------
 

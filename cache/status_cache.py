@@ -23,6 +23,7 @@ from redis.exceptions import ResponseError
 
 from cache.breaker import Breaker
 from cache.bulk import pack_mget, round_trip
+from cache.cluster import cluster_round_trip, pack_get
 from cache.connection import REDIS_ERRORS
 from cache.entry import EntryFormatError, StatusEntry, unpack
 from cache.keys import TOMBSTONE, status_key
@@ -55,7 +56,8 @@ class StatusCache:
         monotonic: Callable[[], float] = time.monotonic,
         limiter: RateLimiter | None = None,
     ) -> None:
-        if isinstance(redis, Redis) and redis.connection_pool.connection_kwargs.get("decode_responses"):
+        kwargs = redis.connection_pool.connection_kwargs if isinstance(redis, Redis) else redis.get_connection_kwargs()
+        if kwargs.get("decode_responses"):
             raise ValueError("StatusCache needs a Redis client with decode_responses=False (entries are bytes)")
         if negative_ttl_seconds <= 0:
             raise ValueError("negative_ttl_seconds must be positive")
@@ -65,11 +67,7 @@ class StatusCache:
         self._negative_ttl_ms = round(negative_ttl_seconds * 1000)
         self._clock = clock  # wall clock, epoch seconds: compared with valid_until
         self._breaker = Breaker(breaker_seconds, clock=monotonic)  # monotonic: a clock step cannot stick it open
-        # A plain Redis answers one MGET far faster than a pipeline of GETs; a cluster cannot MGET keys of
-        # different slots, and its pipeline groups the GETs by node (see _fetch).
-        self._use_mget = not isinstance(redis, RedisCluster)
         # The read path's own deadline: the client's socket timeout, so a stalled Redis fails as fast.
-        kwargs = redis.connection_pool.connection_kwargs if isinstance(redis, Redis) else {}
         self._read_timeout = float(kwargs.get("socket_timeout") or 0.5)
 
         self._batch: dict[bytes, list[asyncio.Future[bytes | None]]] = {}
@@ -77,8 +75,8 @@ class StatusCache:
         # One in-progress load per subject, shared by every caller that missed it.
         self._flights: dict[bytes, asyncio.Future[StatusEntry | None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        # Rate-limit takes waiting to be sent ride along with each MGET: the limit costs no round trip.
-        self._limiter = limiter if self._use_mget else None
+        # Rate-limit takes waiting to be sent ride along with each read: the limit costs no round trip.
+        self._limiter = limiter
         if self._limiter is not None:
             self._limiter.carrier = self
 
@@ -177,17 +175,10 @@ class StatusCache:
         values: list[bytes | None]
         try:
             self.reads += bool(keys)  # a round trip of limiter takes alone is not a read
-            if self._use_mget:
-                # Measured on this machine (redis-py 8.1 + hiredis, local Redis 7.0), per batch:
-                # 10 keys MGET 160 us vs pipeline of GETs 340 us; 100 keys 270 us vs 1580 us.
-                # A hand-packed MGET (cache/bulk.py) cuts the CPU of one from ~145 us to ~21 us.
-                values = await self._mget(keys)
-            else:
-                # Cluster-safe: single-key GETs, which the cluster pipeline routes node by node.
-                async with self._redis.pipeline(transaction=False) as pipe:
-                    for key in keys:
-                        pipe.get(key)
-                    values = await pipe.execute()
+            # Measured on this machine (redis-py 8.1 + hiredis, local Redis 7.0), per batch:
+            # 10 keys MGET 160 us vs pipeline of GETs 340 us; 100 keys 270 us vs 1580 us.
+            # A hand-packed MGET (cache/bulk.py) cuts the CPU of one from ~145 us to ~21 us.
+            values = await self._mget(keys)
         except REDIS_ERRORS as exc:
             self._redis_failed(exc)
             values = [None] * len(keys)  # read as misses; the breaker is now open, so no fill follows
@@ -204,25 +195,40 @@ class StatusCache:
                     future.set_result(value)
 
     async def _mget(self, keys: list[bytes]) -> list[bytes | None]:
-        """One MGET, with the rate-limit takes of the same turn written ahead of it in one buffer."""
+        """One MGET, with the rate-limit takes of the same turn written ahead of it in one buffer.
+
+        A plain Redis answers one MGET far faster than a pipeline of GETs; a cluster cannot MGET keys of
+        different slots, so there a GET per key goes, grouped with the takes by node, one buffer per node
+        and the nodes at once (cache/cluster.py)."""
         claim = self._limiter.claim() if self._limiter is not None else None
-        payload, count = (pack_mget(keys), 1) if keys else (b"", 0)
-        if claim is not None:
-            payload, count = claim.payload + payload, claim.count + count
+        taken = claim.count if claim is not None else 0
         try:
-            replies = await round_trip(cast(Redis, self._redis), payload, count, self._read_timeout)
+            if isinstance(self._redis, RedisCluster):
+                commands = (claim.commands if claim is not None else []) + [(k, pack_get(k)) for k in keys]
+                replies = await cluster_round_trip(self._redis, commands, self._read_timeout)
+            else:
+                payload, count = (pack_mget(keys), 1) if keys else (b"", 0)
+                if claim is not None:
+                    payload, count = claim.payload + payload, taken + count
+                replies = await round_trip(self._redis, payload, count, self._read_timeout)
         except BaseException as exc:
             if claim is not None:
                 claim.fail(exc)
             raise
         if claim is not None:
-            claim.resolve(replies[: claim.count])
+            claim.resolve(replies[:taken])
         if not keys:
             return []
-        reply = replies[-1]
-        if isinstance(reply, Exception):
-            raise ResponseError(str(reply))
-        return cast("list[bytes | None]", reply)
+        # A refused command comes back as an exception object: a GET's each on a cluster, the MGET's here.
+        if isinstance(self._redis, RedisCluster):
+            answers = replies[taken:]
+            failed = next((a for a in answers if isinstance(a, Exception)), None)
+        else:
+            answers = replies[-1]
+            failed = answers if isinstance(answers, Exception) else None
+        if failed is not None:
+            raise ResponseError(str(failed))
+        return cast("list[bytes | None]", answers)
 
     # -- single-flight loads ----------------------------------------------------------------------
 

@@ -6,8 +6,8 @@ entry from a newer format is never replaced (a newer release wrote it); an older
 or unreadable bytes always are. An entry whose `valid_until` has passed deletes the key instead,
 under the same guard, so an older entry cannot outlive it.
 
-Bulk writes on plain Redis go as hand-packed EVALSHA commands in one buffer (cache/bulk.py); on a
-cluster, through the cluster client's pipeline, which routes each key to its node.
+Bulk writes go as hand-packed EVALSHA commands in one buffer (cache/bulk.py); on a cluster, in one
+buffer per node, the nodes at once, redirects followed (cache/cluster.py).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import NoScriptError, ResponseError
 
 from cache.bulk import round_trip
+from cache.cluster import cluster_round_trip
 from cache.entry import FORMAT_VERSION, ORDER_OFFSET, StatusEntry, pack
 from cache.keys import TOMBSTONE, status_key
 
@@ -52,7 +53,6 @@ _SHA = hashlib.sha1(GUARDED_WRITE.encode()).hexdigest().encode()
 # Entries per round trip. A whole chunk's round trip, not one reply, has the timeout: ten thousand
 # guarded writes take ~40 ms on a quiet server.
 CHUNK = 10_000
-_CLUSTER_CHUNK = 1000
 _TIMEOUT = 10.0
 
 # (key, packed entry, expire at in epoch ms; 0 to delete)
@@ -76,9 +76,8 @@ class StatusWriter:
             expire_ms = entry.valid_until * 1000
             writes.append((status_key(pseudonym), pack(entry), expire_ms if expire_ms > now_ms else 0))
         stored = 0
-        chunk = CHUNK if isinstance(self._redis, Redis) else _CLUSTER_CHUNK
-        for start in range(0, len(writes), chunk):
-            part = writes[start : start + chunk]
+        for start in range(0, len(writes), CHUNK):
+            part = writes[start : start + CHUNK]
             replies = await self._write(part)
             for (_, _, expire_ms), reply in zip(part, replies, strict=True):
                 if reply == 1:
@@ -98,7 +97,8 @@ class StatusWriter:
     async def _write(self, writes: Sequence[_Write]) -> list[int]:
         replies = await self._send(writes)
         if any(_is_noscript(r) for r in replies):
-            # The server does not know the script (first use, a restart, SCRIPT FLUSH): load it and
+            # The server does not know the script (first use, a restart, SCRIPT FLUSH, a replica promoted
+            # or a slot moved to a node that never ran it): load it (on every primary of a cluster) and
             # send again. Guarded writes are idempotent, so the ones that did run may run twice.
             await self._redis.script_load(GUARDED_WRITE)
             replies = await self._send(writes)
@@ -109,22 +109,20 @@ class StatusWriter:
 
     async def _send(self, writes: Sequence[_Write]) -> list[Any]:
         if isinstance(self._redis, Redis):
-            return await round_trip(self._redis, _pack(writes), len(writes), _TIMEOUT)
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for key, value, expire_ms in writes:
-                pipe.evalsha(_SHA.decode(), 1, key, value, expire_ms)
-            return await pipe.execute(raise_on_error=False)
+            return await round_trip(self._redis, b"".join(_pack(writes)), len(writes), _TIMEOUT)
+        commands = list(zip((key for key, _, _ in writes), _pack(writes), strict=True))
+        return await cluster_round_trip(self._redis, commands, _TIMEOUT)
 
 
-def _pack(writes: Sequence[_Write]) -> bytes:
-    """RESP for `EVALSHA sha 1 key value ms`, back to back."""
+def _pack(writes: Sequence[_Write]) -> list[bytes]:
+    """RESP for `EVALSHA sha 1 key value ms`, one per write."""
     head = b"*6\r\n$7\r\nEVALSHA\r\n$40\r\n" + _SHA + b"\r\n$1\r\n1\r\n"
     out: list[bytes] = []
     append = out.append
     for key, value, expire_ms in writes:
         ms = b"%d" % expire_ms
         append(head + b"$%d\r\n%b\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n" % (len(key), key, len(value), value, len(ms), ms))
-    return b"".join(out)
+    return out
 
 
 def _is_noscript(reply: object) -> bool:

@@ -23,11 +23,14 @@ from redis.asyncio import Redis
 
 from app.clients import add_client
 from app.db import connect, drop_database, recreate_database
+from app.dev.redis_cluster import LocalCluster
 from app.http.app import create_app
 from app.keys.lifecycle import activate, new_key
 from app.limits import unbounded
 from app.scopes import CLIENT_KINDS, RECORD_KINDS
 from app.settings import Settings
+from cache.connection import AnyRedis, is_cluster_url, open_redis
+from tests.redis_targets import SINGLE_URL
 
 TEST_DATABASE = f"healthcode_test_{os.getpid()}"
 # Db 0 is the demo's and 14 the cache tests'; the rest are spread over runs.
@@ -56,7 +59,9 @@ def _with_path(url: str, path: str) -> str:
 def server_urls() -> tuple[str, str]:
     database = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
     redis = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
-    return _with_path(database, f"/{TEST_DATABASE}"), _with_path(redis, f"/{TEST_REDIS_DB}")
+    # A cluster has db 0 only: a run on one (REDIS_URL=redis+cluster://...) shares it, flushed per test.
+    redis_url = redis if is_cluster_url(redis) else _with_path(redis, f"/{TEST_REDIS_DB}")
+    return _with_path(database, f"/{TEST_DATABASE}"), redis_url
 
 
 @pytest.fixture(scope="session")
@@ -97,8 +102,8 @@ async def db(settings: Settings) -> AsyncIterator[asyncpg.Connection]:
 
 
 @pytest.fixture
-async def redis(settings: Settings) -> AsyncIterator[Redis]:
-    client = Redis.from_url(settings.redis_url)
+async def redis(settings: Settings) -> AsyncIterator[AnyRedis]:
+    client = open_redis(settings.redis_url, socket_timeout=5.0)
     await client.flushdb()
     try:
         yield client
@@ -145,3 +150,26 @@ def make_client(
 @pytest.fixture
 async def api(make_client: AppFactory) -> Api:
     return await make_client()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A Redis Cluster for the session (see tests/redis_targets.py), started on first use."""
+    url = os.environ.get("REDIS_CLUSTER_URL") or os.environ.get("REDIS_URL", "")
+    if is_cluster_url(url):
+        yield url
+        return
+    cluster = LocalCluster(tmp_path_factory.mktemp("redis-cluster"))
+    try:
+        yield cluster.start()
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(scope="session", params=["single", "cluster"])
+def cache_redis_url(request: pytest.FixtureRequest) -> str:
+    """Each cache test that takes this runs on one server and on the cluster."""
+    if request.param == "cluster":
+        url: str = request.getfixturevalue("redis_cluster_url")
+        return url
+    return SINGLE_URL

@@ -128,7 +128,7 @@ def refused(reason: str) -> dict[str, Any]:
 
 
 async def drain_scans(api: Api, settings: Settings) -> int:
-    redis: Redis = open_redis(settings.redis_url)
+    redis = open_redis(settings.redis_url)
     try:
         writer = ScanWriter(ScanStream(redis), api.app[PG], consumer="test")
         await writer.stream.ensure_group()

@@ -4,19 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import os
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 from redis.asyncio import Redis
-from redis.asyncio.client import Pipeline
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from cache.connection import open_redis
+from cache.connection import AnyRedis, open_redis
 from cache.entry import (
     FORMAT_VERSION,
     EntryFormatError,
@@ -28,34 +25,10 @@ from cache.entry import (
 from cache.keys import TOMBSTONE, status_key
 from cache.status_cache import StatusCache
 from cache.status_writer import StatusWriter
+from tests.redis_targets import SINGLE_URL, Counting, CountingRedis, counting_client, key_count
 
-# Same server as the rest of the suite (REDIS_URL, as `make test` exports it), db 14 for these tests.
-REDIS_URL = urlunsplit(urlsplit(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))._replace(path="/14"))
+REDIS_URL = SINGLE_URL
 DEAD_REDIS_URL = "redis://127.0.0.1:1/0"  # nothing listens on port 1
-
-
-class CountingRedis(Redis):
-    """A real client that records the round trips it starts through redis-py: commands and pipelines.
-
-    The hot read is a hand-packed MGET on a pooled connection (cache/bulk.py), which `StatusCache.reads`
-    counts instead."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.commands: list[str] = []
-        self.pipelines = 0
-
-    async def execute_command(self, *args: Any, **options: Any) -> Any:
-        self.commands.append(str(args[0]))
-        return await super().execute_command(*args, **options)  # type: ignore[no-untyped-call]
-
-    def pipeline(self, transaction: bool = True, shard_hint: str | None = None) -> Pipeline:
-        self.pipelines += 1
-        return super().pipeline(transaction, shard_hint)
-
-    def reset_counts(self) -> None:
-        self.commands.clear()
-        self.pipelines = 0
 
 
 class Loader:
@@ -122,8 +95,9 @@ async def until(condition: Callable[[], bool]) -> None:
 
 
 @pytest.fixture
-async def redis() -> AsyncIterator[CountingRedis]:
-    client = open_redis(REDIS_URL, client_class=CountingRedis)
+async def redis(cache_redis_url: str) -> AsyncIterator[Counting]:
+    """A client of one server or of the cluster: each test taking it runs on both."""
+    client = counting_client(cache_redis_url)
     await client.flushdb()
     client.reset_counts()
     yield client
@@ -144,18 +118,18 @@ def loader() -> Loader:
 
 
 @pytest.fixture
-def writer(redis: CountingRedis) -> StatusWriter:
+def writer(redis: Counting) -> StatusWriter:
     return StatusWriter(redis)
 
 
 @pytest.fixture
-async def cache(redis: CountingRedis, loader: Loader) -> AsyncIterator[StatusCache]:
+async def cache(redis: Counting, loader: Loader) -> AsyncIterator[StatusCache]:
     status_cache = StatusCache(redis, loader)
     yield status_cache
     await status_cache.drain()
 
 
-async def server_ms(redis: Redis) -> int:
+async def server_ms(redis: AnyRedis) -> int:
     seconds, micros = await redis.time()
     return seconds * 1000 + micros // 1000
 
@@ -227,9 +201,7 @@ def test_pack_rejects_what_it_cannot_carry(changes: dict[str, Any], message: str
 # -- reads ----------------------------------------------------------------------------------------
 
 
-async def test_hit_is_one_mget_and_does_not_call_loader(
-    cache: StatusCache, redis: CountingRedis, loader: Loader
-) -> None:
+async def test_hit_is_one_mget_and_does_not_call_loader(cache: StatusCache, redis: Counting, loader: Loader) -> None:
     entry = make_entry()
     await redis.set(status_key(pseudonym(1)), pack(entry))
     redis.reset_counts()
@@ -242,7 +214,7 @@ async def test_hit_is_one_mget_and_does_not_call_loader(
 
 
 async def test_miss_loads_once_and_fills_redis_until_valid_until(
-    cache: StatusCache, redis: CountingRedis, loader: Loader
+    cache: StatusCache, redis: Counting, loader: Loader
 ) -> None:
     entry = make_entry()
     loader.known[pseudonym(2)] = entry
@@ -260,7 +232,7 @@ async def test_miss_loads_once_and_fills_redis_until_valid_until(
 
 
 async def test_entry_already_past_valid_until_is_not_cached(
-    cache: StatusCache, redis: CountingRedis, loader: Loader
+    cache: StatusCache, redis: Counting, loader: Loader
 ) -> None:
     stale = make_entry(valid_until=int(time.time()) - 1)
     loader.known[pseudonym(3)] = stale
@@ -289,7 +261,7 @@ async def test_concurrent_misses_of_one_subject_call_loader_once(cache: StatusCa
     assert cache.loads == 1
 
 
-async def test_unknown_subject_is_negatively_cached(cache: StatusCache, redis: CountingRedis, loader: Loader) -> None:
+async def test_unknown_subject_is_negatively_cached(cache: StatusCache, redis: Counting, loader: Loader) -> None:
     assert await cache.get(pseudonym(5)) is None
     await cache.drain()
 
@@ -304,7 +276,7 @@ async def test_unknown_subject_is_negatively_cached(cache: StatusCache, redis: C
     assert (cache.negative_hits, cache.misses, cache.loads) == (1, 1, 1)
 
 
-async def test_negative_ttl_is_configurable(redis: CountingRedis, loader: Loader) -> None:
+async def test_negative_ttl_is_configurable(redis: Counting, loader: Loader) -> None:
     cache = StatusCache(redis, loader, negative_ttl_seconds=2.5)
     assert await cache.get(pseudonym(6)) is None
     await cache.drain()
@@ -312,7 +284,7 @@ async def test_negative_ttl_is_configurable(redis: CountingRedis, loader: Loader
 
 
 async def test_concurrent_gets_share_one_round_trip(
-    cache: StatusCache, redis: CountingRedis, loader: Loader, writer: StatusWriter
+    cache: StatusCache, redis: Counting, loader: Loader, writer: StatusWriter
 ) -> None:
     entries = {pseudonym(n): make_entry(vaccine_doses=n % 4) for n in range(50)}
     await writer.put_many(entries)
@@ -328,7 +300,7 @@ async def test_concurrent_gets_share_one_round_trip(
 
 
 async def test_sequential_turns_each_get_their_own_round_trip(
-    cache: StatusCache, redis: CountingRedis, loader: Loader, writer: StatusWriter
+    cache: StatusCache, redis: Counting, loader: Loader, writer: StatusWriter
 ) -> None:
     await writer.put_many({pseudonym(1): make_entry()})
     redis.reset_counts()
@@ -364,9 +336,7 @@ async def test_cancelled_waiter_does_not_cancel_the_others(cache: StatusCache, l
         await quitter
 
 
-async def test_unreadable_bytes_are_reloaded_and_replaced(
-    cache: StatusCache, redis: CountingRedis, loader: Loader
-) -> None:
+async def test_unreadable_bytes_are_reloaded_and_replaced(cache: StatusCache, redis: Counting, loader: Loader) -> None:
     key = status_key(pseudonym(9))
     await redis.set(key, b"\x01garbage")
     loader.known[pseudonym(9)] = make_entry()
@@ -377,7 +347,7 @@ async def test_unreadable_bytes_are_reloaded_and_replaced(
 
 
 async def test_newer_format_is_read_as_miss_but_left_in_place(
-    cache: StatusCache, redis: CountingRedis, loader: Loader
+    cache: StatusCache, redis: Counting, loader: Loader
 ) -> None:
     key = status_key(pseudonym(10))
     newer = bytes([FORMAT_VERSION + 1]) + b"written by the next release"
@@ -391,7 +361,7 @@ async def test_newer_format_is_read_as_miss_but_left_in_place(
 
 
 async def test_put_many_during_a_load_wins_over_the_load(
-    cache: StatusCache, redis: CountingRedis, loader: Loader, writer: StatusWriter
+    cache: StatusCache, redis: Counting, loader: Loader, writer: StatusWriter
 ) -> None:
     old = make_entry(colour="green", reasons=())
     new = make_entry(colour="red", reasons=("case.confirmed",), version=2)
@@ -408,9 +378,7 @@ async def test_put_many_during_a_load_wins_over_the_load(
     assert await cache.get(pseudonym(11)) == new
 
 
-async def test_fill_does_not_overwrite_a_concurrent_writer(
-    cache: StatusCache, redis: CountingRedis, loader: Loader
-) -> None:
+async def test_fill_does_not_overwrite_a_concurrent_writer(cache: StatusCache, redis: Counting, loader: Loader) -> None:
     # Another process stored a newer entry between our miss and our fill: the guarded fill keeps it.
     loader.known[pseudonym(12)] = make_entry(colour="green", reasons=())
     loader.gate = asyncio.Event()
@@ -498,7 +466,7 @@ async def test_put_many_raises_when_redis_is_down(dead_redis: CountingRedis) -> 
 
 
 async def test_put_many_stores_every_entry_with_ttl_in_bulk(
-    cache: StatusCache, redis: CountingRedis, writer: StatusWriter
+    cache: StatusCache, redis: Counting, writer: StatusWriter
 ) -> None:
     now = int(time.time())
     entries = {pseudonym(n): make_entry(valid_until=now + 600 + n) for n in range(2500)}
@@ -508,7 +476,7 @@ async def test_put_many_stores_every_entry_with_ttl_in_bulk(
     assert await writer.put_many(entries) == 2500
 
     assert redis.pipelines == 0  # plain Redis: hand-packed bulk writes (cache/bulk.py), no redis-py pipeline
-    assert await redis.dbsize() == 2500
+    assert await key_count(redis) == 2500
     stored = await redis.get(status_key(pseudonym(0)))
     assert isinstance(stored, bytes)
     assert unpack(stored) == entries[pseudonym(0)]
@@ -517,7 +485,7 @@ async def test_put_many_stores_every_entry_with_ttl_in_bulk(
 
 
 async def test_put_many_deletes_entries_already_expired(
-    cache: StatusCache, redis: CountingRedis, writer: StatusWriter
+    cache: StatusCache, redis: Counting, writer: StatusWriter
 ) -> None:
     await writer.put_many({pseudonym(1): make_entry()})
     expired = make_entry(valid_until=int(time.time()) - 5)

@@ -1,28 +1,25 @@
-"""Scan-event stream, against a real Redis (db 14)."""
+"""Scan-event stream, against a real Redis (db 14) and a Redis Cluster."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 from redis.crc import key_slot
 
-from cache.connection import open_redis
+from cache.connection import AnyRedis, open_redis
 from cache.scan_stream import Backlog, ScanStream
 
-# Same server as the rest of the suite (REDIS_URL, as `make test` exports it), db 14 for these tests.
-REDIS_URL = urlunsplit(urlsplit(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))._replace(path="/14"))
 DEAD_REDIS_URL = "redis://127.0.0.1:1/0"
 
 
 @pytest.fixture
-async def redis() -> AsyncIterator[Redis]:
-    client: Redis = open_redis(REDIS_URL)
+async def redis(cache_redis_url: str) -> AsyncIterator[AnyRedis]:
+    """One server (db 14 of REDIS_URL) or the cluster: each test taking it runs on both."""
+    client = open_redis(cache_redis_url)
     await client.flushdb()
     yield client
     await client.flushdb()
@@ -30,7 +27,7 @@ async def redis() -> AsyncIterator[Redis]:
 
 
 @pytest.fixture
-async def stream(redis: Redis) -> ScanStream:
+async def stream(redis: AnyRedis) -> ScanStream:
     scans = ScanStream(redis, maxlen=1000)
     await scans.ensure_group()
     return scans
@@ -55,7 +52,7 @@ class FakeClock:
 # -- scan stream ----------------------------------------------------------------------------------
 
 
-async def test_add_read_ack(stream: ScanStream, redis: Redis) -> None:
+async def test_add_read_ack(stream: ScanStream, redis: AnyRedis) -> None:
     ids = [
         await stream.add({"checkpoint": "gate-7", "sub": b"\x00\xff" * 8, "at": 1_700_000_000 + n, "st": "G"})
         for n in range(3)
@@ -86,7 +83,7 @@ async def test_read_respects_count_and_hands_new_entries_to_one_consumer(stream:
     assert [entry_id for entry_id, _ in second] == ids[2:]
 
 
-async def test_unacked_entries_are_read_again_first(stream: ScanStream, redis: Redis) -> None:
+async def test_unacked_entries_are_read_again_first(stream: ScanStream, redis: AnyRedis) -> None:
     ids = [await stream.add({"n": n}) for n in range(3)]
     delivered = await stream.read("writer-1", count=2, block_ms=0)
     assert [entry_id for entry_id, _ in delivered] == ids[:2]
@@ -99,7 +96,7 @@ async def test_unacked_entries_are_read_again_first(stream: ScanStream, redis: R
     assert [entry_id for entry_id, _ in await stream.read("writer-1", count=10, block_ms=0)] == [ids[2]]
 
 
-async def test_restarted_consumer_reclaims_its_pending_entries(stream: ScanStream, redis: Redis) -> None:
+async def test_restarted_consumer_reclaims_its_pending_entries(stream: ScanStream, redis: AnyRedis) -> None:
     ids = [await stream.add({"n": n}) for n in range(2)]
     await stream.read("writer-1", count=10, block_ms=0)  # then the process dies before acking
 
@@ -109,7 +106,7 @@ async def test_restarted_consumer_reclaims_its_pending_entries(stream: ScanStrea
     assert [entry_id for entry_id, _ in entries] == ids
 
 
-async def test_pending_entries_trimmed_away_are_acked_and_skipped(stream: ScanStream, redis: Redis) -> None:
+async def test_pending_entries_trimmed_away_are_acked_and_skipped(stream: ScanStream, redis: AnyRedis) -> None:
     ids = [await stream.add({"n": n}) for n in range(4)]
     await stream.read("writer-1", count=10, block_ms=0)
     await redis.xtrim("hc:scans", maxlen=1, approximate=False)  # the drain was too slow
@@ -121,7 +118,7 @@ async def test_pending_entries_trimmed_away_are_acked_and_skipped(stream: ScanSt
     assert pending["pending"] == 1
 
 
-async def test_stream_is_bounded(redis: Redis) -> None:
+async def test_stream_is_bounded(redis: AnyRedis) -> None:
     scans = ScanStream(redis, maxlen=100)
     for n in range(2000):
         await scans.add({"n": n})
@@ -133,7 +130,7 @@ async def test_read_blocks_briefly_then_returns_empty(stream: ScanStream) -> Non
     assert await stream.read("writer-1", count=10, block_ms=20) == []
 
 
-async def test_ensure_group_is_idempotent(stream: ScanStream, redis: Redis) -> None:
+async def test_ensure_group_is_idempotent(stream: ScanStream, redis: AnyRedis) -> None:
     await stream.ensure_group()
     groups = await redis.xinfo_groups("hc:scans")
     assert [group["name"] for group in groups] == [b"scan-writers"]
@@ -142,7 +139,7 @@ async def test_ensure_group_is_idempotent(stream: ScanStream, redis: Redis) -> N
 # -- a Redis that lost its data, dead consumers, dead letters, the backlog -------------------------------
 
 
-async def test_read_recreates_the_group_a_redis_restart_lost(stream: ScanStream, redis: Redis) -> None:
+async def test_read_recreates_the_group_a_redis_restart_lost(stream: ScanStream, redis: AnyRedis) -> None:
     await stream.add({"n": 0})
     await stream.read("writer-1", count=10, block_ms=0)  # pending, then Redis restarts without persistence
     await redis.delete("hc:scans")
@@ -155,20 +152,20 @@ async def test_read_recreates_the_group_a_redis_restart_lost(stream: ScanStream,
     assert await stream.ack([fresh]) == 1
 
 
-async def test_ack_after_the_group_is_gone_acks_nothing(stream: ScanStream, redis: Redis) -> None:
+async def test_ack_after_the_group_is_gone_acks_nothing(stream: ScanStream, redis: AnyRedis) -> None:
     entry_id = await stream.add({"n": 0})
     await stream.read("writer-1", count=10, block_ms=0)
     await redis.delete("hc:scans")
     assert await stream.ack([entry_id]) == 0
 
 
-async def idle(redis: Redis, consumer: str, ids: list[bytes], idle_ms: int) -> None:
+async def idle(redis: AnyRedis, consumer: str, ids: list[bytes], idle_ms: int) -> None:
     """Make entries pending for `consumer` with this idle time, as if it read them that long ago and died."""
     claimed: list[Any] = list(ids)
     await redis.xclaim("hc:scans", "scan-writers", consumer, 0, claimed, idle=idle_ms, force=True)
 
 
-async def test_claim_idle_takes_over_what_a_dead_consumer_left(stream: ScanStream, redis: Redis) -> None:
+async def test_claim_idle_takes_over_what_a_dead_consumer_left(stream: ScanStream, redis: AnyRedis) -> None:
     ids = [await stream.add({"n": n}) for n in range(3)]
     await stream.read("dead-host", count=10, block_ms=0)
     await idle(redis, "dead-host", ids[:2], 120_000)  # the third was read moments ago: its reader may live
@@ -182,7 +179,7 @@ async def test_claim_idle_takes_over_what_a_dead_consumer_left(stream: ScanStrea
     assert await stream.claim_idle("writer-1", min_idle_ms=60_000, count=10) == []
 
 
-async def test_claim_idle_acks_entries_trimmed_away(stream: ScanStream, redis: Redis) -> None:
+async def test_claim_idle_acks_entries_trimmed_away(stream: ScanStream, redis: AnyRedis) -> None:
     ids = [await stream.add({"n": n}) for n in range(3)]
     await stream.read("dead-host", count=10, block_ms=0)
     await idle(redis, "dead-host", ids, 120_000)
@@ -194,13 +191,13 @@ async def test_claim_idle_acks_entries_trimmed_away(stream: ScanStream, redis: R
     assert (await redis.xpending("hc:scans", "scan-writers"))["pending"] == 1
 
 
-async def test_claim_idle_recreates_a_lost_group(stream: ScanStream, redis: Redis) -> None:
+async def test_claim_idle_recreates_a_lost_group(stream: ScanStream, redis: AnyRedis) -> None:
     await redis.delete("hc:scans")
     assert await stream.claim_idle("writer-1", min_idle_ms=0, count=10) == []
     assert [g["name"] for g in await redis.xinfo_groups("hc:scans")] == [b"scan-writers"]
 
 
-async def test_dead_letter_moves_an_entry_aside_once_and_counts_it(stream: ScanStream, redis: Redis) -> None:
+async def test_dead_letter_moves_an_entry_aside_once_and_counts_it(stream: ScanStream, redis: AnyRedis) -> None:
     bad = await stream.add({"cp": b"gate\x007"})
     good = await stream.add({"cp": b"gate-8"})
     [(entry_id, fields), _] = await stream.read("writer-1", count=10, block_ms=0)
@@ -228,7 +225,7 @@ def test_dead_letter_keys_hash_to_the_stream_slot() -> None:
         ScanStream(Redis(), stream="hc:{scans}")
 
 
-async def test_backlog_counts_pending_and_unread_and_dates_the_oldest(stream: ScanStream, redis: Redis) -> None:
+async def test_backlog_counts_pending_and_unread_and_dates_the_oldest(stream: ScanStream, redis: AnyRedis) -> None:
     now_ms = 1_700_000_000_000
     for n, age_ms in enumerate((300_000, 200_000, 100_000)):
         await redis.xadd("hc:scans", {"n": n}, id=f"{now_ms - age_ms}-0")
@@ -246,7 +243,7 @@ async def test_backlog_counts_pending_and_unread_and_dates_the_oldest(stream: Sc
     assert Backlog(0, 0, None, 1, group_exists=True).oldest_age_seconds(now_ms) == 0.0
 
 
-async def test_backlog_without_a_group_is_the_whole_stream(redis: Redis) -> None:
+async def test_backlog_without_a_group_is_the_whole_stream(redis: AnyRedis) -> None:
     stream = ScanStream(redis, maxlen=1000)
     assert await stream.backlog() == Backlog(0, 0, None, 0, group_exists=False)
     await redis.xadd("hc:scans", {"n": 0}, id="1700000000000-0")  # after a restart, before a writer reads

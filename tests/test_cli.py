@@ -30,6 +30,7 @@ from cache.entry import unpack
 from cache.keys import status_key
 from signing.keyring import NoSigningKey
 from tests.conftest import AppFactory
+from tests.redis_targets import get_many, key_count
 from tests.support import bearer
 
 Run = Callable[..., Coroutine[Any, Any, tuple[int, str, str]]]
@@ -326,7 +327,7 @@ async def test_demo_then_cache_warm_rebuilds_redis_from_postgres(
     assert sum(r["n"] for r in colours) == 200
     assert await db.fetchval("SELECT count(*) FROM signing_keys WHERE state = 'active'") == 1
     assert await db.fetchval("SELECT count(*) FROM api_clients") == len(CLIENT_KINDS)  # one of each kind
-    assert await redis.dbsize() == 200
+    assert await key_count(redis) == 200
 
     # Flushed, Redis is rebuilt from Postgres, entry for entry.
     await redis.flushdb()
@@ -334,7 +335,7 @@ async def test_demo_then_cache_warm_rebuilds_redis_from_postgres(
     assert (code, out) == (0, "warmed 200 status entries\n")
     pseudonyms = [bytes(r["pseudonym"]) for r in await db.fetch("SELECT pseudonym FROM subjects")]
     assert len(pseudonyms) == 200
-    stored = await redis.mget([status_key(p) for p in pseudonyms])
+    stored = await get_many(redis, [status_key(p) for p in pseudonyms])
     for p, raw in zip(pseudonyms, stored, strict=True):
         assert isinstance(raw, bytes)
         row = await db.fetchrow(STATUS_QUERY, p)

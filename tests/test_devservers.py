@@ -8,12 +8,15 @@ import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
 from redis.asyncio import Redis
 
 from app.dev import servers as devservers
+from app.dev.redis_cluster import LocalCluster
+from cache.connection import cluster_seeds
 
 
 @pytest.fixture
@@ -97,3 +100,29 @@ async def test_configured_urls_are_used_as_given(state: devservers.StateDir) -> 
     assert state.read_servers() == {"postgres": {"kind": "external"}, "redis": {"kind": "external"}}
     assert not state.pg_home.exists()
     assert not state.valkey_dir.exists()
+
+
+@pytest.mark.slow
+async def test_the_dev_cluster_starts_is_found_again_and_stops_with_down(state: devservers.StateDir) -> None:
+    cluster = LocalCluster(state.root / "cluster")
+    url = await asyncio.to_thread(cluster.start)
+
+    ports = [port for _, port in cluster_seeds(url)]
+    assert ports == [n.port for n in cluster.nodes()] and len(ports) == 6
+    client = Redis(host=devservers.LOCAL_HOST, port=ports[0], decode_responses=True)
+    try:
+        info: dict[str, str] = await client.execute_command("CLUSTER INFO")  # type: ignore[no-untyped-call]
+        nodes: dict[str, dict[str, Any]] = await client.execute_command("CLUSTER NODES")  # type: ignore[no-untyped-call]
+        assert info["cluster_state"] == "ok"
+        roles = sorted(n["flags"].removeprefix("myself,") for n in nodes.values())
+        assert roles == ["master"] * 3 + ["slave"] * 3
+        assert await client.config_get("save") == {"save": ""}
+    finally:
+        await client.aclose()
+
+    # Running: found again, not made anew.
+    assert await asyncio.to_thread(cluster.start) == url
+
+    await asyncio.to_thread(devservers.down, state)
+    assert not any(devservers.port_open(port) for port in ports)
+    assert not cluster.folder.exists()

@@ -29,6 +29,7 @@ from app.http.appkeys import FEDERATION, PG, SIGNER
 from app.identity import Identity, pseudonym
 from app.keys.lifecycle import activate, new_key
 from app.settings import Settings
+from cache.connection import open_redis
 from cache.federation import peer_lookup_key
 from signing.jws import STATUS_TYP, TokenSigner
 from signing.keys import generate_private_key
@@ -43,6 +44,7 @@ from tests.federation_world import (
     Deployment,
     client_secrets,
 )
+from tests.redis_targets import SINGLE_URL
 from tests.support import bearer
 from tests.test_ingest_helpers import csv_body, number, upload
 from tests.test_openapi import assert_documented
@@ -86,7 +88,8 @@ async def deployment_b(
     b_settings = replace(
         settings,
         database_url=b_database_url,
-        redis_url=_with_path(server_urls[1], f"/{B_REDIS_DB}"),
+        # B has a Redis of its own: a db of the single server, also when A runs on a cluster.
+        redis_url=_with_path(SINGLE_URL, f"/{B_REDIS_DB}"),
         pepper=secrets.token_bytes(32),
         handle_key=secrets.token_bytes(32),
         keys_dir=tmp_path / "keys-b",
@@ -337,7 +340,7 @@ async def test_a_person_without_local_vaccinations_is_looked_up_at_the_peers(
 
 
 async def forget_lookup(a: Deployment, i: int) -> None:
-    redis = Redis.from_url(a.settings.redis_url)
+    redis = open_redis(a.settings.redis_url)
     try:
         await redis.delete(peer_lookup_key(pseudonym(Identity("resident", number(i)), a.settings.pepper)))
     finally:

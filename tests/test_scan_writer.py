@@ -156,7 +156,7 @@ async def test_the_writer_survives_redis_down_at_start_up(
     tmp_path: Path, pool: asyncpg.Pool, db: asyncpg.Connection
 ) -> None:
     server = OwnRedis(tmp_path)  # its port is free: nothing answers there yet
-    client: Redis = open_redis(server.url, socket_timeout=5.0)
+    client = open_redis(server.url, socket_timeout=5.0, client_class=Redis)
     writer = ScanWriter(ScanStream(client), pool, "writer-1", first_pause=0.01, max_pause=0.05)
     task = asyncio.create_task(writer.run())
     try:

@@ -119,7 +119,7 @@ async def test_scans_sent_equal_stored_plus_dead_lettered_across_a_redis_restart
     api = await make_client(redis_url=server.url)
     recorder = api.app[SCANS]
     key = client_keys["scanner"]
-    writer_redis: Redis = open_redis(server.url, socket_timeout=5.0)
+    writer_redis = open_redis(server.url, socket_timeout=5.0, client_class=Redis)
     writer = ScanWriter(ScanStream(writer_redis), api.app[PG], "writer-1", first_pause=0.01, max_pause=0.1)
     sent = refused = 0
 

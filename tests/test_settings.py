@@ -71,3 +71,22 @@ def test_rate_limits_per_kind_come_from_the_environment() -> None:
     ):
         with pytest.raises(SettingsError, match=f"HEALTHCODE_RATE_LIMITS: .*{message}"):
             Settings.from_env(env(HEALTHCODE_PEPPER=SECRET.hex(), HEALTHCODE_RATE_LIMITS=wrong))
+
+
+def test_a_cluster_url_is_taken_with_its_seeds_and_its_password_hidden() -> None:
+    url = "redis+cluster://:redis-password@10.0.0.11:6379,10.0.0.12:6379"
+    settings = Settings.from_env(env(HEALTHCODE_PEPPER=SECRET.hex(), REDIS_URL=url))
+    assert settings.redis_url == url
+    assert "redis-password" not in repr(settings)
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("redis+cluster://10.0.0.11:6379,10.0.0.12", "is not host:port"),
+        ("redis+cluster://10.0.0.11:6379/3", "database 0 only"),
+    ],
+)
+def test_a_wrong_cluster_url_is_named(url: str, message: str) -> None:
+    with pytest.raises(SettingsError, match=f"REDIS_URL: .*{message}"):
+        Settings.from_env(env(HEALTHCODE_PEPPER=SECRET.hex(), REDIS_URL=url))

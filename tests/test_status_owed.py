@@ -26,7 +26,7 @@ DEAD_REDIS_URL = "redis://127.0.0.1:1/0"  # nothing listens on port 1
 
 @pytest.fixture
 async def dead_redis() -> AsyncIterator[Redis]:
-    client: Redis = open_redis(DEAD_REDIS_URL)
+    client = open_redis(DEAD_REDIS_URL, client_class=Redis)
     yield client
     await client.aclose()
 

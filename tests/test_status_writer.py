@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
 
 import pytest
-from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ResponseError
 
 from cache.bulk import round_trip
+from cache.cluster import cluster_round_trip
+from cache.connection import AnyRedis, open_redis
 from cache.entry import FORMAT_VERSION, StatusEntry, unpack
 from cache.keys import TOMBSTONE, status_key
 from cache.status_writer import StatusWriter
+from tests.redis_targets import key_count
 
 
 def subject(n: int) -> bytes:
@@ -42,30 +46,40 @@ def entry(**changes: Any) -> StatusEntry:
     return replace(base, **changes)
 
 
-async def stored(redis: Redis, n: int) -> StatusEntry:
+async def stored(redis: AnyRedis, n: int) -> StatusEntry:
     raw = await redis.get(status_key(subject(n)))
     assert isinstance(raw, bytes)
     return unpack(raw)
 
 
 @pytest.fixture
-async def writer(redis: Redis) -> StatusWriter:
+async def redis(cache_redis_url: str) -> AsyncIterator[AnyRedis]:
+    """One server or the cluster: each test runs on both."""
+    client = open_redis(cache_redis_url)
+    await client.flushdb()
+    yield client
+    await client.flushdb()
+    await client.aclose()
+
+
+@pytest.fixture
+async def writer(redis: AnyRedis) -> StatusWriter:
     await redis.script_flush()  # every test starts with the script unknown to the server
     return StatusWriter(redis)
 
 
-async def test_stores_entries_with_their_expiry(redis: Redis, writer: StatusWriter) -> None:
+async def test_stores_entries_with_their_expiry(redis: AnyRedis, writer: StatusWriter) -> None:
     now = int(time.time())
     entries = {subject(n): entry(valid_until=now + 600 + n) for n in range(2500)}
 
     assert await writer.put_many(entries) == 2500
 
-    assert await redis.dbsize() == 2500
+    assert await key_count(redis) == 2500
     assert await stored(redis, 7) == entries[subject(7)]
     assert await redis.pexpiretime(status_key(subject(2499)).decode()) == (now + 600 + 2499) * 1000
 
 
-async def test_an_older_version_never_replaces_a_newer_one(redis: Redis, writer: StatusWriter) -> None:
+async def test_an_older_version_never_replaces_a_newer_one(redis: AnyRedis, writer: StatusWriter) -> None:
     red = entry(colour="red", reasons=("case.confirmed",), version=6)
     await writer.put_many({subject(1): red})
 
@@ -76,7 +90,7 @@ async def test_an_older_version_never_replaces_a_newer_one(redis: Redis, writer:
     assert writer.refused == 2
 
 
-async def test_a_newer_version_or_a_later_computation_replaces(redis: Redis, writer: StatusWriter) -> None:
+async def test_a_newer_version_or_a_later_computation_replaces(redis: AnyRedis, writer: StatusWriter) -> None:
     await writer.put_many({subject(1): entry(version=5)})
     later = entry(version=5, computed_at=int(time.time()))
     newer = entry(colour="yellow", reasons=("contact.secondary",), version=6)
@@ -87,7 +101,7 @@ async def test_a_newer_version_or_a_later_computation_replaces(redis: Redis, wri
     assert await stored(redis, 1) == newer
 
 
-async def test_an_expired_entry_deletes_an_older_one_only(redis: Redis, writer: StatusWriter) -> None:
+async def test_an_expired_entry_deletes_an_older_one_only(redis: AnyRedis, writer: StatusWriter) -> None:
     expired = entry(version=6, valid_until=int(time.time()) - 5)
     await writer.put_many({subject(1): entry(version=5), subject(2): entry(version=7)})
 
@@ -97,7 +111,7 @@ async def test_an_expired_entry_deletes_an_older_one_only(redis: Redis, writer: 
     assert (await stored(redis, 2)).version == 7
 
 
-async def test_tombstones_older_formats_and_junk_are_replaced(redis: Redis, writer: StatusWriter) -> None:
+async def test_tombstones_older_formats_and_junk_are_replaced(redis: AnyRedis, writer: StatusWriter) -> None:
     await redis.set(status_key(subject(1)), TOMBSTONE)
     await redis.set(status_key(subject(2)), bytes([FORMAT_VERSION - 1]) + b"\x00" * 60)
     await redis.set(status_key(subject(3)), b"junk")
@@ -107,7 +121,7 @@ async def test_tombstones_older_formats_and_junk_are_replaced(redis: Redis, writ
     assert [await stored(redis, n) for n in (1, 2, 3)] == [entry()] * 3
 
 
-async def test_an_entry_of_a_newer_format_is_left_alone(redis: Redis, writer: StatusWriter) -> None:
+async def test_an_entry_of_a_newer_format_is_left_alone(redis: AnyRedis, writer: StatusWriter) -> None:
     newer = bytes([FORMAT_VERSION + 1]) + b"\x00" * 60
     await redis.set(status_key(subject(1)), newer)
 
@@ -115,7 +129,7 @@ async def test_an_entry_of_a_newer_format_is_left_alone(redis: Redis, writer: St
     assert await redis.get(status_key(subject(1))) == newer
 
 
-async def test_a_tombstone_never_replaces_a_status(redis: Redis, writer: StatusWriter) -> None:
+async def test_a_tombstone_never_replaces_a_status(redis: AnyRedis, writer: StatusWriter) -> None:
     await writer.put_many({subject(1): entry()})
     await writer.put_tombstone(subject(1), 30_000)
     await writer.put_tombstone(subject(2), 30_000)
@@ -124,7 +138,7 @@ async def test_a_tombstone_never_replaces_a_status(redis: Redis, writer: StatusW
     assert await redis.get(status_key(subject(2))) == TOMBSTONE
 
 
-async def test_the_script_is_loaded_again_after_a_flush(redis: Redis, writer: StatusWriter) -> None:
+async def test_the_script_is_loaded_again_after_a_flush(redis: AnyRedis, writer: StatusWriter) -> None:
     await writer.put_many({subject(1): entry(version=1)})
     await redis.script_flush()
 
@@ -132,7 +146,7 @@ async def test_the_script_is_loaded_again_after_a_flush(redis: Redis, writer: St
     assert (await stored(redis, 1)).version == 2
 
 
-async def test_every_reply_is_read_before_raising(redis: Redis, writer: StatusWriter) -> None:
+async def test_every_reply_is_read_before_raising(redis: AnyRedis, writer: StatusWriter) -> None:
     await redis.hset(status_key(subject(2)), "field", "a hash where a status belongs")
 
     with pytest.raises(ResponseError, match="WRONGTYPE"):
@@ -140,10 +154,14 @@ async def test_every_reply_is_read_before_raising(redis: Redis, writer: StatusWr
 
     # The writes around the refused one were applied, and the pooled connection still answers in step.
     assert [await stored(redis, n) for n in (1, 3)] == [entry()] * 2
-    assert await round_trip(redis, b"*1\r\n$4\r\nPING\r\n", 1, 1.0) == [b"PONG"]
+    ping = b"*1\r\n$4\r\nPING\r\n"
+    if isinstance(redis, RedisCluster):
+        assert await cluster_round_trip(redis, [(status_key(subject(2)), ping)], 1.0) == [b"PONG"]
+    else:
+        assert await round_trip(redis, ping, 1, 1.0) == [b"PONG"]
     assert await writer.put_many({subject(4): entry()}) == 1
 
 
-async def test_nothing_to_write_sends_nothing(redis: Redis, writer: StatusWriter) -> None:
+async def test_nothing_to_write_sends_nothing(redis: AnyRedis, writer: StatusWriter) -> None:
     assert await writer.put_many({}) == 0
-    assert await redis.dbsize() == 0
+    assert await key_count(redis) == 0

@@ -10,6 +10,8 @@ Choice per service, first that applies:
     python -m app.dev.servers up     # choose/start servers, write .healthcode/env.sh
     python -m app.dev.servers down   # stop the embedded servers this folder started
     python -m app.dev.servers env    # print .healthcode/env.sh
+    python -m app.dev.servers cluster-up [--base-port N]   # a Redis Cluster under .healthcode/cluster
+    python -m app.dev.servers cluster-down                 # (app/dev/redis_cluster.py)
 """
 
 from __future__ import annotations
@@ -568,6 +570,9 @@ def down(state: StateDir) -> None:
     with state.locked():
         stopped_pg = stop_postgres(state)
         stopped_redis = stop_valkey(state)
+        from app.dev.redis_cluster import LocalCluster  # imports this module: not at the top
+
+        stopped_redis |= LocalCluster(state.root / "cluster").stop()
     if not (stopped_pg or stopped_redis):
         say("no embedded servers were running")
 
@@ -583,9 +588,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "command",
-        choices=["up", "down", "env"],
-        help="up: choose/start servers, write .healthcode/env.sh; down: stop embedded ones; env: show env.sh",
+        choices=["up", "down", "env", "cluster-up", "cluster-down"],
+        help="up: choose/start servers, write .healthcode/env.sh; down: stop embedded ones; env: show env.sh; "
+        "cluster-up/cluster-down: a three-primary Redis Cluster on loopback (its REDIS_URL is printed)",
     )
+    parser.add_argument("--base-port", type=int, help="cluster-up: client ports from N (bus ports +10); else free")
     args = parser.parse_args(argv)
     state = default_state()
     try:
@@ -595,6 +602,15 @@ def main(argv: list[str] | None = None) -> int:
             say(f"environment written to {state.env_sh}")
         elif args.command == "down":
             down(state)
+        elif args.command in ("cluster-up", "cluster-down"):
+            from app.dev.redis_cluster import LocalCluster
+
+            cluster = LocalCluster(state.root / "cluster")
+            if args.command == "cluster-down":
+                cluster.stop()
+            else:
+                base = args.base_port
+                print(cluster.start(range(base, base + cluster.size) if base else None))
         else:
             if not state.env_sh.exists():
                 say(f"{state.env_sh} does not exist; run `python -m app.dev.servers up` first")

@@ -25,7 +25,6 @@ from typing import Any, Final
 import aiohttp
 import asyncpg
 import orjson
-from redis.asyncio import Redis
 
 from app.db import UNAVAILABLE_ERRORS
 from app.federation.assertion import ASSERTION_SECONDS
@@ -38,7 +37,7 @@ from app.federation.trust import TrustedVerifier
 from app.identity import Identity
 from app.settings import Settings
 from app.statuses.publish import StatusPublisher
-from cache.connection import REDIS_ERRORS
+from cache.connection import REDIS_ERRORS, AnyRedis
 from cache.entry import StatusEntry
 from cache.federation import recent_lookup, remember_lookup
 from signing.jws import TokenSigner
@@ -100,7 +99,7 @@ async def consult(
     subject: bytes,
     entry: StatusEntry,
     requested: bool,
-    redis: Redis,
+    redis: AnyRedis,
     pool: asyncpg.Pool,
     publisher: StatusPublisher,
 ) -> Consulted:

@@ -13,7 +13,6 @@ from datetime import UTC, datetime
 import aiohttp
 import asyncpg
 from aiohttp import web
-from redis.asyncio import Redis
 
 from app.clients import ClientRegistry
 from app.credentials.keys import CredentialKeys
@@ -240,7 +239,7 @@ def limits(settings: Settings) -> Limits:
 async def _background(app: web.Application) -> AsyncIterator[None]:
     pool, settings = app[PG], app[SETTINGS]
     # The writer blocks on XREADGROUP, so it needs its own connection with a timeout longer than the block.
-    writer_redis: Redis = open_redis(settings.redis_url, max_connections=2, socket_timeout=10.0)
+    writer_redis = open_redis(settings.redis_url, max_connections=2, socket_timeout=10.0)
     # One consumer name per host: a restarted process picks up what its predecessor read but did not
     # acknowledge (inserts are idempotent on the stream id, so sharing the name is safe).
     writer = app[SCAN_WRITER] = ScanWriter(ScanStream(writer_redis), pool, consumer=socket.gethostname())

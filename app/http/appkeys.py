@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncpg
 from aiohttp import web
-from redis.asyncio import Redis
 
 from app.clients import ClientRegistry
 from app.credentials.keys import CredentialKeys
@@ -18,6 +17,7 @@ from app.scans import ScanRecorder, ScanWriter
 from app.settings import Settings
 from app.statuses.loader import StatusLoader
 from app.statuses.publish import StatusPublisher
+from cache.connection import AnyRedis
 from cache.rate_limit import RateLimiter
 from cache.status_cache import StatusCache
 from signing.handles import HandleCipher
@@ -25,7 +25,7 @@ from signing.handles import HandleCipher
 SETTINGS = web.AppKey("settings", Settings)
 PG = web.AppKey("pg", asyncpg.Pool)
 INGEST_PG = web.AppKey("ingest_pg", asyncpg.Pool)  # uploads and rejection downloads only
-REDIS = web.AppKey("redis", Redis)
+REDIS = web.AppKey[AnyRedis]("redis")  # one server or a cluster (REDIS_URL)
 CLIENTS = web.AppKey("clients", ClientRegistry)
 STATUS_CACHE = web.AppKey("status_cache", StatusCache)
 STATUS_LOADER = web.AppKey("status_loader", StatusLoader)  # its read counter is a metric

@@ -14,7 +14,7 @@ from typing import Any
 from loadtests.bench import BenchError
 
 # In the order they run; a module that is not there is skipped.
-MODULES = ("status", "overload", "ingest", "peers")
+MODULES = ("status", "overload", "ingest", "peers", "cluster")
 
 
 def duration(text: str) -> float:

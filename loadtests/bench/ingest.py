@@ -28,7 +28,6 @@ from typing import Any, Final
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
-from redis.asyncio import Redis
 
 from app.db import connection, recreate_database
 from app.identity import Identity, pseudonym, resident_check_char
@@ -39,6 +38,7 @@ from app.ingest.upload import receive_batch
 from app.rules.ruleset import RuleSet, load_ruleset
 from app.statuses.publish import StatusPublisher
 from app.stores import open_stores
+from cache.connection import AnyRedis
 from cache.status_writer import StatusWriter
 from loadtests.bench import BenchError
 
@@ -80,7 +80,7 @@ def _write_csv(path: Path, numbers: list[str], now: datetime) -> list[tuple[str,
 
 
 async def _end_to_end(
-    conn: asyncpg.Connection, url: str, redis: Redis, path: Path, size: int, pepper: bytes, ruleset: RuleSet
+    conn: asyncpg.Connection, url: str, redis: AnyRedis, path: Path, size: int, pepper: bytes, ruleset: RuleSet
 ) -> tuple[int, float, float]:
     """As `healthcode load` does it (cyclic GC paused, statuses stored on a second connection).
 

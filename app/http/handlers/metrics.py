@@ -7,7 +7,6 @@ import time
 from collections.abc import Iterable
 
 from aiohttp import web
-from redis.exceptions import RedisError
 
 from app.federation.keys import STATES as KEY_STATES
 from app.http.appkeys import (
@@ -22,6 +21,7 @@ from app.http.appkeys import (
     STATUS_CACHE,
 )
 from app.keys.lifecycle import NO_ACTIVE_KEY, PRIVATE_KEY_MISSING, PRIVATE_KEY_UNUSABLE
+from cache.connection import REDIS_ERRORS
 from cache.scan_stream import Backlog
 
 # Every reason is exported (0 or 1), so an alert on one of them has a series to watch from the start.
@@ -128,7 +128,7 @@ async def scan_backlog(app: web.Application) -> Backlog | None:
         return None
     try:
         return await asyncio.wait_for(recorder.stream.backlog(), _BACKLOG_TIMEOUT)
-    except (RedisError, OSError, TimeoutError):
+    except REDIS_ERRORS:  # TimeoutError (wait_for) is an OSError
         return None
 
 
