@@ -13,6 +13,7 @@ CREATE TABLE batch_parts (
     hi       bytea,
     subjects integer,
     done_at  timestamptz,
+    done_by  text,          -- host:pid of the process that recomputed it
     PRIMARY KEY (batch_id, part)
 );
 

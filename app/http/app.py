@@ -184,9 +184,10 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
         asyncio.create_task(_every(REPAY_SECONDS, repay, app[POSTGRES_STATE]), name="status-repay"),
         asyncio.create_task(app[SCANS].run(SCAN_GUARD_SECONDS), name="scan-recorder"),
         asyncio.create_task(_every(settings.refresh_seconds, refresh, app[POSTGRES_STATE]), name="refresh"),
-        # Batches left unfinished by a crash or another process, then statuses past valid_until.
-        asyncio.create_task(_ingest_upkeep(app[INGEST]), name="ingest-upkeep"),
     ]
+    if settings.embedded_worker:
+        # Batches left unfinished by a crash or another process, then statuses past valid_until.
+        tasks.append(asyncio.create_task(_ingest_upkeep(app[INGEST]), name="ingest-upkeep"))
     yield
     for task in tasks:
         task.cancel()

@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Final
 
 from app.db import Conn
-from app.ingest.merge import affected_subjects, last_row
+from app.ingest.merge import last_row
 
 log = logging.getLogger(__name__)
 
@@ -108,10 +110,12 @@ async def _take(conn: Conn, batch_id: int, part: Part, recompute: RecomputeRange
             return False
         subjects = await recompute(part.lo, part.hi)
         await conn.execute(
-            "UPDATE batch_parts SET done_at = clock_timestamp(), subjects = $3 WHERE batch_id = $1 AND part = $2",
+            """UPDATE batch_parts SET done_at = clock_timestamp(), subjects = $3, done_by = $4
+               WHERE batch_id = $1 AND part = $2""",
             batch_id,
             part.number,
             subjects,
+            f"{socket.gethostname()}:{os.getpid()}",
         )
         log.debug("batch %d part %d: %d subjects", batch_id, part.number, subjects)
         return True
