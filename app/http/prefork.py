@@ -10,6 +10,7 @@ is passed to every child, which finish their requests (app.http.serve's grace) b
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -95,10 +96,8 @@ class Prefork:
 
 
 def _signal(pid: int, signum: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):  # it ended meanwhile
         os.kill(pid, signum)
-    except ProcessLookupError:
-        pass
 
 
 def _describe(status: int) -> str:
