@@ -362,6 +362,84 @@ def stop_postgres(state: StateDir, mode: str = "fast") -> bool:
     return True
 
 
+# --------------------------------------------------------------------------- streaming replica
+
+
+def replica_data(state: StateDir) -> Path:
+    return state.pg_home / "replica"
+
+
+def _pg_port_of(state: StateDir, data: Path) -> int | None:
+    if not (data / "PG_VERSION").exists():
+        return None
+    if run_pg([str(pg_bin("pg_ctl")), "-D", str(data), "status"], state, check=False).returncode != 0:
+        return None
+    return int((data / "postmaster.pid").read_text().splitlines()[3])
+
+
+def start_replica(state: StateDir, primary_port: int, port: int | None = None) -> int:
+    """A streaming replica of the server on 127.0.0.1:`primary_port` (the embedded one under `state`),
+    made once with `pg_basebackup -R` (standby.signal and primary_conninfo written for it) and started on
+    `port` (a free one by default). Returns its port. Only this process's folder is touched."""
+    prepare_pg_home(state)
+    data = replica_data(state)
+    running = _pg_port_of(state, data)
+    if running is not None:
+        return running
+    if not (data / "PG_VERSION").exists():
+        say(f"postgres replica: base backup of {LOCAL_HOST}:{primary_port} into {data}")
+        run_pg(
+            [
+                str(pg_bin("pg_basebackup")),
+                "-h",
+                LOCAL_HOST,
+                "-p",
+                str(primary_port),
+                "-U",
+                "postgres",
+                "-D",
+                str(data),
+                "-R",
+                "-X",
+                "stream",
+                "--checkpoint=fast",
+            ],
+            state,
+        )
+    port = port or free_port()
+    run_pg(
+        [
+            str(pg_bin("pg_ctl")),
+            "-D",
+            str(data),
+            "-l",
+            str(state.pg_home / "replica.log"),
+            "-o",
+            f"-p {port}",
+            "-w",
+            "-t",
+            str(int(START_TIMEOUT)),
+            "start",
+        ],
+        state,
+    )
+    wait_until(lambda: port_open(port), START_TIMEOUT, f"postgres replica on port {port}")
+    say(f"postgres replica: streaming from port {primary_port}, serving on {LOCAL_HOST}:{port}")
+    return port
+
+
+def stop_replica(state: StateDir, mode: str = "fast") -> bool:
+    """Stop the replica under `state` if it runs; True when it was running."""
+    data = replica_data(state)
+    port = _pg_port_of(state, data) if state.pg_home.exists() else None
+    if port is None:
+        return False
+    run_pg([str(pg_bin("pg_ctl")), "-D", str(data), "-m", mode, "-w", "-t", str(int(STOP_TIMEOUT)), "stop"], state)
+    wait_until(lambda: not port_open(port), STOP_TIMEOUT, f"postgres replica on port {port} to close")
+    say(f"postgres replica: stopped (port {port})")
+    return True
+
+
 # --------------------------------------------------------------------------- embedded Valkey
 
 
@@ -566,6 +644,7 @@ def down(state: StateDir) -> None:
         say("nothing to stop")
         return
     with state.locked():
+        stop_replica(state)
         stopped_pg = stop_postgres(state)
         stopped_redis = stop_valkey(state)
     if not (stopped_pg or stopped_redis):

@@ -26,6 +26,7 @@ from app.http.appkeys import (
     INGEST_PG,
     LIMITS,
     PG,
+    PG_REPLICA,
     POSTGRES_STATE,
     PUBLISHER,
     RATE_LIMITER,
@@ -103,8 +104,15 @@ async def _postgres(app: web.Application) -> AsyncIterator[None]:
     except BaseException:
         await close_pool(app[PG])
         raise
+    if settings.database_replica_url:
+        # No connection at start: a replica that is down must not keep the API from starting.
+        app[PG_REPLICA] = await create_pool(
+            settings.database_replica_url, min_size=0, max_size=settings.pg_pool_max, connect_timeout=1.0
+        )
     yield
     try:
+        if PG_REPLICA in app:
+            await close_pool(app[PG_REPLICA])
         await close_pool(app[INGEST_PG])
     finally:
         await close_pool(app[PG])
@@ -132,6 +140,8 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         postgres=app[POSTGRES_STATE],
         acquire_timeout=settings.pg_acquire_timeout_seconds,
         miss_timeout=settings.pg_miss_timeout_seconds,
+        replica=app.get(PG_REPLICA),
+        replica_timeout=settings.pg_replica_timeout_seconds,
     )
     app[LIMITS] = limits(settings)
     # One limiter for every route; its takes ride along with the status cache's reads.

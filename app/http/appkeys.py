@@ -23,6 +23,7 @@ from signing.handles import HandleCipher
 SETTINGS = web.AppKey("settings", Settings)
 PG = web.AppKey("pg", asyncpg.Pool)
 INGEST_PG = web.AppKey("ingest_pg", asyncpg.Pool)  # uploads and rejection downloads only
+PG_REPLICA = web.AppKey("pg_replica", asyncpg.Pool)  # cache misses' reads, when DATABASE_REPLICA_URL is set
 REDIS = web.AppKey("redis", Redis)
 CLIENTS = web.AppKey("clients", ClientRegistry)
 STATUS_CACHE = web.AppKey("status_cache", StatusCache)
