@@ -95,7 +95,7 @@ async def replicated(pair: Pair, primary: asyncpg.Connection) -> None:
 
 async def in_redis(redis: Redis, subject: bytes) -> tuple[str, int]:
     raw = await redis.get(status_key(subject))
-    assert raw is not None
+    assert isinstance(raw, bytes)
     entry = unpack(raw)
     return entry.colour, entry.version
 

@@ -23,6 +23,9 @@ WHERE NOT pg_is_in_recovery()
    OR (NOT pg_is_wal_replay_paused()
        AND pg_wal_lsn_diff(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()) <= $2)
 """
+# Whatever a replica raises sends the miss to the primary: down, slow, or refusing (e.g. a replica
+# recovery conflict cancelling the query).
+_REPLICA_ERRORS: tuple[type[Exception], ...] = (*UNAVAILABLE_ERRORS, asyncpg.PostgresError, asyncpg.InterfaceError)
 # Received WAL a replica may hold unapplied and still serve misses: a few busy milliseconds' worth.
 MAX_REPLAY_LAG_BYTES = 1 << 20
 
@@ -112,8 +115,8 @@ class StatusLoader:
                     row: asyncpg.Record | None = await conn.fetchrow(STATUS_QUERY, subject)
                 else:
                     row = await conn.fetchrow(REPLICA_STATUS_QUERY, subject, self.max_replay_lag_bytes)
-        except (*UNAVAILABLE_ERRORS, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            self.replica_state.failed(unavailable_reason(exc) if isinstance(exc, UNAVAILABLE_ERRORS) else repr(exc))
+        except _REPLICA_ERRORS as exc:
+            self.replica_state.failed(unavailable_reason(exc))
             return None
         self.replica_state.succeeded()
         return row
