@@ -194,3 +194,12 @@ def test_settings_name_the_replica(settings: Settings) -> None:
     assert parsed.pg_replica_timeout_seconds == 0.15
     assert Settings.from_env({**env, "DATABASE_REPLICA_URL": ""}).database_replica_url is None
     assert replace(parsed, embedded_worker=False).embedded_worker is False
+
+
+def test_dev_servers_offer_the_replica_of_their_embedded_postgres(pair: Pair) -> None:
+    chosen: dict[str, dict[str, object]] = {"postgres": {"kind": "embedded", "port": pair.primary_port}}
+    url = servers.choose_replica(pair.state, {"HEALTHCODE_REPLICA": "1"}, chosen)
+    assert url == pair.url(pair.replica_port) and chosen["replica"] == {"kind": "embedded", "port": pair.replica_port}
+    assert servers.choose_replica(pair.state, {}, chosen) is None
+    with pytest.raises(servers.DevServerError, match="HEALTHCODE_EMBEDDED=1"):
+        servers.choose_replica(pair.state, {"HEALTHCODE_REPLICA": "1"}, {"postgres": {"kind": "external"}})

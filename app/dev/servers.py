@@ -52,6 +52,7 @@ class DevServerError(RuntimeError):
 class Endpoints:
     database_url: str
     redis_url: str
+    database_replica_url: str | None = None
 
 
 # --------------------------------------------------------------------------- small helpers
@@ -588,6 +589,27 @@ def choose_redis(state: StateDir, env: dict[str, str], servers: dict[str, dict[s
     return f"redis://{LOCAL_HOST}:{port}/0"
 
 
+def choose_replica(state: StateDir, env: dict[str, str], servers: dict[str, dict[str, object]]) -> str | None:
+    """With HEALTHCODE_REPLICA=1, a streaming replica of the embedded Postgres for cache misses."""
+    if env.get("HEALTHCODE_REPLICA", "").strip().lower() not in {"1", "true", "yes", "on"}:
+        return None
+    if env.get("DATABASE_REPLICA_URL"):
+        say("postgres replica: using DATABASE_REPLICA_URL from the environment")
+        return env["DATABASE_REPLICA_URL"]
+    primary = servers.get("postgres", {})
+    primary_port = primary.get("port")
+    if primary.get("kind") != "embedded" or not isinstance(primary_port, int):
+        raise DevServerError(
+            "HEALTHCODE_REPLICA=1 makes a replica of the embedded Postgres only: add HEALTHCODE_EMBEDDED=1, "
+            "or set DATABASE_REPLICA_URL to a replica of your own"
+        )
+    recorded = servers.get("replica", {}).get("port")
+    wanted = recorded if isinstance(recorded, int) and not port_open(recorded) else None
+    port = start_replica(state, primary_port, wanted)
+    servers["replica"] = {"kind": "embedded", "port": port}
+    return f"postgresql://postgres@{LOCAL_HOST}:{port}/{DATABASE_NAME}"
+
+
 def _ensure_secret_file(path: Path, what: str) -> None:
     """32 random bytes in a file only its owner reads, made once."""
     if not path.exists():
@@ -618,6 +640,8 @@ def write_env(state: StateDir, endpoints: Endpoints) -> None:
         "HEALTHCODE_HANDLE_KEY_FILE": str(state.handle_key_file),
         "HEALTHCODE_KEYS_DIR": str(state.keys_dir),
     }
+    if endpoints.database_replica_url:
+        values["DATABASE_REPLICA_URL"] = endpoints.database_replica_url
     lines = ["# Written by `python -m app.dev.servers up`; source it: . ./.healthcode/env.sh"]
     lines += [f"export {name}={shlex.quote(value)}" for name, value in values.items()]
     state.env_sh.write_text("\n".join(lines) + "\n")
@@ -631,8 +655,9 @@ def up(state: StateDir, env: dict[str, str] | None = None) -> Endpoints:
         servers = state.read_servers()
         database_url = choose_postgres(state, env, servers)
         redis_url = choose_redis(state, env, servers)
+        replica_url = choose_replica(state, env, servers)
         state.write_servers(servers)
-        endpoints = Endpoints(database_url=database_url, redis_url=redis_url)
+        endpoints = Endpoints(database_url=database_url, redis_url=redis_url, database_replica_url=replica_url)
         ensure_demo_secrets(state)
         write_env(state, endpoints)
     return endpoints
