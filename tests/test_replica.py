@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import tempfile
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -46,8 +47,9 @@ class Pair:
 
 
 @pytest.fixture(scope="module")
-def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
-    state = servers.StateDir(Path(tmp_path_factory.mktemp("replica-pair")))
+def pair() -> Iterator[Pair]:
+    # A folder of its own, not pytest's: other pytest runs on the machine prune pytest's old base folders.
+    state = servers.StateDir(Path(tempfile.mkdtemp(prefix="healthcode-replica-")))
     state.ensure()
     state.write_servers({"postgres": {"port": _port()}})
     try:
