@@ -17,7 +17,7 @@ import asyncpg
 import pytest
 from redis.asyncio import Redis
 
-from app.ingest.parts import _PART_LOCKS, split
+from app.ingest.parts import _PART_LOCKS, MAX_PARTS, split
 from app.settings import Settings
 from cache.keys import status_key
 from tests.test_ingest_helpers import number
@@ -95,7 +95,7 @@ def test_parts_cover_every_pseudonym_once() -> None:
         (b"\x80\x00", b"\xc0\x00"),
         (b"\xc0\x00", None),
     ]
-    assert len(split(1000)) == 64 and split(0) == split(1)
+    assert len(split(1000)) == MAX_PARTS and split(0) == split(1)
 
 
 async def test_two_workers_share_the_parts_of_one_batch(
