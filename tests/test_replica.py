@@ -28,6 +28,9 @@ from cache.status_cache import StatusCache
 from cache.status_writer import StatusWriter
 from tests.test_status_races import Gate, load, publisher, subject_of
 
+# Starts two Postgres servers of its own (10-30 s here).
+pytestmark = pytest.mark.slow
+
 # Ports for the servers this module starts, when free (the machine's own Postgres is on 5432).
 PORTS = range(5441, 5450)
 
