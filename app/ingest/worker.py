@@ -68,22 +68,24 @@ class Worker:
                     await asyncio.wait_for(stop.wait(), self.poll_seconds)
 
     async def step(self) -> bool:
-        """Process every batch with work to start now, one at a time; True if there was any."""
+        """Process the oldest batch with work to start now (one, so a stop is seen between batches);
+        True if there was one."""
         async with self.processor.pool.acquire() as conn:
             ids = await claimable(conn)
         now = time.monotonic()
-        ids = [i for i in ids if self._not_before.get(i, (0.0, 0.0))[0] <= now]
-        for batch_id in ids:
-            try:
-                await self.processor.process(batch_id)
-                self._not_before.pop(batch_id, None)
-            except Exception:
-                # Counted on the batch by app.ingest.process; tried again after a pause that grows.
-                pause = min(self._not_before.get(batch_id, (0.0, RETRY_FIRST_SECONDS / 2))[1] * 2, RETRY_MAX_SECONDS)
-                self._not_before[batch_id] = (time.monotonic() + pause, pause)
-                log.exception("processing batch %d failed; trying again in %.0f s", batch_id, pause)
-            self.batches += 1
-        return bool(ids)
+        batch_id = next((i for i in ids if self._not_before.get(i, (0.0, 0.0))[0] <= now), None)
+        if batch_id is None:
+            return False
+        try:
+            await self.processor.process(batch_id)
+            self._not_before.pop(batch_id, None)
+        except Exception:
+            # Counted on the batch by app.ingest.process; tried again after a pause that grows.
+            pause = min(self._not_before.get(batch_id, (0.0, RETRY_FIRST_SECONDS / 2))[1] * 2, RETRY_MAX_SECONDS)
+            self._not_before[batch_id] = (time.monotonic() + pause, pause)
+            log.exception("processing batch %d failed; trying again in %.0f s", batch_id, pause)
+        self.batches += 1
+        return True
 
 
 @asynccontextmanager
