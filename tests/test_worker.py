@@ -18,9 +18,12 @@ import pytest
 from redis.asyncio import Redis
 
 from app.ingest.parts import _PART_LOCKS, MAX_PARTS, split
+from app.ingest.worker import open_worker
 from app.settings import Settings
 from cache.keys import status_key
-from tests.test_ingest_helpers import number
+from tests.conftest import AppFactory
+from tests.support import bearer
+from tests.test_ingest_helpers import number, upload
 from tests.test_ingest_process import results_for, stage
 from tests.test_status_races import environment
 
@@ -155,3 +158,18 @@ async def test_a_worker_killed_mid_batch_is_taken_over_without_merging_twice(
 
 async def _equals(value: Awaitable[object], expected: object) -> bool:
     return await value == expected
+
+
+async def test_an_api_without_its_embedded_worker_leaves_batches_to_workers(
+    make_client: AppFactory, client_keys: dict[str, str], settings: Settings, redis: Redis
+) -> None:
+    api = await make_client(embedded_worker=False)
+    status, batch = await upload(api, client_keys["agency"], "test", results_for(range(3)))
+    assert (status, batch["state"]) == (202, "received")
+
+    async with open_worker(settings) as worker:
+        assert await worker.step() is True
+        assert await worker.step() is False  # nothing left to start
+    got = await api.get(f"/v1/batches/{batch['id']}", headers=bearer(client_keys["agency"]))
+    done = await got.json()
+    assert (done["state"], done["subjects_recomputed"]) == ("done", 3)
