@@ -26,8 +26,11 @@ import contextlib
 import os
 import statistics
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
+
+from redis import Redis
 
 from loadtests.bench import BenchError
 from loadtests.bench.data import prepare
@@ -55,15 +58,37 @@ def tree_cpu_seconds(pid: int) -> float:
     return total
 
 
-def _drive(server: Server, bodies: list[bytes], bearer: str, seconds: float, wrk_core: int | None) -> Measured:
-    before = tree_cpu_seconds(server.pid)
+@dataclass(frozen=True, slots=True)
+class Round:
+    measured: Measured
+    # Redis calls per answer: reads of one loop turn share one round trip, so a process that gets half
+    # the requests coalesces fewer per call; this shows how much of a difference is that.
+    redis_calls_per_answer: float
+
+    @property
+    def cpu_us_per_request(self) -> float:
+        return self.measured.cpu_us_per_request
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**self.measured.as_dict(), "redis_calls_per_answer": round(self.redis_calls_per_answer, 4)}
+
+
+def _redis_calls(redis: Redis) -> int:
+    return int(redis.info("stats")["total_commands_processed"])
+
+
+def _drive(
+    server: Server, redis: Redis, bodies: list[bytes], bearer: str, seconds: float, wrk_core: int | None
+) -> Round:
+    before, calls = tree_cpu_seconds(server.pid), _redis_calls(redis)
     result = run_wrk(
         f"{server.base_url}/v1/status", bodies, bearer, seconds=seconds, connections=CONNECTIONS, cpu=wrk_core
     )
     cpu = tree_cpu_seconds(server.pid) - before
+    calls = _redis_calls(redis) - calls - 2  # less this function's own INFO calls
     if result.not_ok or result.socket_errors:
         raise BenchError(f"{result.not_ok} answers were not 200 and {result.socket_errors} socket errors")
-    return Measured(result, cpu * 1e6 / result.requests)
+    return Round(Measured(result, cpu * 1e6 / result.requests), calls / result.requests)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -86,8 +111,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
     placement = {NAMES[0]: str(cores[0]), NAMES[1]: ",".join(map(str, cores)), NAMES[2]: str(cores[0])}
     wrk_core = cores[-1]
-    rounds: dict[str, list[Measured]] = {name: [] for name in NAMES}
+    rounds: dict[str, list[Round]] = {name: [] for name in NAMES}
     with contextlib.ExitStack() as stack:
+        redis = stack.enter_context(Redis.from_url(data.settings.redis_url))
         servers = {
             name: stack.enter_context(
                 pinned_server(
@@ -101,21 +127,23 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             for name in NAMES
         }
         for name in NAMES:
-            _drive(servers[name], data.bodies, data.bearer, min(WARMUP_SECONDS, args.duration), wrk_core)
+            _drive(servers[name], redis, data.bodies, data.bearer, min(WARMUP_SECONDS, args.duration), wrk_core)
         for number in range(1, ROUNDS + 1):
             for name in NAMES:
-                measured = _drive(servers[name], data.bodies, data.bearer, args.duration, wrk_core)
+                measured = _drive(servers[name], redis, data.bodies, data.bearer, args.duration, wrk_core)
                 rounds[name].append(measured)
                 print(
-                    f"round {number}/{ROUNDS} {name}: {measured.wrk.rate:,.0f} req/s, "
-                    f"{measured.cpu_us_per_request:.0f} us CPU per answer",
+                    f"round {number}/{ROUNDS} {name}: {measured.measured.wrk.rate:,.0f} req/s, "
+                    f"{measured.cpu_us_per_request:.0f} us CPU per answer, "
+                    f"{measured.redis_calls_per_answer:.3f} Redis calls per answer",
                     file=sys.stderr,
                 )
     figures = {
         name: {
-            "requests_per_second": round(statistics.median(r.wrk.rate for r in rounds[name]), 1),
+            "requests_per_second": round(statistics.median(r.measured.wrk.rate for r in rounds[name]), 1),
             "cpu_us_per_request": round(statistics.median(r.cpu_us_per_request for r in rounds[name]), 1),
-            "p99_ms": round(statistics.median(r.wrk.p99_us for r in rounds[name]) / 1000, 3),
+            "p99_ms": round(statistics.median(r.measured.wrk.p99_us for r in rounds[name]) / 1000, 3),
+            "redis_calls_per_answer": round(statistics.median(r.redis_calls_per_answer for r in rounds[name]), 4),
         }
         for name in NAMES
     }
@@ -130,7 +158,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         f = figures[name]
         print(
             f"status, {name}: {f['requests_per_second']:,.0f} req/s, p99 {f['p99_ms']:.2f} ms, "
-            f"{f['cpu_us_per_request']:.0f} us server CPU per answer",
+            f"{f['cpu_us_per_request']:.0f} us server CPU per answer, "
+            f"{f['redis_calls_per_answer']:.3f} Redis calls per answer",
             flush=True,
         )
     print(f"status 2-process efficiency: {efficiency:.2f}", flush=True)
@@ -147,5 +176,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "efficiency_one_core": round(one_core, 4),
         "target": TARGET,
         "target_met": efficiency >= TARGET,
-        "runs": {name: [r.as_dict() for r in rounds[name]] for name in NAMES},
+        "runs": {
+            name: [
+                {**r.measured.as_dict(), "redis_calls_per_answer": round(r.redis_calls_per_answer, 4)}
+                for r in rounds[name]
+            ]
+            for name in NAMES
+        },
     }
