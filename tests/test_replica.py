@@ -31,6 +31,10 @@ from tests.test_status_races import Gate, load, publisher, subject_of
 # Starts two Postgres servers of its own (10-30 s here).
 pytestmark = pytest.mark.slow
 
+# A replica read's budget where the test needs the replica to answer: a first read opens a connection,
+# which on a loaded machine can take longer than the default 200 ms (and would then go to the primary).
+SLOW_MACHINE = 10.0
+
 # Ports for the servers this module starts, when free (the machine's own Postgres is on 5432).
 PORTS = range(5441, 5450)
 
@@ -115,7 +119,7 @@ async def test_a_miss_reads_the_replica(
     await replicated(pair, primary)
     await redis.delete(status_key(subject))
 
-    loader = StatusLoader(pools[0], publisher(redis), replica=pools[1])
+    loader = StatusLoader(pools[0], publisher(redis), replica=pools[1], replica_timeout=SLOW_MACHINE)
     entry = await StatusCache(redis, loader.load, writer=StatusWriter(redis)).get(subject)
     assert entry is not None and entry.colour == "green"
     assert (loader.replica_reads, loader.reads) == (1, 0)
@@ -136,7 +140,7 @@ async def test_a_replica_lagging_in_replay_is_passed_by_and_cannot_publish_an_ol
 
         # The replay check sees the lag: the miss goes to the primary.
         await redis.delete(status_key(subject))
-        loader = StatusLoader(pools[0], publisher(redis), replica=pools[1])
+        loader = StatusLoader(pools[0], publisher(redis), replica=pools[1], replica_timeout=SLOW_MACHINE)
         entry = await StatusCache(redis, loader.load, writer=StatusWriter(redis)).get(subject)
         assert entry is not None and (entry.colour, entry.version) == newest
         assert (loader.replica_reads, loader.reads) == (0, 1)
@@ -146,7 +150,9 @@ async def test_a_replica_lagging_in_replay_is_passed_by_and_cannot_publish_an_ol
         # its fill is refused.
         await redis.delete(status_key(subject))
         gate = Gate("loaded")
-        blind = StatusLoader(pools[0], publisher(redis, gate), replica=pools[1], max_replay_lag_bytes=None)
+        blind = StatusLoader(
+            pools[0], publisher(redis, gate), replica=pools[1], max_replay_lag_bytes=None, replica_timeout=SLOW_MACHINE
+        )
         cache = StatusCache(redis, blind.load, writer=StatusWriter(redis))
         missing = asyncio.create_task(cache.get(subject))
         await gate.reached.wait()

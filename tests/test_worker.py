@@ -101,6 +101,7 @@ def test_parts_cover_every_pseudonym_once() -> None:
     assert len(split(1000)) == MAX_PARTS and split(0) == split(1)
 
 
+@pytest.mark.slow
 async def test_two_workers_share_the_parts_of_one_batch(
     settings: Settings,
     db: asyncpg.Connection,
@@ -124,6 +125,7 @@ async def test_two_workers_share_the_parts_of_one_batch(
     await all_in_redis(redis, settings)
 
 
+@pytest.mark.slow
 async def test_a_worker_killed_mid_batch_is_taken_over_without_merging_twice(
     settings: Settings,
     db: asyncpg.Connection,
