@@ -8,7 +8,9 @@ The primary and the replica are servers this module starts (app.dev.servers: the
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
+import signal
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, replace
@@ -188,6 +190,30 @@ async def test_a_stopped_replica_sends_misses_to_the_primary(
         assert loader.replica_state.failures == 1 and loader.reads == 2
     finally:
         assert servers.start_replica(pair.state, pair.primary_port, pair.replica_port) == pair.replica_port
+
+
+async def test_a_replica_that_does_not_answer_costs_a_miss_no_more_than_its_budget(
+    pair: Pair,
+    primary: asyncpg.Connection,
+    pools: tuple[asyncpg.Pool, asyncpg.Pool],
+    redis: Redis,
+    settings: Settings,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    subject = subject_of(settings)
+    await load(primary, settings, redis, "negative", hours_ago=2)
+    await redis.delete(status_key(subject))
+    # The replica's postmaster stopped (not ended): the kernel still takes connections, nothing answers.
+    postmaster = int((servers.replica_data(pair.state) / "postmaster.pid").read_text().split()[0])
+    os.kill(postmaster, signal.SIGSTOP)
+    try:
+        loader = StatusLoader(pools[0], publisher(redis), replica=pools[1], replica_timeout=0.3, miss_timeout=30)
+        entry = await StatusCache(redis, loader.load, writer=StatusWriter(redis)).get(subject)
+        assert entry is not None and entry.colour == "green"
+        assert (loader.replica_reads, loader.reads) == (0, 1) and not loader.replica_state.up
+        assert "postgres replica unavailable (timed out)" in caplog.text
+    finally:
+        os.kill(postmaster, signal.SIGCONT)
 
 
 def test_settings_name_the_replica(settings: Settings) -> None:
