@@ -17,6 +17,7 @@ import asyncpg
 import pytest
 from redis.asyncio import Redis
 
+from app.cli import main
 from app.ingest.parts import _PART_LOCKS, MAX_PARTS, split
 from app.ingest.worker import open_worker
 from app.settings import Settings
@@ -175,3 +176,15 @@ async def test_an_api_without_its_embedded_worker_leaves_batches_to_workers(
     got = await api.get(f"/v1/batches/{batch['id']}", headers=bearer(client_keys["agency"]))
     done = await got.json()
     assert (done["state"], done["subjects_recomputed"]) == ("done", 3)
+
+
+def test_process_and_part_counts_must_be_positive(capsys: pytest.CaptureFixture[str]) -> None:
+    for argv, message in (
+        (["serve", "--workers", "0"], "argument --workers: must be at least 1, not 0"),
+        (["worker", "--part-rows", "-3"], "argument --part-rows: must be at least 1, not -3"),
+        (["worker", "--poll-seconds", "0"], "argument --poll-seconds: must be more than 0 and at most 60, not 0"),
+    ):
+        with pytest.raises(SystemExit) as exited:
+            main(argv)
+        assert exited.value.code == 2
+        assert message in capsys.readouterr().err

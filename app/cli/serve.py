@@ -8,6 +8,13 @@ from typing import Any
 from app.settings import Settings
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
 def add_parser(sub: Any) -> None:
     serve_parser = sub.add_parser("serve", help="serve the HTTP API (uvloop, graceful shutdown on SIGTERM)")
     serve_parser.add_argument("--host", default="127.0.0.1")
@@ -18,7 +25,7 @@ def add_parser(sub: Any) -> None:
     )
     serve_parser.add_argument(
         "--workers",
-        type=int,
+        type=_positive,
         default=1,
         metavar="N",
         help="N server processes on one port (SO_REUSEPORT), a dead one started again; SIGTERM stops all (1)",

@@ -15,6 +15,20 @@ from app.settings import Settings
 STOP_GRACE_SECONDS: Final = 10.0
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not 0 < value <= 60:
+        raise argparse.ArgumentTypeError(f"must be more than 0 and at most 60, not {value:g}")
+    return value
+
+
 def add_parser(sub: Any) -> None:
     parser = sub.add_parser(
         "worker",
@@ -23,10 +37,10 @@ def add_parser(sub: Any) -> None:
         "batches and the parts of a large batch's recompute through Postgres. Set "
         "HEALTHCODE_EMBEDDED_WORKER=0 on the API processes to leave all batch work to workers.",
     )
-    parser.add_argument("--poll-seconds", type=float, default=0.5, help="how often to look for new work (0.5)")
+    parser.add_argument("--poll-seconds", type=_seconds, default=0.5, help="how often to look for new work (0.5)")
     parser.add_argument(
         "--part-rows",
-        type=int,
+        type=_positive,
         default=None,
         help="rows of a batch per recompute part, for batches this worker merges (default 100,000)",
     )
