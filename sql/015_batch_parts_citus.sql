@@ -22,3 +22,20 @@ CREATE TABLE batch_parts (
 -- distributed by pseudonym too: their keys gain it (nothing refers to them by id alone).
 ALTER TABLE declarations DROP CONSTRAINT declarations_pkey, ADD PRIMARY KEY (pseudonym, id);
 ALTER TABLE record_history DROP CONSTRAINT record_history_pkey, ADD PRIMARY KEY (pseudonym, id);
+
+-- Family relations (where sql/0NN_relations.sql has made them) link two people, a holder and a
+-- relative. Both tables are distributed by `relative`: the relation is checked by (holder, relative),
+-- and the relative reads who looked them up. Their keys gain `relative`, and the look-up log refers
+-- to its relation by (relative, relation_id), so the foreign key stays within one person's shard; the
+-- id keeps an index of its own for the statements that name a relation by id.
+DO $$
+BEGIN
+    IF to_regclass('relation_lookups') IS NOT NULL THEN
+        ALTER TABLE relation_lookups DROP CONSTRAINT relation_lookups_relation_id_fkey;
+        ALTER TABLE relations DROP CONSTRAINT relations_pkey, ADD PRIMARY KEY (relative, id);
+        CREATE INDEX relations_id_idx ON relations (id);
+        ALTER TABLE relation_lookups DROP CONSTRAINT relation_lookups_pkey, ADD PRIMARY KEY (relative, id),
+            ADD FOREIGN KEY (relative, relation_id) REFERENCES relations (relative, id);
+    END IF;
+END
+$$;
