@@ -78,6 +78,13 @@ class Settings:
     peer_cache_seconds: int = 600
     peer_keys_max_stale_seconds: int = 86_400
     peer_refresh_seconds: float = 30.0
+    # A streaming replica that cache misses may read (app/statuses/loader.py); writes and everything
+    # that must be current use database_url. A replica read slower than the timeout goes to the primary.
+    database_replica_url: str | None = None
+    pg_replica_timeout_seconds: float = 0.2
+    # Whether API processes process the batches they receive (the quick start); 0 leaves batches to
+    # `healthcode worker` processes.
+    embedded_worker: bool = True
 
     def __repr__(self) -> str:
         # Settings end up in logs and tracebacks: secrets never do. Fields marked repr=False are left
@@ -142,6 +149,9 @@ class Settings:
                 env, "HEALTHCODE_PEER_KEYS_MAX_STALE_SECONDS", 86_400, low=60, high=30 * 86_400
             ),
             peer_refresh_seconds=float(_int(env, "HEALTHCODE_PEER_REFRESH_SECONDS", 30, low=1, high=3600)),
+            database_replica_url=env.get("DATABASE_REPLICA_URL", "").strip() or None,
+            pg_replica_timeout_seconds=_ms(env, "HEALTHCODE_PG_REPLICA_TIMEOUT_MS", 200, low=10, high=60_000),
+            embedded_worker=_flag(env, "HEALTHCODE_EMBEDDED_WORKER", True),
         )
 
 
@@ -163,6 +173,17 @@ def _int(env: Mapping[str, str], name: str, default: int, *, low: int, high: int
     if not low <= value <= high:
         raise SettingsError(f"{name} must be between {low} and {high}, got {value}")
     return value
+
+
+def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise SettingsError(f"{name} must be 1 or 0 (true or false), got {raw!r}")
 
 
 def _ms(env: Mapping[str, str], name: str, default: int, *, low: int, high: int) -> float:

@@ -29,7 +29,7 @@ _RECENT = """SELECT id FROM declarations WHERE pseudonym = $1 AND declared_at > 
 # The stored travel is everything declared that day, like the arrivals it holds.
 _REPLACE = """UPDATE declarations SET client_id = $2, masked_name = $3, phone_ref = $4,
     travel = (SELECT coalesce(jsonb_agg(DISTINCT e), '[]') FROM jsonb_array_elements(travel || $5::jsonb) e),
-    updated_at = now(), updates = updates + 1 WHERE id = $1"""
+    updated_at = now(), updates = updates + 1 WHERE id = $1 AND pseudonym = $6"""
 _ADD = """INSERT INTO declarations (pseudonym, client_id, masked_name, phone_ref, travel)
     VALUES ($1, $2, $3, $4, $5) RETURNING id"""
 # Skipped where the same area on the same day (China Standard Time) is held already: by an agency, whose
@@ -61,7 +61,9 @@ async def store_declaration(
         await conn.execute(_SUBJECT, subject, identity.id_type, declaration.masked_name, mask_number(identity.number))
         earlier = await conn.fetchval(_RECENT, subject)
         if earlier is not None:
-            await conn.execute(_REPLACE, earlier, client_id, declaration.masked_name, declaration.phone_ref, travel)
+            await conn.execute(
+                _REPLACE, earlier, client_id, declaration.masked_name, declaration.phone_ref, travel, subject
+            )
             declaration_id = int(earlier)
         else:
             declaration_id = await conn.fetchval(

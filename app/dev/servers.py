@@ -54,6 +54,7 @@ class DevServerError(RuntimeError):
 class Endpoints:
     database_url: str
     redis_url: str
+    database_replica_url: str | None = None
 
 
 # --------------------------------------------------------------------------- small helpers
@@ -364,6 +365,84 @@ def stop_postgres(state: StateDir, mode: str = "fast") -> bool:
     return True
 
 
+# --------------------------------------------------------------------------- streaming replica
+
+
+def replica_data(state: StateDir) -> Path:
+    return state.pg_home / "replica"
+
+
+def _pg_port_of(state: StateDir, data: Path) -> int | None:
+    if not (data / "PG_VERSION").exists():
+        return None
+    if run_pg([str(pg_bin("pg_ctl")), "-D", str(data), "status"], state, check=False).returncode != 0:
+        return None
+    return int((data / "postmaster.pid").read_text().splitlines()[3])
+
+
+def start_replica(state: StateDir, primary_port: int, port: int | None = None) -> int:
+    """A streaming replica of the server on 127.0.0.1:`primary_port` (the embedded one under `state`),
+    made once with `pg_basebackup -R` (standby.signal and primary_conninfo written for it) and started on
+    `port` (a free one by default). Returns its port. Only this process's folder is touched."""
+    prepare_pg_home(state)
+    data = replica_data(state)
+    running = _pg_port_of(state, data)
+    if running is not None:
+        return running
+    if not (data / "PG_VERSION").exists():
+        say(f"postgres replica: base backup of {LOCAL_HOST}:{primary_port} into {data}")
+        run_pg(
+            [
+                str(pg_bin("pg_basebackup")),
+                "-h",
+                LOCAL_HOST,
+                "-p",
+                str(primary_port),
+                "-U",
+                "postgres",
+                "-D",
+                str(data),
+                "-R",
+                "-X",
+                "stream",
+                "--checkpoint=fast",
+            ],
+            state,
+        )
+    port = port or free_port()
+    run_pg(
+        [
+            str(pg_bin("pg_ctl")),
+            "-D",
+            str(data),
+            "-l",
+            str(state.pg_home / "replica.log"),
+            "-o",
+            f"-p {port}",
+            "-w",
+            "-t",
+            str(int(START_TIMEOUT)),
+            "start",
+        ],
+        state,
+    )
+    wait_until(lambda: port_open(port), START_TIMEOUT, f"postgres replica on port {port}")
+    say(f"postgres replica: streaming from port {primary_port}, serving on {LOCAL_HOST}:{port}")
+    return port
+
+
+def stop_replica(state: StateDir, mode: str = "fast") -> bool:
+    """Stop the replica under `state` if it runs; True when it was running."""
+    data = replica_data(state)
+    port = _pg_port_of(state, data) if state.pg_home.exists() else None
+    if port is None:
+        return False
+    run_pg([str(pg_bin("pg_ctl")), "-D", str(data), "-m", mode, "-w", "-t", str(int(STOP_TIMEOUT)), "stop"], state)
+    wait_until(lambda: not port_open(port), STOP_TIMEOUT, f"postgres replica on port {port} to close")
+    say(f"postgres replica: stopped (port {port})")
+    return True
+
+
 # --------------------------------------------------------------------------- embedded Valkey
 
 
@@ -512,6 +591,27 @@ def choose_redis(state: StateDir, env: dict[str, str], servers: dict[str, dict[s
     return f"redis://{LOCAL_HOST}:{port}/0"
 
 
+def choose_replica(state: StateDir, env: dict[str, str], servers: dict[str, dict[str, object]]) -> str | None:
+    """With HEALTHCODE_REPLICA=1, a streaming replica of the embedded Postgres for cache misses."""
+    if env.get("HEALTHCODE_REPLICA", "").strip().lower() not in {"1", "true", "yes", "on"}:
+        return None
+    if env.get("DATABASE_REPLICA_URL"):
+        say("postgres replica: using DATABASE_REPLICA_URL from the environment")
+        return env["DATABASE_REPLICA_URL"]
+    primary = servers.get("postgres", {})
+    primary_port = primary.get("port")
+    if primary.get("kind") != "embedded" or not isinstance(primary_port, int):
+        raise DevServerError(
+            "HEALTHCODE_REPLICA=1 makes a replica of the embedded Postgres only: add HEALTHCODE_EMBEDDED=1, "
+            "or set DATABASE_REPLICA_URL to a replica of your own"
+        )
+    recorded = servers.get("replica", {}).get("port")
+    wanted = recorded if isinstance(recorded, int) and not port_open(recorded) else None
+    port = start_replica(state, primary_port, wanted)
+    servers["replica"] = {"kind": "embedded", "port": port}
+    return f"postgresql://postgres@{LOCAL_HOST}:{port}/{DATABASE_NAME}"
+
+
 def _ensure_secret_file(path: Path, what: str) -> None:
     """32 random bytes in a file only its owner reads, made once."""
     if not path.exists():
@@ -542,6 +642,8 @@ def write_env(state: StateDir, endpoints: Endpoints) -> None:
         "HEALTHCODE_HANDLE_KEY_FILE": str(state.handle_key_file),
         "HEALTHCODE_KEYS_DIR": str(state.keys_dir),
     }
+    if endpoints.database_replica_url:
+        values["DATABASE_REPLICA_URL"] = endpoints.database_replica_url
     lines = ["# Written by `python -m app.dev.servers up`; source it: . ./.healthcode/env.sh"]
     lines += [f"export {name}={shlex.quote(value)}" for name, value in values.items()]
     state.env_sh.write_text("\n".join(lines) + "\n")
@@ -555,8 +657,9 @@ def up(state: StateDir, env: dict[str, str] | None = None) -> Endpoints:
         servers = state.read_servers()
         database_url = choose_postgres(state, env, servers)
         redis_url = choose_redis(state, env, servers)
+        replica_url = choose_replica(state, env, servers)
         state.write_servers(servers)
-        endpoints = Endpoints(database_url=database_url, redis_url=redis_url)
+        endpoints = Endpoints(database_url=database_url, redis_url=redis_url, database_replica_url=replica_url)
         ensure_demo_secrets(state)
         write_env(state, endpoints)
     return endpoints
@@ -568,6 +671,7 @@ def down(state: StateDir) -> None:
         say("nothing to stop")
         return
     with state.locked():
+        stop_replica(state)
         stopped_pg = stop_postgres(state)
         stopped_redis = stop_valkey(state)
         from app.dev.redis_cluster import LocalCluster  # imports this module: not at the top

@@ -31,6 +31,7 @@ from app.http.appkeys import (
     INGEST_PG,
     LIMITS,
     PG,
+    PG_REPLICA,
     POSTGRES_STATE,
     PUBLISHER,
     RATE_LIMITER,
@@ -124,8 +125,15 @@ async def _postgres(app: web.Application) -> AsyncIterator[None]:
     except BaseException:
         await close_pool(app[PG])
         raise
+    if settings.database_replica_url:
+        # No connection at start: a replica that is down must not keep the API from starting.
+        app[PG_REPLICA] = await create_pool(
+            settings.database_replica_url, min_size=0, max_size=settings.pg_pool_max, connect_timeout=1.0
+        )
     yield
     try:
+        if PG_REPLICA in app:
+            await close_pool(app[PG_REPLICA])
         await close_pool(app[INGEST_PG])
     finally:
         await close_pool(app[PG])
@@ -153,6 +161,8 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         postgres=app[POSTGRES_STATE],
         acquire_timeout=settings.pg_acquire_timeout_seconds,
         miss_timeout=settings.pg_miss_timeout_seconds,
+        replica=app.get(PG_REPLICA),
+        replica_timeout=settings.pg_replica_timeout_seconds,
     )
     app[LIMITS] = limits(settings)
     # One limiter for every route; its takes ride along with the status cache's reads.
@@ -261,9 +271,10 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
         asyncio.create_task(_every(REPAY_SECONDS, repay, app[POSTGRES_STATE]), name="status-repay"),
         asyncio.create_task(app[SCANS].run(SCAN_GUARD_SECONDS), name="scan-recorder"),
         asyncio.create_task(_every(settings.refresh_seconds, refresh, app[POSTGRES_STATE]), name="refresh"),
-        # Batches left unfinished by a crash or another process, then statuses past valid_until.
-        asyncio.create_task(_ingest_upkeep(app[INGEST]), name="ingest-upkeep"),
     ]
+    if settings.embedded_worker:
+        # Batches left unfinished by a crash or another process, then statuses past valid_until.
+        tasks.append(asyncio.create_task(_ingest_upkeep(app[INGEST]), name="ingest-upkeep"))
     yield
     for task in tasks:
         task.cancel()

@@ -25,6 +25,7 @@ from signing.handles import HandleCipher
 SETTINGS = web.AppKey("settings", Settings)
 PG = web.AppKey("pg", asyncpg.Pool)
 INGEST_PG = web.AppKey("ingest_pg", asyncpg.Pool)  # uploads and rejection downloads only
+PG_REPLICA = web.AppKey("pg_replica", asyncpg.Pool)  # cache misses' reads, when DATABASE_REPLICA_URL is set
 REDIS = web.AppKey[AnyRedis]("redis")  # one server or a cluster (REDIS_URL)
 CLIENTS = web.AppKey("clients", ClientRegistry)
 STATUS_CACHE = web.AppKey("status_cache", StatusCache)

@@ -149,28 +149,43 @@ async def merge_batch(conn: Conn, batch_id: int, kind: str, *, chunk_rows: int =
     return Merged(accepted, rejected, staged - rejected - accepted - corrected - retracted, corrected, retracted)
 
 
+# A range of pseudonyms, lo included, hi excluded (None: to the end): the share of one batch part.
+_IN_RANGE = "{column} >= $4 AND ($5::bytea IS NULL OR {column} < $5)"
+
+
 async def affected_subjects(
-    conn: Conn, batch_id: int, kind: str, arrival_window: int, *, page_rows: int = SUBJECT_PAGE
+    conn: Conn,
+    batch_id: int,
+    kind: str,
+    arrival_window: int,
+    *,
+    page_rows: int = SUBJECT_PAGE,
+    lo: bytes = b"",
+    hi: bytes | None = None,
 ) -> AsyncIterator[list[bytes]]:
-    """Every subject whose status the batch may change, a page at a time (read from staging, so it can
-    be re-run). A subject named in two pages is listed in each: recomputing twice changes nothing."""
+    """Every subject in [lo, hi) whose status the batch may change, a page at a time (read from staging,
+    so it can be re-run). A subject named in two pages is listed in each: recomputing twice changes
+    nothing. The range is a batch part's (app.ingest.parts); the default is every subject."""
     if kind == "risk_area":
-        async for page in _arrivals_from(conn, batch_id, arrival_window, page_rows):
+        async for page in _arrivals_from(conn, batch_id, arrival_window, page_rows, lo, hi):
             yield page
         return
     if kind == "test":
-        query = f"""SELECT coalesce(s.pseudonym, m.pseudonym) AS pseudonym
+        subject = "coalesce(s.pseudonym, m.pseudonym)"
+        query = f"""SELECT {subject} AS pseudonym
             FROM staging_test s LEFT JOIN samples m ON m.sample_id = s.sample_id
-            WHERE {_S_ROWS} AND coalesce(s.pseudonym, m.pseudonym) IS NOT NULL"""
+            WHERE {_S_ROWS} AND {_IN_RANGE.format(column=subject)}"""
     else:
-        query = f"SELECT pseudonym FROM staging_{kind} WHERE {_ROWS}"
+        query = f"SELECT pseudonym FROM staging_{kind} WHERE {_ROWS} AND {_IN_RANGE.format(column='pseudonym')}"
     for after, upto in row_ranges(await last_row(conn, batch_id, kind), page_rows):
-        rows = await conn.fetch(query, batch_id, after, upto)
+        rows = await conn.fetch(query, batch_id, after, upto, lo, hi)
         if rows:
             yield list(dict.fromkeys(bytes(r["pseudonym"]) for r in rows))
 
 
-async def _arrivals_from(conn: Conn, batch_id: int, arrival_window: int, page_size: int) -> AsyncIterator[list[bytes]]:
+async def _arrivals_from(
+    conn: Conn, batch_id: int, arrival_window: int, page_size: int, lo: bytes, hi: bytes | None
+) -> AsyncIterator[list[bytes]]:
     """People who arrived from the batch's areas within the rule set's window, in key order by pages."""
     # Area codes are six digits of a known province: their number is bounded whatever the batch's size.
     codes = await conn.fetch("SELECT DISTINCT area_code FROM staging_risk_area WHERE batch_id = $1", batch_id)
@@ -183,12 +198,14 @@ async def _arrivals_from(conn: Conn, batch_id: int, arrival_window: int, page_si
         rows = await conn.fetch(
             """SELECT DISTINCT pseudonym FROM travel_arrivals
                WHERE area_code LIKE ANY($1::text[]) AND arrived_at > now() - make_interval(secs => $2)
-                 AND pseudonym > $3
+                 AND pseudonym > $3 AND pseudonym >= $5 AND ($6::bytea IS NULL OR pseudonym < $6)
                ORDER BY pseudonym LIMIT $4""",
             patterns,
             arrival_window,
             after,
             page_size,
+            lo,
+            hi,
         )
         if not rows:
             return

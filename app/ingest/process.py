@@ -9,8 +9,10 @@ Steps, each safe to repeat after a crash:
    leaves nothing merged. Inside the transaction the merge runs a range of staged rows per
    statement (app.ingest.merge), so no statement timeout grows with the batch.
 2. With ``merged_at`` set, the touched subjects (read from staging a page at a time) are recomputed
-   and published through the status write path. Recomputing twice gives the same statuses.
-3. ``done``: staging rows deleted (by ranges), in one transaction.
+   and published through the status write path, a part (a range of pseudonyms, written by the merge) at
+   a time; several processes share a batch's parts (app.ingest.parts). Recomputing twice gives the
+   same statuses.
+3. ``done``, once every part is: staging rows deleted (by ranges), in one transaction.
 
 Batches may be processed by many processes at once: merges take one transaction-level advisory lock
 (so they cannot deadlock on the subjects they bump), and the write path's version guard keeps the
@@ -33,6 +35,7 @@ import asyncpg
 
 from app.db import UNAVAILABLE_ERRORS, Conn
 from app.ingest.merge import MERGE_CHUNK, SUBJECT_PAGE, affected_subjects, merge_batch
+from app.ingest.parts import PART_ROWS, recompute_parts, write_parts
 from app.ingest.store import delete_staging, mark_failed
 from app.statuses.compute import load_risk_areas
 from app.statuses.publish import Pause, StatusPublisher
@@ -69,6 +72,7 @@ class BatchProcessor:
         max_attempts: int = MAX_ATTEMPTS,
         chunk_rows: int = MERGE_CHUNK,
         page_rows: int = SUBJECT_PAGE,
+        part_rows: int = PART_ROWS,
     ) -> None:
         self.pool = pool
         self.publisher = publisher
@@ -76,6 +80,7 @@ class BatchProcessor:
         self.max_attempts = max_attempts
         self.chunk_rows = chunk_rows
         self.page_rows = page_rows
+        self.part_rows = part_rows
         self._lock = asyncio.Lock()
         self._tasks: dict[int, asyncio.Task[None]] = {}
 
@@ -146,6 +151,7 @@ class BatchProcessor:
                 max_attempts=self.max_attempts,
                 chunk_rows=self.chunk_rows,
                 page_rows=self.page_rows,
+                part_rows=self.part_rows,
             )
 
     @contextlib.asynccontextmanager
@@ -188,6 +194,7 @@ async def process_batch(
     max_attempts: int = MAX_ATTEMPTS,
     chunk_rows: int = MERGE_CHUNK,
     page_rows: int = SUBJECT_PAGE,
+    part_rows: int = PART_ROWS,
 ) -> None:
     """Take one batch as far as it can go.
 
@@ -204,7 +211,9 @@ async def process_batch(
     lock = (_WORKER_LOCKS, batch_id % (1 << 31))
     counted = bool(await conn.fetchval("SELECT pg_try_advisory_lock($1, $2)", *lock))
     try:
-        await _attempt(conn, batch_id, publisher, now, store_conn, pause, max_attempts, chunk_rows, page_rows, counted)
+        await _attempt(
+            conn, batch_id, publisher, now, store_conn, pause, max_attempts, chunk_rows, page_rows, part_rows, counted
+        )
     finally:
         if counted:
             # A pooled connection also drops it when returned (asyncpg resets advisory locks).
@@ -222,6 +231,7 @@ async def _attempt(
     max_attempts: int,
     chunk_rows: int,
     page_rows: int,
+    part_rows: int,
     counted: bool,
 ) -> None:
     if counted:
@@ -242,7 +252,7 @@ async def _attempt(
     try:
         if not merged:
             try:
-                if not await _merge_once(conn, batch_id, kind, pause, chunk_rows):
+                if not await _merge_once(conn, batch_id, kind, pause, chunk_rows, part_rows):
                     return
             except asyncpg.PostgresError as exc:
                 # The data itself cannot be merged (a constraint the row checks missed): fail it cleanly.
@@ -250,13 +260,17 @@ async def _attempt(
                 await mark_failed(conn, batch_id, f"merge failed: {exc.__class__.__name__}: {exc}")
                 return
             merged = True
-        subjects = 0
         areas = await load_risk_areas(conn)
-        async for page in affected_subjects(
-            conn, batch_id, kind, publisher.ruleset.arrival_window, page_rows=page_rows
-        ):
-            await publisher.refresh(conn, page, now, areas, store_conn=store_conn)
-            subjects += len(page)
+
+        async def recompute(lo: bytes, hi: bytes | None) -> int:
+            subjects = 0
+            window = publisher.ruleset.arrival_window
+            async for page in affected_subjects(conn, batch_id, kind, window, page_rows=page_rows, lo=lo, hi=hi):
+                await publisher.refresh(conn, page, now, areas, store_conn=store_conn)
+                subjects += len(page)
+            return subjects
+
+        subjects = await recompute_parts(conn, batch_id, recompute)
         async with conn.transaction():
             await delete_staging(conn, batch_id)
             # Only from loading: a process that finished this batch first has counted its subjects.
@@ -294,7 +308,7 @@ async def _give_up(conn: Conn, batch_id: int, max_attempts: int, merged: bool, e
     await mark_failed(conn, batch_id, reason)
 
 
-async def _merge_once(conn: Conn, batch_id: int, kind: str, pause: Pause, chunk_rows: int) -> bool:
+async def _merge_once(conn: Conn, batch_id: int, kind: str, pause: Pause, chunk_rows: int, part_rows: int) -> bool:
     """Merge the batch unless another process has; False if it is done or failed meanwhile."""
     async with conn.transaction():
         # Checked again under the row lock: another process may have merged it since the first look.
@@ -324,5 +338,6 @@ async def _merge_once(conn: Conn, batch_id: int, kind: str, pause: Pause, chunk_
             merged.corrected,
             merged.retracted,
         )
+        await write_parts(conn, batch_id, kind, part_rows)
         await pause("merged")
     return True

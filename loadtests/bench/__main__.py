@@ -14,7 +14,7 @@ from typing import Any
 from loadtests.bench import BenchError
 
 # In the order they run; a module that is not there is skipped.
-MODULES = ("status", "overload", "ingest", "peers", "cluster")
+MODULES = ("status", "overload", "processes", "ingest", "workers", "peers", "cluster")
 
 
 def duration(text: str) -> float:
@@ -33,14 +33,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--duration", type=duration, default=10.0, help="measured seconds per run (10)")
     parser.add_argument("--out", default="bench-results", help="folder for bench.json and server logs")
     parser.add_argument("--host", help="accepted for `make`; the benchmarks start their own servers")
-    parser.add_argument("--workers", help="accepted for `make`; the benchmarks use one process")
+    parser.add_argument("--workers", help="accepted for `make`; the benchmarks choose their own processes")
+    parser.add_argument("--only", action="append", choices=MODULES, help="run only this benchmark (repeatable)")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     results: dict[str, Any] = {}
-    for name in MODULES:
+    for name in args.only or MODULES:
         if importlib.util.find_spec(f"loadtests.bench.{name}") is None:
             continue
         module = importlib.import_module(f"loadtests.bench.{name}")

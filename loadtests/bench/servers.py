@@ -47,9 +47,10 @@ class Server:
 
 @contextlib.contextmanager
 def pinned_server(
-    command: list[str], *, port: int, cpu: int | None, log: Path, env: Mapping[str, str] | None = None
+    command: list[str], *, port: int, cpu: int | str | None, log: Path, env: Mapping[str, str] | None = None
 ) -> Iterator[Server]:
-    """Run `command` (which must serve GET /healthz on `port`) on `cpu` until the block ends."""
+    """Run `command` (which must serve GET /healthz on `port`) on `cpu` (a core, or a taskset list such
+    as "0,1") until the block ends."""
     if cpu is not None and shutil.which("taskset"):
         command = ["taskset", "-c", str(cpu), *command]
     base = f"http://127.0.0.1:{port}"

@@ -117,7 +117,8 @@ async def upload(request: web.Request) -> web.Response:
     if not received.created:
         # The same batch again: answer with the first one, changing nothing.
         return json_response(batch_view(row), headers={"Location": location})
-    processor.submit(received.batch_id)
+    if settings.embedded_worker:  # otherwise a `healthcode worker` takes it up
+        processor.submit(received.batch_id)
     return json_response(batch_view(row), status=202, headers={"Location": location})
 
 
