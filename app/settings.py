@@ -63,6 +63,8 @@ class Settings:
     rate_limits: tuple[tuple[str, str, Rate], ...] = ()
     # Private signing keys given in the environment (PEM), used before key files.
     signing_key_pems: tuple[bytes, ...] = ()
+    # Scan events and place-code visits older than this are deleted by `healthcode sweep`.
+    retention_days: int = 28
 
     def __repr__(self) -> str:
         # Settings end up in logs and tracebacks: secrets never do. Fields marked repr=False are left
@@ -117,6 +119,7 @@ class Settings:
             max_rejections_per_batch=_int(
                 env, "HEALTHCODE_MAX_REJECTIONS_PER_BATCH", 10_000, low=0, high=1_000_000_000
             ),
+            retention_days=_int(env, "HEALTHCODE_RETENTION_DAYS", 28, low=1, high=3650),
         )
 
 

@@ -41,7 +41,7 @@ _CLEAN_TABLES = (
     "subjects", "vaccinations", "nucleic_tests", "travel_arrivals", "designations", "statuses", "risk_areas",
     "api_clients", "signing_keys", "scan_events", "scan_refusals", "status_overrides", "batch_rejections", "samples",
     "staging_population", "staging_vaccination", "staging_test", "staging_travel", "staging_designation",
-    "staging_risk_area", "batches", "status_refresh_owed", "record_history",
+    "staging_risk_area", "batches", "status_refresh_owed", "record_history", "venue_visits", "venues",
 )  # fmt: skip
 _CLEAN = ";".join(f"DELETE FROM {table}" for table in _CLEAN_TABLES)
 

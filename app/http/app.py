@@ -37,11 +37,12 @@ from app.http.appkeys import (
     STATUS_CACHE,
     STATUS_LOADER,
 )
-from app.http.handlers import appeals, batches, declarations, meta, metrics, qr, samples, status, verify
+from app.http.handlers import appeals, batches, declarations, meta, metrics, qr, samples, status, venues, verify
 from app.http.middleware import FrontDoor
 from app.ingest.process import BatchProcessor
 from app.keys.signer import SignerState
 from app.limits import UPLOADS, Limits
+from app.retention import ensure_daily_partitions
 from app.rules.ruleset import load_ruleset
 from app.scans import ScanRecorder, ScanWriter, ensure_scan_partitions
 from app.settings import Settings
@@ -82,7 +83,7 @@ def create_app(settings: Settings, *, background: bool = True) -> web.Applicatio
     app.cleanup_ctx.extend([_admission, _postgres, _redis, _services])
     if background:
         app.cleanup_ctx.append(_background)
-    for module in (meta, status, verify, qr, batches, samples, appeals, declarations, metrics):
+    for module in (meta, status, verify, qr, batches, samples, appeals, declarations, venues, metrics):
         app.add_routes(module.routes)
     return app
 
@@ -141,6 +142,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     )
     app[SCANS] = ScanRecorder(ScanStream(redis), pool)
     await ensure_scan_partitions(pool, datetime.now(UTC).date())
+    await ensure_daily_partitions(pool, "venue_visits", datetime.now(UTC).date())
     app[INGEST] = BatchProcessor(pool, publisher)
     yield
     await app[INGEST].close()
@@ -171,6 +173,7 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
         await app[CLIENTS].refresh(pool)
         await app[SIGNER].refresh(pool)
         await ensure_scan_partitions(pool, datetime.now(UTC).date())
+        await ensure_daily_partitions(pool, "venue_visits", datetime.now(UTC).date())
 
     async def repay() -> None:
         async with pool.acquire() as conn:
