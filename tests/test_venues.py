@@ -20,6 +20,7 @@ from signing.records import KeyRecord
 from signing.venues import sign_venue
 from tests.conftest import AppFactory
 from tests.support import bearer
+from tests.test_openapi import assert_documented
 
 Api = TestClient[web.Request, web.Application]
 PROBLEM = "application/problem+json"
@@ -74,6 +75,8 @@ async def checkin(api: Api, keys: dict[str, str], token: str, number: str = PEOP
 
 async def test_a_venue_is_registered_with_a_signed_code_and_a_printable_poster(api: Api, keys: dict[str, str]) -> None:
     venue = await register(api, keys, name="<火锅> & 茶馆")
+    r = await api.get(f"/v1/venues/{venue['id']}", headers=bearer(keys["registrar"]))
+    assert (await assert_documented(r, "/v1/venues/{venue_id}", "get"))["token"]
     assert venue["name"] == "<火锅> & 茶馆" and venue["area_code"] == "500103" and venue["serial"] == 1
     assert venue["typ"] == "hcv+jwt" and venue["token"].count(".") == 2
     r = await api.get(venue["poster"], headers=bearer(keys["registrar"]))
@@ -116,7 +119,7 @@ async def test_a_check_in_answers_the_status_and_keeps_the_visit_by_pseudonym_on
     venue = await register(api, keys)
     r = await checkin(api, keys, venue["token"])
     assert r.status == 200, await r.text()
-    answer = await r.json()
+    answer = await assert_documented(r, "/v1/checkins", "post")
     assert answer["colour"] == "green" and answer["token"] and answer["id_number"].startswith("5")
     assert answer["venue"] == {"id": venue["id"], "name": venue["name"], "area_code": "500103"}
     rows = await db.fetch("SELECT * FROM venue_visits")
@@ -126,7 +129,7 @@ async def test_a_check_in_answers_the_status_and_keeps_the_visit_by_pseudonym_on
     assert abs(rows[0]["visited_at"].timestamp() - answer["checked_in_at"]) < 1
     # Someone the service holds nothing for: the visit is kept, the answer says no status is held.
     r = await checkin(api, keys, venue["token"], "310104195111057015")
-    assert r.status == 404 and (await r.json())["type"] == "/problems/subject-not-found"
+    assert (await assert_documented(r, "/v1/checkins", "post"))["type"] == "/problems/subject-not-found"
     assert await db.fetchval("SELECT count(*) FROM venue_visits") == 2
 
 
@@ -195,12 +198,12 @@ async def test_an_exposure_query_counts_and_designates_visitors_through_ingestio
 
     r = await exposures(api, keys, {**window, "designate": {"days": 7, "reason": "case 2022-0601"}})
     assert r.status == 202, await r.text()
-    answer = await r.json()
+    answer = await assert_documented(r, "/v1/exposures", "post")
     assert answer["batch"] == {"id": answer["batch"]["id"], "created": True, "rows": 2}
     assert "id_number" not in str(answer) and PEOPLE[0] not in str(answer)
     await api.app[INGEST].wait(answer["batch"]["id"])
     r = await api.get(r.headers["Location"], headers=bearer(keys["cdc"]))
-    batch = await r.json()
+    batch = await assert_documented(r, "/v1/batches/{batch_id}", "get")
     assert (batch["kind"], batch["format"], batch["state"]) == ("designation", "visits", "done"), batch
     assert batch["counts"]["accepted"] == 2 and batch["subjects_recomputed"] == 2
     for number, colour in ((PEOPLE[0], "yellow"), (PEOPLE[1], "yellow"), (PEOPLE[2], "green")):
