@@ -12,9 +12,11 @@ from tests.support import bearer
 
 
 def _sample(text: str, name: str, labels: str = "") -> int:
-    match = re.search(rf"^{re.escape(name + labels)} (\d+)$", text, re.MULTILINE)
+    match = re.search(rf"^{re.escape(name + labels)} ([0-9.e+]+)$", text, re.MULTILINE)
     assert match, f"{name}{labels} not in:\n{text}"
-    return int(match.group(1))
+    value = float(match.group(1))
+    assert value.is_integer()
+    return int(value)
 
 
 async def test_metrics_count_requests_by_route_and_status(

@@ -25,6 +25,7 @@ from app.http.appkeys import (
     INGEST,
     INGEST_PG,
     LIMITS,
+    METRICS,
     PG,
     POSTGRES_STATE,
     PUBLISHER,
@@ -42,6 +43,8 @@ from app.http.middleware import FrontDoor
 from app.ingest.process import BatchProcessor
 from app.keys.signer import SignerState
 from app.limits import UPLOADS, Limits
+from app.ops.logs import tag_response
+from app.ops.metrics import Metrics
 from app.retention import ensure_daily_partitions
 from app.rules.ruleset import load_ruleset
 from app.scans import ScanRecorder, ScanWriter, ensure_scan_partitions
@@ -80,6 +83,9 @@ def create_app(settings: Settings, *, background: bool = True) -> web.Applicatio
     app[FRONT_DOOR] = front_door
     app[POSTGRES_STATE] = postgres
     app[HANDLES] = HandleCipher(settings.handle_key)
+    kept = app[METRICS] = Metrics()
+    front_door.observe = kept.observe_request
+    app.on_response_prepare.append(tag_response)  # X-Request-ID on every answer
     app.cleanup_ctx.extend([_admission, _postgres, _redis, _services])
     if background:
         app.cleanup_ctx.append(_background)
@@ -98,7 +104,12 @@ async def _admission(app: web.Application) -> AsyncIterator[None]:
 
 async def _postgres(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    app[PG] = await create_pool(settings.database_url, min_size=settings.pg_pool_min, max_size=settings.pg_pool_max)
+    app[PG] = await create_pool(
+        settings.database_url,
+        min_size=settings.pg_pool_min,
+        max_size=settings.pg_pool_max,
+        query_logger=app[METRICS].observe_logged_query,
+    )
     try:
         app[INGEST_PG] = await create_pool(settings.database_url, min_size=0, max_size=settings.ingest_pool_max)
     except BaseException:
@@ -138,8 +149,13 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     # One limiter for every route; its takes ride along with the status cache's reads.
     limiter = app[RATE_LIMITER] = RateLimiter(redis)
     app[STATUS_CACHE] = StatusCache(
-        redis, loader.load, writer=writer, negative_ttl_seconds=settings.negative_ttl_seconds, limiter=limiter
+        redis,
+        app[METRICS].timed_load(loader.load),
+        writer=writer,
+        negative_ttl_seconds=settings.negative_ttl_seconds,
+        limiter=limiter,
     )
+    app[STATUS_CACHE].on_read = app[METRICS].observe_redis_read
     app[SCANS] = ScanRecorder(ScanStream(redis), pool)
     await ensure_scan_partitions(pool, datetime.now(UTC).date())
     await ensure_daily_partitions(pool, "venue_visits", datetime.now(UTC).date())
@@ -183,6 +199,8 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
 
     tasks = [
         asyncio.create_task(writer.run(), name="scan-writer"),
+        # With several workers each one's counts reach the shared metric files every second.
+        *([asyncio.create_task(_sync_metrics(app), name="metrics-sync")] if app[METRICS].multiprocess else []),
         # Statuses Postgres stored while Redis could not take them, published once it can.
         asyncio.create_task(_every(REPAY_SECONDS, repay, app[POSTGRES_STATE]), name="status-repay"),
         asyncio.create_task(app[SCANS].run(SCAN_GUARD_SECONDS), name="scan-recorder"),
@@ -200,6 +218,20 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
 
 
 SWEEP_SECONDS = 60.0
+METRICS_SYNC_SECONDS = 1.0
+
+
+async def _sync_metrics(app: web.Application) -> None:
+    from app.http.handlers.metrics import sync
+
+    while True:
+        await asyncio.sleep(METRICS_SYNC_SECONDS)
+        try:
+            sync(app, app[METRICS])
+        except Exception:
+            log.exception("metrics sync failed; trying again")
+
+
 REPAY_SECONDS = 1.0
 # How often scans kept by the recorder are checked against Redis, and refused-scan counts flushed.
 SCAN_GUARD_SECONDS = 1.0

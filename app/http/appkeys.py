@@ -12,6 +12,7 @@ from app.http.middleware import FrontDoor
 from app.ingest.process import BatchProcessor
 from app.keys.signer import SignerState
 from app.limits import Limits
+from app.ops.metrics import Metrics
 from app.scans import ScanRecorder, ScanWriter
 from app.settings import Settings
 from app.statuses.loader import StatusLoader
@@ -37,3 +38,4 @@ FRONT_DOOR = web.AppKey("front_door", FrontDoor)
 INGEST = web.AppKey("ingest", BatchProcessor)
 POSTGRES_STATE = web.AppKey("postgres_state", DependencyState)  # up or down as last seen, for probes and metrics
 PUBLISHER = web.AppKey("publisher", StatusPublisher)  # for writers outside ingestion (appeal decisions)
+METRICS = web.AppKey("metrics", Metrics)  # this process's prometheus_client metrics
