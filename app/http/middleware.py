@@ -163,7 +163,7 @@ def _postgres_unavailable(exc: BaseException) -> BaseException | None:
 
 def _internal_error(request: web.Request) -> web.Response:
     # Full context goes to the log under a reference the caller can quote; the caller gets no traceback.
-    reference = REQUEST_ID.get() or secrets.token_hex(8)  # the request id: the caller may already log it
+    reference = secrets.token_hex(8)  # the log line also carries the request id (X-Request-ID)
     log.exception("unhandled error %s in %s %s", reference, request.method, request.path)
     return problem_response(InternalError(reference), request.path)
 
