@@ -10,6 +10,7 @@ stored or answered: visits hold the pseudonym and the masked number only.
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any, Final
 
@@ -38,6 +39,7 @@ from app.venues.store import (
 from signing.errors import BadToken
 from signing.venues import VENUE_TYP, sign_venue, verify_venue
 
+log = logging.getLogger(__name__)
 routes = web.RouteTableDef()
 
 SVG_TYPE: Final = "image/svg+xml"
@@ -98,6 +100,7 @@ async def register(request: web.Request) -> web.Response:
     with postgres_answers(request.app[POSTGRES_STATE]):
         async with request.app[PG].acquire() as conn:
             venue = await register_venue(conn, wanted, client.id, actor=f"{client.kind}:{client.name}")
+    log.info("venue registered", extra={"event": "venue.register", "venue_id": venue.id, "client": client.name})
     location = f"/v1/venues/{venue.id}"
     return json_response(_venue_answer(request, venue), status=201, headers={"Location": location})
 
@@ -118,6 +121,10 @@ async def reissue(request: web.Request) -> web.Response:
         async with request.app[PG].acquire() as conn:
             reissued = await reissue_venue(conn, venue.id, actor=f"{client.kind}:{client.name}")
     assert reissued is not None  # venues are never deleted
+    log.info(
+        "venue code reissued",
+        extra={"event": "venue.reissue", "venue_id": venue.id, "serial": reissued.serial, "client": client.name},
+    )
     return json_response(_venue_answer(request, reissued))
 
 
@@ -201,6 +208,16 @@ async def exposures(request: web.Request) -> web.Response:
             designation = await stage_designation(conn, query, query.designate, client.id, authority=client.name)
     if designation.created:
         app[INGEST].submit(designation.batch_id)  # merged, recomputed and audited like any upload
+        log.info(
+            "exposure designated",
+            extra={
+                "event": "exposure.designate",
+                "venue_id": query.venue_id,
+                "batch_id": designation.batch_id,
+                "people": designation.rows,
+                "client": client.name,
+            },
+        )
     location = f"/v1/batches/{designation.batch_id}"
     answer["batch"] = {"id": designation.batch_id, "created": designation.created, "rows": designation.rows}
     return json_response(answer, status=202 if designation.created else 200, headers={"Location": location})
