@@ -26,7 +26,7 @@ from app.db import connect, drop_database, recreate_database
 from app.http.app import create_app
 from app.keys.lifecycle import activate, new_key
 from app.limits import unbounded
-from app.scopes import CLIENT_KINDS, RECORD_KINDS
+from app.scopes import AGENCY_SCOPES, CLIENT_KINDS
 from app.settings import Settings
 
 TEST_DATABASE = f"healthcode_test_{os.getpid()}"
@@ -114,8 +114,8 @@ async def signing_key(db: asyncpg.Connection, settings: Settings) -> str:
 
 @pytest.fixture
 async def client_keys(db: asyncpg.Connection) -> dict[str, str]:
-    """A secret per client kind: citizen-backend, scanner, agency (with every record kind)."""
-    scopes = {"agency": RECORD_KINDS}
+    """A secret per client kind: citizen-backend, scanner, agency (with every scope), operator."""
+    scopes = {"agency": AGENCY_SCOPES}
     return {kind: (await add_client(db, f"test-{kind}", kind, scopes.get(kind, ()))).secret for kind in CLIENT_KINDS}
 
 

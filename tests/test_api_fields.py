@@ -27,6 +27,9 @@ ROUTE_KINDS = {
     "/v1/appeals": "citizen-backend",
     "/v1/declarations": "citizen-backend",
     "/v1/appeals/{appeal_id}/decisions": "operator",
+    "/v1/venues": "operator",
+    "/v1/checkins": "citizen-backend",
+    "/v1/exposures": "agency",
 }
 # A value each field accepts, so that only the field under test is wrong.
 GOOD = {
@@ -42,6 +45,10 @@ GOOD = {
     "colour": "green",
     "name": "李四",
     "phone": "13812345678",
+    "address": "重庆市渝中区解放碑",
+    "area_code": "500103",
+    "venue_token": "a.b.c",
+    "venue_id": "v3q8ZtKpXm2Ra7wL",
 }
 
 

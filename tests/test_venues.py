@@ -92,6 +92,9 @@ async def test_a_venue_is_registered_with_a_signed_code_and_a_printable_poster(a
 
 
 async def test_registration_refusals(api: Api, keys: dict[str, str]) -> None:
+    for junk in ("%00", "v" + "x" * 60, "vshort"):  # never reaches Postgres: a 404, not a 500
+        r = await api.get(f"/v1/venues/{junk}/poster.svg", headers=bearer(keys["operator"]))
+        assert r.status == 404 and (await r.json())["type"] == "/problems/venue-not-found"
     r = await api.post(
         "/v1/venues", json={"name": "a", "address": "b", "area_code": "500103"}, headers=bearer(keys["plain"])
     )

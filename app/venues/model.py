@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -9,6 +10,8 @@ from app.appeals.free_text import identity_number_in
 from app.ingest.fields import RowError, area_code
 from app.rules.records import DESIGNATION_KINDS
 
+# A venue's public id (store.new_venue_id makes them; sql/013 checks them): anything else names no venue.
+VENUE_ID: Final = re.compile(r"v[A-Za-z0-9_-]{8,32}")
 MAX_NAME: Final = 200
 MAX_ADDRESS: Final = 500
 MAX_REASON: Final = 500

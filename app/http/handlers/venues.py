@@ -25,7 +25,7 @@ from app.http.problems import Forbidden, InvalidField, SubjectNotFound, VenueNot
 from app.identity import mask_number, pseudonym
 from app.limits import CHECKINS, EXPOSURES, VENUES
 from app.scopes import CDC_SCOPE, VENUE_SCOPE
-from app.venues.model import VenueFieldError, exposure_query, venue_request
+from app.venues.model import VENUE_ID, VenueFieldError, exposure_query, venue_request
 from app.venues.poster import render_poster
 from app.venues.store import (
     Venue,
@@ -43,7 +43,6 @@ log = logging.getLogger(__name__)
 routes = web.RouteTableDef()
 
 SVG_TYPE: Final = "image/svg+xml"
-_MAX_VENUE_ID: Final = 40
 
 
 def _field_error(exc: VenueFieldError) -> InvalidField:
@@ -60,7 +59,7 @@ def _registrar(request: web.Request) -> Client:
 async def _own_venue(request: web.Request, client: Client) -> Venue:
     venue_id = request.match_info["venue_id"]
     venue = None
-    if len(venue_id) <= _MAX_VENUE_ID:
+    if VENUE_ID.fullmatch(venue_id):
         with postgres_answers(request.app[POSTGRES_STATE]):
             venue = await venue_by_id(request.app[PG], venue_id)
     # Another agency's venue is as unknown as a missing one; operators see every venue.
@@ -197,7 +196,7 @@ async def exposures(request: web.Request) -> web.Response:
         raise _field_error(exc) from None
     answer: dict[str, Any] = {"venue_id": query.venue_id, "from": query.start, "to": query.end}
     with postgres_answers(app[POSTGRES_STATE]):
-        venue = await venue_by_id(app[PG], query.venue_id) if len(query.venue_id) <= _MAX_VENUE_ID else None
+        venue = await venue_by_id(app[PG], query.venue_id) if VENUE_ID.fullmatch(query.venue_id) else None
         if venue is None:
             raise VenueNotFound(f"no venue {query.venue_id} is registered")
         found = await exposure(app[PG], query)
