@@ -57,6 +57,12 @@ KIND_OF = {
     "/v1/samples": "agency",
     "/v1/appeals/{appeal_id}": "operator",  # and the citizen backend that filed it
     "/v1/appeals/{appeal_id}/decisions": "operator",
+    "/v1/venues": "operator",  # or an agency with the venue scope
+    "/v1/venues/{venue_id}": "operator",
+    "/v1/venues/{venue_id}/reissue": "operator",
+    "/v1/venues/{venue_id}/poster.svg": "operator",
+    "/v1/checkins": "citizen-backend",
+    "/v1/exposures": "agency",
 }
 # Where one path serves a kind per method (citizens file appeals, operators list them).
 KIND_OF_METHOD = {("POST", "/v1/appeals"): "citizen-backend", ("GET", "/v1/appeals"): "operator"}
