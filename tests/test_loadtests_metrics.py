@@ -7,6 +7,7 @@ import re
 from aiohttp.test_utils import TestClient
 from aiohttp.web import Application, Request
 
+from loadtests.run import served_counts
 from tests.conftest import AppFactory
 from tests.support import bearer
 
@@ -46,6 +47,8 @@ async def test_metrics_count_requests_by_route_and_status(
     assert _sample(text, "healthcode_status_cache_hits_total") == 0
     assert _sample(text, "healthcode_shed_total") == 0
     assert "# TYPE healthcode_http_requests_total counter" in text
+    # The load report reads the same page.
+    assert served_counts(text) == {"/healthz": 3, "/v1/status": 1, "unmatched": 2}
 
 
 async def test_past_capacity_requests_are_shed_at_once_and_counted(

@@ -4,20 +4,28 @@ exists."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import aiohttp
 import orjson
+import pytest
 import yaml
 from aiohttp import web
 from aiohttp.test_utils import TestClient
+from redis.asyncio import Redis
 
 from app.ops.logs import REQUEST_ID, JsonFormatter, request_id
+from app.settings import Settings
+from loadtests.bench.servers import free_port, pinned_server
 from tests.support import bearer
 
 Api = TestClient[web.Request, web.Application]
@@ -204,3 +212,55 @@ def test_worker_processes_add_up_in_multiprocess_mode(tmp_path: Path) -> None:
     assert sample(first, "healthcode_in_flight") == 4
     assert sample(second, "healthcode_in_flight") == 2  # the exited worker no longer counts
     assert sample(second, 'healthcode_http_requests_total{method="GET",route="/healthz",status="200"}') == 10
+
+
+@pytest.mark.slow
+async def test_two_served_workers_add_up_in_one_scrape(
+    settings: Settings, signing_key: str, tmp_path: Path, redis: Redis
+) -> None:
+    """Two `healthcode serve` processes sharing PROMETHEUS_MULTIPROC_DIR, as `serve --workers 2` runs
+    them: whichever is scraped counts the other's requests too (each syncs its counts every second)."""
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(Path(__file__).parent.parent),
+        "DATABASE_URL": settings.database_url,
+        "REDIS_URL": settings.redis_url,
+        "HEALTHCODE_PEPPER": settings.pepper.hex(),
+        "HEALTHCODE_HANDLE_KEY": settings.handle_key.hex(),
+        "HEALTHCODE_KEYS_DIR": str(settings.keys_dir),
+        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"),
+    }
+    (tmp_path / "metrics").mkdir()
+    ports = [free_port(), free_port()]
+    with contextlib.ExitStack() as stack:
+        servers = [
+            stack.enter_context(
+                pinned_server(
+                    [sys.executable, "-m", "app.cli", "serve", "--port", str(port)],
+                    port=port,
+                    cpu=None,
+                    log=tmp_path / f"worker-{n}.log",
+                    env=env,
+                )
+            )
+            for n, port in enumerate(ports)
+        ]
+        async with aiohttp.ClientSession() as session:
+            for _ in range(4):  # the second worker only
+                async with session.get(f"{servers[1].base_url}/openapi.json") as r:
+                    assert r.status == 200
+
+            async def scraped() -> float:
+                async with session.get(f"{servers[0].base_url}/metrics") as r:
+                    text = await r.text()
+                series = 'healthcode_http_requests_total{method="GET",route="/openapi.json",status="200"}'
+                return sample(text, series) if series + " " in text else 0.0
+
+            deadline = time.monotonic() + 10
+            while (seen := await scraped()) < 4:  # the second worker syncs every second
+                assert time.monotonic() < deadline, f"only {seen} of the second worker's requests counted"
+                await asyncio.sleep(0.2)
+            assert seen == 4
+        logs = (tmp_path / "worker-0.log").read_text()
+    first = logs.splitlines()[0]
+    assert orjson.loads(first)["level"] in ("info", "warning"), first  # the service logs JSON lines
