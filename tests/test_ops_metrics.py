@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import json
 import logging
 import os
@@ -13,6 +14,7 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
@@ -23,6 +25,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
 
+from app.http.app import create_app
 from app.ops.logs import REQUEST_ID, JsonFormatter, request_id
 from app.settings import Settings
 from loadtests.bench.servers import free_port, pinned_server
@@ -264,3 +267,30 @@ async def test_two_served_workers_add_up_in_one_scrape(
         logs = (tmp_path / "worker-0.log").read_text()
     first = logs.splitlines()[0]
     assert orjson.loads(first)["level"] in ("info", "warning"), first  # the service logs JSON lines
+
+
+async def _fails(request: web.Request) -> web.Response:
+    raise RuntimeError("lookup of 11010519491231002X broke")
+
+
+async def test_an_unexpected_error_is_logged_as_one_json_line_with_the_request_id(
+    aiohttp_client: Callable[..., Awaitable[Api]], settings: Settings, signing_key: str
+) -> None:
+    app = create_app(settings, background=False)
+    app.router.add_get("/v1/fails", _fails)
+    api = await aiohttp_client(app)
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(JsonFormatter())
+    logging.getLogger().addHandler(handler)
+    try:
+        r = await api.get("/v1/fails", headers={"X-Request-ID": "trace-77"})
+    finally:
+        logging.getLogger().removeHandler(handler)
+    assert r.status == 500 and r.headers["X-Request-ID"] == "trace-77"
+    reference = (await r.json(content_type="application/problem+json"))["reference"]
+    [line] = [line for line in out.getvalue().splitlines() if "unhandled error" in line]
+    entry = orjson.loads(line)
+    assert entry["request_id"] == "trace-77" and entry["level"] == "error"
+    assert reference in entry["message"] and "RuntimeError" in entry["error"]
+    assert "11010519491231002X" not in line and "[identity]" in entry["error"]
