@@ -218,23 +218,20 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
 
 
 SWEEP_SECONDS = 60.0
+REPAY_SECONDS = 1.0
+# How often scans kept by the recorder are checked against Redis, and refused-scan counts flushed.
+SCAN_GUARD_SECONDS = 1.0
+# How often a worker adds its counts to the shared metric files (multi-process mode only).
 METRICS_SYNC_SECONDS = 1.0
 
 
 async def _sync_metrics(app: web.Application) -> None:
-    from app.http.handlers.metrics import sync
-
     while True:
         await asyncio.sleep(METRICS_SYNC_SECONDS)
         try:
-            sync(app, app[METRICS])
+            metrics.sync(app, app[METRICS])
         except Exception:
             log.exception("metrics sync failed; trying again")
-
-
-REPAY_SECONDS = 1.0
-# How often scans kept by the recorder are checked against Redis, and refused-scan counts flushed.
-SCAN_GUARD_SECONDS = 1.0
 
 
 async def _ingest_upkeep(processor: BatchProcessor) -> None:
