@@ -23,10 +23,13 @@ import pytest
 import yaml
 from aiohttp import web
 from aiohttp.test_utils import TestClient
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from redis.asyncio import Redis
 
 from app.http.app import create_app
+from app.http.appkeys import INGEST
 from app.ops.logs import REQUEST_ID, JsonFormatter, request_id
+from app.ops.metrics import LATENCY_BUCKETS, Latencies
 from app.settings import Settings
 from loadtests.bench.servers import free_port, pinned_server
 from tests.support import bearer
@@ -143,6 +146,16 @@ async def test_every_answer_carries_a_request_id(api: Api, client_keys: dict[str
         await api.get("/healthz", headers={"X-Request-ID": "a b\tc"}),
         await api.get("/healthz", headers={"X-Request-ID": "11010519491231002X"}),
     ]
+    # A streamed answer (sent before the middleware sees it) carries one too.
+    body = "id_number,sampled_at,result,lab\nnot-a-number,2022-06-01T07:30:00+08:00,negative,lab-1\n"
+    r = await api.post(
+        "/v1/batches?kind=test", data=body, headers={**bearer(client_keys["agency"]), "Content-Type": "text/csv"}
+    )
+    assert r.status == 202, await r.text()
+    await api.app[INGEST].wait((await r.json())["id"])
+    streamed = await api.get(f"/v1/batches/{(await r.json())['id']}/rejections", headers=bearer(client_keys["agency"]))
+    assert streamed.status == 200 and b"id_number" in await streamed.read()
+    answers += [r, streamed]
     ids = [r.headers["X-Request-ID"] for r in answers]
     assert all(re.fullmatch(r"[0-9a-f]{16}", i) for i in ids), ids
     assert len(set(ids)) == len(ids)
@@ -183,6 +196,7 @@ def test_worker_processes_add_up_in_multiprocess_mode(tmp_path: Path) -> None:
         "m.tally.sync(m.requests, 3, 'GET', '/healthz', '200')\n"
         "m.tally.sync(m.requests, 5, 'GET', '/healthz', '200')\n"  # a later sync adds the difference only
         "m.observe_request('GET', '/healthz', 200, 0.002)\n"
+        "m.latencies.flush()\n"
         "m.in_flight.set(2)\n"
         "print(os.getpid())\n"
     )
@@ -294,3 +308,25 @@ async def test_an_unexpected_error_is_logged_as_one_json_line_with_the_request_i
     assert entry["request_id"] == "trace-77" and entry["level"] == "error"
     assert reference in entry["message"] and "RuntimeError" in entry["error"]
     assert "11010519491231002X" not in line and "[identity]" in entry["error"]
+
+
+def test_latencies_counted_in_python_render_as_observe_would() -> None:
+    """Latencies fills the histogram's own values; the page must be what Histogram.observe makes."""
+    values = (0.0, 0.0004, 0.0005, 0.005, 0.0051, 0.2, 29.9, 30.0, 31.0, 1e6)
+    pages = []
+    for counted in (False, True):
+        registry = CollectorRegistry()
+        histogram = Histogram(
+            "t_seconds", "t", ["method", "route", "status_class"], buckets=LATENCY_BUCKETS, registry=registry
+        )
+        latencies = Latencies(histogram, LATENCY_BUCKETS)
+        for value in values:
+            if counted:
+                latencies.observe(("GET", "/x", "2xx"), value)
+            else:
+                histogram.labels("GET", "/x", "2xx").observe(value)
+        latencies.flush()
+        pages.append(generate_latest(registry).decode())
+    assert pages[0] == pages[1]
+    assert 't_seconds_bucket{le="0.0005",method="GET",route="/x",status_class="2xx"} 3.0' in pages[1]
+    assert 't_seconds_bucket{le="+Inf",method="GET",route="/x",status_class="2xx"} 10.0' in pages[1]

@@ -43,7 +43,6 @@ from app.http.middleware import FrontDoor
 from app.ingest.process import BatchProcessor
 from app.keys.signer import SignerState
 from app.limits import UPLOADS, Limits
-from app.ops.logs import tag_response
 from app.ops.metrics import Metrics
 from app.retention import ensure_daily_partitions
 from app.rules.ruleset import load_ruleset
@@ -85,7 +84,6 @@ def create_app(settings: Settings, *, background: bool = True) -> web.Applicatio
     app[HANDLES] = HandleCipher(settings.handle_key)
     kept = app[METRICS] = Metrics()
     front_door.observe = kept.observe_request
-    app.on_response_prepare.append(tag_response)  # X-Request-ID on every answer
     app.cleanup_ctx.extend([_admission, _postgres, _redis, _services])
     if background:
         app.cleanup_ctx.append(_background)

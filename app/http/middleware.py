@@ -87,7 +87,8 @@ class FrontDoor:
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         started = time.perf_counter()
-        REQUEST_ID.set(request_id(request.headers.get(REQUEST_ID_HEADER)))  # for log lines and the answer
+        rid = request_id(request.headers.get(REQUEST_ID_HEADER))
+        REQUEST_ID.set(rid)  # for every log line of the request
         resource = request.match_info.route.resource
         route = UNMATCHED if resource is None else resource.canonical
         gate = self.admission
@@ -107,6 +108,8 @@ class FrontDoor:
         else:
             response = overloaded_response(random.choice(_SHED_RETRY_AFTER))
         self._count(request.method, route, response.status)
+        if not response.prepared:  # a streamed answer (already sent) set it itself
+            response.headers[REQUEST_ID_HEADER] = rid
         if self.observe is not None:
             self.observe(request.method, route, response.status, time.perf_counter() - started)
         return response

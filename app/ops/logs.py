@@ -1,10 +1,10 @@
 """Log lines as JSON, one object a line, with the request id of the request being served.
 
-A request's id is its `X-Request-ID` when that is a sane token, or one made here; it is set in a
-context variable by the middleware (every log line of the request carries it) and returned on every
-answer. Nothing logged may hold an identity number: the service never logs one, and anything shaped
-like a resident number that still reaches a line (a client's request id, an exception's text) is
-replaced by `[identity]`.
+A request's id is its `X-Request-ID` when that is a sane token, or one made here; the middleware sets
+it in a context variable (every log line of the request carries it) and on the answer (a streamed
+answer, sent before the middleware sees it, sets it itself). Nothing logged may hold an identity
+number: the service never logs one, and anything shaped like a resident number that still reaches a
+line (a client's request id, an exception's text) is replaced by `[identity]`.
 """
 
 from __future__ import annotations
@@ -16,12 +16,9 @@ import secrets
 import sys
 from contextvars import ContextVar
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 import orjson
-
-if TYPE_CHECKING:
-    from aiohttp import web
 
 REQUEST_ID_HEADER: Final = "X-Request-ID"
 REQUEST_ID: ContextVar[str | None] = ContextVar("request_id", default=None)
@@ -49,13 +46,6 @@ def request_id(header: str | None) -> str:
     if header is not None and _SANE_ID.fullmatch(header) and _RESIDENT.search(header) is None:
         return header
     return f"{_PREFIX}{_NEXT() & 0xFFFFFFFF:08x}"
-
-
-async def tag_response(request: web.Request, response: web.StreamResponse) -> None:
-    """on_response_prepare: every answer carries its request's id, streamed ones included."""
-    rid = REQUEST_ID.get()
-    if rid is not None:
-        response.headers[REQUEST_ID_HEADER] = rid
 
 
 class JsonFormatter(logging.Formatter):

@@ -72,6 +72,7 @@ async def batch_queue(app: web.Application) -> tuple[int, float] | None:
 def sync(app: web.Application, metrics: Metrics) -> None:
     """This process's own counts and states into its metrics (deltas for counters, values for gauges)."""
     tally = metrics.tally
+    metrics.latencies.flush()
     front = app.get(FRONT_DOOR)
     if front is not None:
         for (method, route, status), count in list(front.counts.items()):
