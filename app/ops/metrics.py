@@ -8,13 +8,14 @@ in multi-process mode, where every increment writes a memory-mapped file); measu
 this machine. Latencies are observed directly into histograms (their label children cached: 1.3 µs
 an observation in one process).
 
-What it costs on the status path: the additions a request pays (a histogram observation 1.9 µs, a new
-request id 0.3 µs, setting it in a context variable 0.1 µs, putting it on the answer 0.4 µs; timeit)
-come to ~3 µs. A/B on this machine (main and this code served side by side on one pinned core,
-`POST /v1/status` on Redis hits, wrk with 64 connections, 10 alternating 8 s rounds, the machine shared
-with other work at a load of 7-9): median server CPU per request 109.1 µs before, 112.0 µs after
-(+2.9 µs, 2.7 %; the median of the paired rounds' differences is +3.2 µs, rounds varying by ±15 µs).
-Cheap enough to keep prometheus_client; to be measured again on a quiet machine.
+What it costs on the status path, measured with `python -m loadtests.bench.ab` (the code before this
+module and with it, served side by side on one pinned core, `POST /v1/status` on Redis hits, wrk with
+64 connections, 10 alternating 8 s rounds, on this 2-core machine shared with other work at a load of
+6-8): median server CPU per request 106.7 µs before, 112.6 µs with it; median of the paired rounds'
+differences +3.1 µs (about 3 %), rounds varying by ±10 µs. The first version, observing through
+prometheus_client on every request and setting the request id from a response-prepare signal,
+measured +10.8 µs the same way (111.3 against 119.4); hence `Latencies` and the middleware's header.
+Cheap enough to keep prometheus_client.
 
 Multi-process mode (`serve --workers N`): set PROMETHEUS_MULTIPROC_DIR to an empty folder before the
 workers start (prometheus_client reads it at import). Every worker writes its values there; whichever
