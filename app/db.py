@@ -6,14 +6,16 @@ import asyncio
 import hashlib
 import logging
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import orjson
+from asyncpg.connection import LoggedQuery
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +61,7 @@ async def create_pool(
     attempts: int = 5,
     connect_timeout: float = 10.0,
     command_timeout: float = 30.0,
+    query_logger: Callable[[LoggedQuery], None] | None = None,
 ) -> asyncpg.Pool:
     """Connect, retrying a few times with a growing pause, then give up with the last error.
 
@@ -66,6 +69,7 @@ async def create_pool(
     to reconnect to an unreachable server fails within it instead of holding callers.
     """
     _quiet_floor_retries()
+    init = init_connection if query_logger is None else _with_logger(query_logger)
     delay = 0.2
     for attempt in range(1, attempts + 1):
         try:
@@ -76,7 +80,7 @@ async def create_pool(
                 timeout=connect_timeout,
                 command_timeout=command_timeout,
                 max_inactive_connection_lifetime=300,
-                init=init_connection,
+                init=init,
             )
         except (OSError, asyncpg.PostgresError) as exc:
             if attempt == attempts:
@@ -179,6 +183,16 @@ async def migrate(conn: asyncpg.Connection, migrations: list[Migration] | None =
     finally:
         await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK)
     return applied_now
+
+
+def _with_logger(logger: Callable[[LoggedQuery], None]) -> Callable[[asyncpg.Connection], Coroutine[Any, Any, None]]:
+    """The pool's connection set-up plus a query logger (asyncpg times each statement; used for metrics)."""
+
+    async def init(conn: asyncpg.Connection) -> None:
+        await init_connection(conn)
+        conn.add_query_logger(logger)
+
+    return init
 
 
 async def init_connection(conn: asyncpg.Connection) -> None:

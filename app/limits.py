@@ -24,6 +24,9 @@ RELATIONS: Final = "relations"  # family members: registering, ending and listin
 SAMPLES: Final = "samples"
 UPLOADS: Final = "uploads"
 BATCH_READS: Final = "batch-reads"
+VENUES: Final = "venues"  # registering venues and printing their posters
+CHECKINS: Final = "checkins"
+EXPOSURES: Final = "exposures"
 
 # Each kind's buckets and their default rates. A status look-up is cheap but each one can reveal a
 # person's status, so a citizen backend's default bounds what a leaked key can enumerate: an operator
@@ -36,10 +39,17 @@ DEFAULTS: Final[Mapping[str, Mapping[str, Rate]]] = {
         DECLARATIONS: Rate(100, 200),
         APPEALS: Rate(20, 40),
         RELATIONS: Rate(20, 40),
+        CHECKINS: Rate(500, 1000),
     },
     "scanner": {VERIFY: Rate(20, 40)},
-    "agency": {UPLOADS: Rate(20, 20), SAMPLES: Rate(200, 400), BATCH_READS: Rate(50, 100)},
-    "operator": {APPEALS: Rate(20, 40)},
+    "agency": {
+        UPLOADS: Rate(20, 20),
+        SAMPLES: Rate(200, 400),
+        BATCH_READS: Rate(50, 100),
+        VENUES: Rate(20, 40),
+        EXPOSURES: Rate(5, 10),
+    },
+    "operator": {APPEALS: Rate(20, 40), VENUES: Rate(20, 40)},
 }
 BUCKETS: Final = tuple(sorted({bucket for buckets in DEFAULTS.values() for bucket in buckets}))
 

@@ -12,6 +12,11 @@ from typing import Final
 
 CLIENT_KINDS: Final = ("citizen-backend", "scanner", "agency", "operator")
 RECORD_KINDS: Final = ("population", "vaccination", "test", "travel", "designation", "risk_area")
+# Agency scopes beyond record kinds: `venue` registers place codes, `cdc` asks who visited a venue
+# (and may turn the visitors into a designation batch).
+VENUE_SCOPE: Final = "venue"
+CDC_SCOPE: Final = "cdc"
+AGENCY_SCOPES: Final = (*RECORD_KINDS, VENUE_SCOPE, CDC_SCOPE)
 # Operator loads without --agency are recorded against this client id (no API client has it). The
 # operator may correct or retract any agency's record; an agency only its own.
 OPERATOR_CLIENT_ID: Final = 0

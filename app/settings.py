@@ -85,6 +85,8 @@ class Settings:
     # Whether API processes process the batches they receive (the quick start); 0 leaves batches to
     # `healthcode worker` processes.
     embedded_worker: bool = True
+    # Scan events and place-code visits older than this are deleted by `healthcode sweep`.
+    retention_days: int = 28
 
     def __repr__(self) -> str:
         # Settings end up in logs and tracebacks: secrets never do. Fields marked repr=False are left
@@ -152,6 +154,7 @@ class Settings:
             database_replica_url=env.get("DATABASE_REPLICA_URL", "").strip() or None,
             pg_replica_timeout_seconds=_ms(env, "HEALTHCODE_PG_REPLICA_TIMEOUT_MS", 200, low=10, high=60_000),
             embedded_worker=_flag(env, "HEALTHCODE_EMBEDDED_WORKER", True),
+            retention_days=_int(env, "HEALTHCODE_RETENTION_DAYS", 28, low=1, high=3650),
         )
 
 

@@ -49,7 +49,8 @@ UNBOUNDED_LIMITS = ",".join(
     for bucket in ("citizen-backend.status", "citizen-backend.qr", "scanner.verify", "agency.batch-reads")
 )
 _PG_SHARED = ("walwriter", "checkpointer", "background writer")
-_METRIC = re.compile(r'^healthcode_http_requests_total\{method="([^"]*)",route="([^"]*)",status="(\d+)"\} (\d+)$')
+# prometheus_client writes counts as floats ("12.0").
+_METRIC = re.compile(r'^healthcode_http_requests_total\{method="([^"]*)",route="([^"]*)",status="(\d+)"\} ([0-9.e+]+)$')
 
 
 def _seconds(text: str) -> int:
@@ -190,7 +191,7 @@ def served_counts(text: str) -> dict[str, int]:
     for line in text.splitlines():
         match = _METRIC.match(line)
         if match:
-            counts[match.group(2)] = counts.get(match.group(2), 0) + int(match.group(4))
+            counts[match.group(2)] = counts.get(match.group(2), 0) + int(float(match.group(4)))
     return counts
 
 

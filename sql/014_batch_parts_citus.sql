@@ -23,7 +23,7 @@ CREATE TABLE batch_parts (
 ALTER TABLE declarations DROP CONSTRAINT declarations_pkey, ADD PRIMARY KEY (pseudonym, id);
 ALTER TABLE record_history DROP CONSTRAINT record_history_pkey, ADD PRIMARY KEY (pseudonym, id);
 
--- Family relations (where sql/0NN_relations.sql has made them) link two people, a holder and a
+-- Family relations (sql/012_relations.sql) link two people, a holder and a
 -- relative. Both tables are distributed by `relative`: the relation is checked by (holder, relative),
 -- and the relative reads who looked them up. Their keys gain `relative`, and the look-up log refers
 -- to its relation by (relative, relation_id), so the foreign key stays within one person's shard; the

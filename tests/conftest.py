@@ -27,7 +27,7 @@ from app.dev.redis_cluster import LocalCluster
 from app.http.app import create_app
 from app.keys.lifecycle import activate, new_key
 from app.limits import unbounded
-from app.scopes import CLIENT_KINDS, RECORD_KINDS
+from app.scopes import AGENCY_SCOPES, CLIENT_KINDS
 from app.settings import Settings
 from cache.connection import AnyRedis, is_cluster_url, open_redis
 from tests.redis_targets import SINGLE_URL
@@ -46,6 +46,7 @@ _CLEAN_TABLES = (
     "staging_population", "staging_vaccination", "staging_test", "staging_travel", "staging_designation",
     "staging_risk_area", "batches", "status_refresh_owed", "record_history",
     "peers", "federation_subjects", "credential_keys",
+    "staging_risk_area", "batches", "status_refresh_owed", "record_history", "venue_visits", "venues",
 )  # fmt: skip
 _CLEAN = ";".join(f"DELETE FROM {table}" for table in _CLEAN_TABLES)
 
@@ -120,8 +121,8 @@ async def signing_key(db: asyncpg.Connection, settings: Settings) -> str:
 
 @pytest.fixture
 async def client_keys(db: asyncpg.Connection) -> dict[str, str]:
-    """A secret per client kind: citizen-backend, scanner, agency (with every record kind)."""
-    scopes = {"agency": RECORD_KINDS}
+    """A secret per client kind: citizen-backend, scanner, agency (with every scope), operator."""
+    scopes = {"agency": AGENCY_SCOPES}
     return {kind: (await add_client(db, f"test-{kind}", kind, scopes.get(kind, ()))).secret for kind in CLIENT_KINDS}
 
 

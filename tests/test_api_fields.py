@@ -32,6 +32,9 @@ ROUTE_KINDS = {
     "/v1/relations/{relation_id}/end": "citizen-backend",
     "/v1/lookups/query": "citizen-backend",
     "/v1/credentials/shc": "citizen-backend",
+    "/v1/venues": "operator",
+    "/v1/checkins": "citizen-backend",
+    "/v1/exposures": "agency",
 }
 # Routes called by other deployments, not clients: a request is authenticated (its assertion checked)
 # before its body is read, so a client key gets 401 there. tests/test_federation.py checks their NUL refusal.
@@ -53,6 +56,10 @@ GOOD = {
     "kind": "carer",
     "attestation_ref": "poa-2022-0412",
     "birth_date": "1990-01-01",
+    "address": "重庆市渝中区解放碑",
+    "area_code": "500103",
+    "venue_token": "a.b.c",
+    "venue_id": "v3q8ZtKpXm2Ra7wL",
 }
 
 

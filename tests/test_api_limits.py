@@ -56,7 +56,7 @@ async def test_an_enumeration_from_one_citizen_backend_is_stopped_and_another_is
     assert (body["type"], body["limit"]) == ("/problems/rate-limited", "status")
     assert "client test-citizen-backend has used its status limit (0.001 a second, bursts of 5)" in body["detail"]
     metrics = await (await api.get("/metrics")).text()
-    assert "healthcode_rate_limit_denied_total 36\n" in metrics
+    assert "healthcode_rate_limit_denied_total 36.0\n" in metrics
     # Malformed guesses count too: an enumeration cannot go on by sending bad checksums.
     r = await api.post("/v1/status", json={"id_number": resident(1)[:-1] + "0"}, headers=attacker)
     assert r.status == 429

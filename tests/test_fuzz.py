@@ -61,6 +61,12 @@ KIND_OF = {
     "/v1/relations/query": "citizen-backend",
     "/v1/relations/{relation_id}/end": "citizen-backend",
     "/v1/lookups/query": "citizen-backend",
+    "/v1/venues": "operator",  # or an agency with the venue scope
+    "/v1/venues/{venue_id}": "operator",
+    "/v1/venues/{venue_id}/reissue": "operator",
+    "/v1/venues/{venue_id}/poster.svg": "operator",
+    "/v1/checkins": "citizen-backend",
+    "/v1/exposures": "agency",
 }
 # Where one path serves a kind per method (citizens file appeals, operators list them).
 KIND_OF_METHOD = {("POST", "/v1/appeals"): "citizen-backend", ("GET", "/v1/appeals"): "operator"}

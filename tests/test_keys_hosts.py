@@ -85,9 +85,9 @@ async def test_a_host_without_the_active_private_key_refuses_to_sign_and_still_f
     ready = await r.json(content_type=PROBLEM)
     assert (ready["type"], ready["reason"]) == ("/problems/not-ready-to-sign", "private_key_missing")
     await assert_documented(r, "/readyz", "get")
-    assert await metric(host_b, "healthcode_signing_ready") == "0"
-    assert await metric(host_b, 'healthcode_signing_unavailable{reason="private_key_missing"}') == "1"
-    assert await metric(host_a, "healthcode_signing_ready") == "1"
+    assert await metric(host_b, "healthcode_signing_ready") == "0.0"
+    assert await metric(host_b, 'healthcode_signing_unavailable{reason="private_key_missing"}') == "1.0"
+    assert await metric(host_a, "healthcode_signing_ready") == "1.0"
     assert (await host_a.get("/readyz")).status == 200
 
     # Its JWKS publishes the new key, and a later revocation applies there at once.
@@ -105,7 +105,7 @@ async def test_a_host_without_the_active_private_key_refuses_to_sign_and_still_f
     await refresh(host_b)
     assert host_b.app[SIGNER].status_signer().kid == new[:8]
     assert (await host_b.get("/readyz")).status == 200
-    assert await metric(host_b, "healthcode_signing_ready") == "1"
+    assert await metric(host_b, "healthcode_signing_ready") == "1.0"
 
 
 async def test_a_private_key_file_of_another_key_is_refused_not_used(

@@ -7,14 +7,17 @@ import re
 from aiohttp.test_utils import TestClient
 from aiohttp.web import Application, Request
 
+from loadtests.run import served_counts
 from tests.conftest import AppFactory
 from tests.support import bearer
 
 
 def _sample(text: str, name: str, labels: str = "") -> int:
-    match = re.search(rf"^{re.escape(name + labels)} (\d+)$", text, re.MULTILINE)
+    match = re.search(rf"^{re.escape(name + labels)} ([0-9.e+]+)$", text, re.MULTILINE)
     assert match, f"{name}{labels} not in:\n{text}"
-    return int(match.group(1))
+    value = float(match.group(1))
+    assert value.is_integer()
+    return int(value)
 
 
 async def test_metrics_count_requests_by_route_and_status(
@@ -44,6 +47,8 @@ async def test_metrics_count_requests_by_route_and_status(
     assert _sample(text, "healthcode_status_cache_hits_total") == 0
     assert _sample(text, "healthcode_shed_total") == 0
     assert "# TYPE healthcode_http_requests_total counter" in text
+    # The load report reads the same page.
+    assert served_counts(text) == {"/healthz": 3, "/v1/status": 1, "unmatched": 2}
 
 
 async def test_past_capacity_requests_are_shed_at_once_and_counted(

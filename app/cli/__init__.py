@@ -11,9 +11,12 @@ import argparse
 import asyncio
 import inspect
 import logging
+import os
 import sys
 
 from app.cli import appeals, batches, cache, clients, credentials, db, demo, keys, peers, serve, status, worker
+from app.ops.logs import LOG_FORMAT_ENV
+from app.ops.logs import configure as configure_logging
 from app.settings import Settings, SettingsError
 
 # The order in which `healthcode --help` lists the command groups.
@@ -36,10 +39,12 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(keys.key_refs_as_operands(sys.argv[1:] if argv is None else argv))
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
+    # The service logs JSON lines for the log pipeline; commands an operator runs log text.
+    log_format = os.environ.get(LOG_FORMAT_ENV) or ("json" if args.command == "serve" else "text")
+    if log_format not in ("json", "text"):
+        print(f"healthcode: configuration error: {LOG_FORMAT_ENV} must be json or text", file=sys.stderr)
+        return 2
+    configure_logging(log_format, logging.DEBUG if args.verbose else logging.INFO)
     try:
         settings = Settings.from_env()
     except SettingsError as exc:

@@ -24,9 +24,11 @@ def add_parser(sub: Any) -> None:
     load_parser.add_argument("file", type=Path)
     load_parser.set_defaults(run=load)
 
-    sub.add_parser("sweep", help="recompute every status whose valid_until has passed, and refresh Redis").set_defaults(
-        run=sweep
-    )
+    sub.add_parser(
+        "sweep",
+        help="recompute every status whose valid_until has passed, and refresh Redis; delete scan events "
+        "and place-code visits older than HEALTHCODE_RETENTION_DAYS (default 28)",
+    ).set_defaults(run=sweep)
 
 
 async def load(args: argparse.Namespace, settings: Settings) -> int:
@@ -46,11 +48,18 @@ async def load(args: argparse.Namespace, settings: Settings) -> int:
 
 async def sweep(args: argparse.Namespace, settings: Settings) -> int:
     import time
+    from datetime import UTC, datetime
 
+    from app.retention import sweep_retention
     from app.statuses.standalone import open_publisher
     from app.statuses.sweep import sweep_expired
 
     async with open_publisher(settings) as (conn, publisher):
         count = await sweep_expired(conn, publisher, int(time.time()))
+        swept = await sweep_retention(conn, datetime.now(UTC), settings.retention_days)
     print(f"recomputed {count} expired statuses")
+    print(
+        f"retention {settings.retention_days} days: dropped {len(swept.dropped)} partitions"
+        f"{' (' + ', '.join(swept.dropped) + ')' if swept.dropped else ''}, deleted {swept.deleted} rows"
+    )
     return 0

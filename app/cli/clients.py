@@ -22,7 +22,12 @@ def add_parser(sub: Any) -> None:
     add = actions.add_parser("add", help="create a client and print its secret (shown once)")
     add.add_argument("--kind", required=True, choices=CLIENT_KINDS)
     add.add_argument("--name", required=True)
-    add.add_argument("--scope", action="append", default=[], help="for agencies: a record kind it may upload")
+    add.add_argument(
+        "--scope",
+        action="append",
+        default=[],
+        help="for agencies: a record kind it may upload, venue (register place codes) or cdc (exposure queries)",
+    )
     add.add_argument("--limit", action="append", default=[], metavar="BUCKET=RATE[/BURST]", help=_LIMIT_HELP)
     add.set_defaults(run=add_client)
     actions.add_parser("list", help="every client, without secrets").set_defaults(run=list_clients)

@@ -19,7 +19,7 @@ from app.db import migrate
 from app.dev.population import Person, synthetic_people
 from app.identity import Identity, mask_name, mask_number, pseudonym
 from app.keys import lifecycle as keys
-from app.scopes import CLIENT_KINDS, RECORD_KINDS
+from app.scopes import AGENCY_SCOPES, CLIENT_KINDS
 from app.settings import Settings
 from app.statuses.compute import load_risk_areas
 from app.statuses.standalone import open_publisher
@@ -146,7 +146,7 @@ async def _demo_clients(conn: asyncpg.Connection, path: Path) -> dict[str, str]:
         if kind in saved and hash_secret(saved[kind]) in active:
             continue
         name = f"demo-{kind}-{int(time.time())}"
-        scopes = RECORD_KINDS if kind == "agency" else ()
+        scopes = AGENCY_SCOPES if kind == "agency" else ()  # every record kind, venues and exposures
         saved[kind] = (await add_client(conn, name, kind, scopes)).secret
     path.write_text(json.dumps(saved, indent=2))
     os.chmod(path, 0o600)

@@ -30,6 +30,7 @@ from app.http.appkeys import (
     INGEST,
     INGEST_PG,
     LIMITS,
+    METRICS,
     PG,
     PG_REPLICA,
     POSTGRES_STATE,
@@ -55,12 +56,15 @@ from app.http.handlers import (
     relations,
     samples,
     status,
+    venues,
     verify,
 )
 from app.http.middleware import FrontDoor
 from app.ingest.process import BatchProcessor
 from app.keys.signer import SignerState
 from app.limits import UPLOADS, Limits
+from app.ops.metrics import Metrics
+from app.retention import ensure_daily_partitions
 from app.rules.ruleset import load_ruleset
 from app.scans import ScanRecorder, ScanWriter, ensure_scan_partitions
 from app.settings import Settings
@@ -99,10 +103,12 @@ def create_app(settings: Settings, *, background: bool = True) -> web.Applicatio
     app[FRONT_DOOR] = front_door
     app[POSTGRES_STATE] = postgres
     app[HANDLES] = HandleCipher(settings.handle_key)
+    kept = app[METRICS] = Metrics()
+    front_door.observe = kept.observe_request
     app.cleanup_ctx.extend([_admission, _postgres, _redis, _services, _federation])
     if background:
         app.cleanup_ctx.extend([_background, _federation_background])
-    for module in (meta, status, verify, qr, batches, samples, appeals, declarations, relations, metrics):
+    for module in (meta, status, verify, qr, batches, samples, appeals, declarations, relations, venues, metrics):
         app.add_routes(module.routes)
     for module in (peers, credentials):
         app.add_routes(module.routes)
@@ -119,7 +125,12 @@ async def _admission(app: web.Application) -> AsyncIterator[None]:
 
 async def _postgres(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    app[PG] = await create_pool(settings.database_url, min_size=settings.pg_pool_min, max_size=settings.pg_pool_max)
+    app[PG] = await create_pool(
+        settings.database_url,
+        min_size=settings.pg_pool_min,
+        max_size=settings.pg_pool_max,
+        query_logger=app[METRICS].observe_logged_query,
+    )
     try:
         app[INGEST_PG] = await create_pool(settings.database_url, min_size=0, max_size=settings.ingest_pool_max)
     except BaseException:
@@ -168,10 +179,16 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     # One limiter for every route; its takes ride along with the status cache's reads.
     limiter = app[RATE_LIMITER] = RateLimiter(redis)
     app[STATUS_CACHE] = StatusCache(
-        redis, loader.load, writer=writer, negative_ttl_seconds=settings.negative_ttl_seconds, limiter=limiter
+        redis,
+        app[METRICS].timed_load(loader.load),
+        writer=writer,
+        negative_ttl_seconds=settings.negative_ttl_seconds,
+        limiter=limiter,
     )
+    app[STATUS_CACHE].on_read = app[METRICS].observe_redis_read
     app[SCANS] = ScanRecorder(ScanStream(redis), pool)
     await ensure_scan_partitions(pool, datetime.now(UTC).date())
+    await ensure_daily_partitions(pool, "venue_visits", datetime.now(UTC).date())
     app[INGEST] = BatchProcessor(pool, publisher)
     yield
     await app[INGEST].close()
@@ -258,6 +275,7 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
         await app[CLIENTS].refresh(pool)
         await app[SIGNER].refresh(pool)
         await ensure_scan_partitions(pool, datetime.now(UTC).date())
+        await ensure_daily_partitions(pool, "venue_visits", datetime.now(UTC).date())
 
     async def repay() -> None:
         async with pool.acquire() as conn:
@@ -267,6 +285,8 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
 
     tasks = [
         asyncio.create_task(writer.run(), name="scan-writer"),
+        # With several workers each one's counts reach the shared metric files every second.
+        *([asyncio.create_task(_sync_metrics(app), name="metrics-sync")] if app[METRICS].multiprocess else []),
         # Statuses Postgres stored while Redis could not take them, published once it can.
         asyncio.create_task(_every(REPAY_SECONDS, repay, app[POSTGRES_STATE]), name="status-repay"),
         asyncio.create_task(app[SCANS].run(SCAN_GUARD_SECONDS), name="scan-recorder"),
@@ -288,6 +308,17 @@ SWEEP_SECONDS = 60.0
 REPAY_SECONDS = 1.0
 # How often scans kept by the recorder are checked against Redis, and refused-scan counts flushed.
 SCAN_GUARD_SECONDS = 1.0
+# How often a worker adds its counts to the shared metric files (multi-process mode only).
+METRICS_SYNC_SECONDS = 1.0
+
+
+async def _sync_metrics(app: web.Application) -> None:
+    while True:
+        await asyncio.sleep(METRICS_SYNC_SECONDS)
+        try:
+            metrics.sync(app, app[METRICS])
+        except Exception:
+            log.exception("metrics sync failed; trying again")
 
 
 async def _ingest_upkeep(processor: BatchProcessor) -> None:

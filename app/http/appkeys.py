@@ -13,6 +13,7 @@ from app.http.middleware import FrontDoor
 from app.ingest.process import BatchProcessor
 from app.keys.signer import SignerState
 from app.limits import Limits
+from app.ops.metrics import Metrics
 from app.scans import ScanRecorder, ScanWriter
 from app.settings import Settings
 from app.statuses.loader import StatusLoader
@@ -42,3 +43,4 @@ POSTGRES_STATE = web.AppKey("postgres_state", DependencyState)  # up or down as 
 PUBLISHER = web.AppKey("publisher", StatusPublisher)  # for writers outside ingestion (appeal decisions)
 FEDERATION = web.AppKey("federation", Federation)  # trust list, peers' keys, the peer API client
 CREDENTIAL_KEYS = web.AppKey("credential_keys", CredentialKeys)  # SMART Health Card signing keys
+METRICS = web.AppKey("metrics", Metrics)  # this process's prometheus_client metrics

@@ -15,6 +15,7 @@ import logging
 import random
 import secrets
 import time
+from collections.abc import Callable
 from typing import Final
 
 import asyncpg
@@ -42,6 +43,7 @@ from app.http.problems import (
     problem_response,
 )
 from app.ingest.errors import IngestError
+from app.ops.logs import REQUEST_ID, REQUEST_ID_HEADER, request_id
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +74,8 @@ class FrontDoor:
         self.in_flight = 0
         self.counts: dict[tuple[str, str, int], int] = {}
         self.started_at = time.time()
+        # Latency per (method, route, status) and seconds, when metrics are kept (app/ops/metrics.py).
+        self.observe: Callable[[str, str, int, float], None] | None = None
 
     @property
     def shed(self) -> int:
@@ -84,6 +88,9 @@ class FrontDoor:
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         arrived(request)
+        started = time.perf_counter()
+        rid = request_id(request.headers.get(REQUEST_ID_HEADER))
+        REQUEST_ID.set(rid)  # for every log line of the request
         resource = request.match_info.route.resource
         route = UNMATCHED if resource is None else resource.canonical
         gate = self.admission
@@ -103,6 +110,10 @@ class FrontDoor:
         else:
             response = overloaded_response(random.choice(SHED_RETRY_AFTER))
         self.count(request.method, route, response.status)
+        if not response.prepared:  # a streamed answer (already sent) set it itself
+            response.headers[REQUEST_ID_HEADER] = rid
+        if self.observe is not None:
+            self.observe(request.method, route, response.status, time.perf_counter() - started)
         return response
 
     async def _serve(self, request: web.Request, handler: Handler, route: str) -> web.StreamResponse:
@@ -157,7 +168,7 @@ def _postgres_unavailable(exc: BaseException) -> BaseException | None:
 
 def _internal_error(request: web.Request) -> web.Response:
     # Full context goes to the log under a reference the caller can quote; the caller gets no traceback.
-    reference = secrets.token_hex(8)
+    reference = secrets.token_hex(8)  # the log line also carries the request id (X-Request-ID)
     log.exception("unhandled error %s in %s %s", reference, request.method, request.path)
     return problem_response(InternalError(reference), request.path)
 

@@ -103,6 +103,12 @@ class SubjectNotFound(ProblemError):
     title = "No status is held for this person"
 
 
+class VenueNotFound(ProblemError):
+    status = 404
+    slug = "venue-not-found"
+    title = "No such venue"
+
+
 class MethodNotAllowed(ProblemError):
     status = 405
     slug = "method-not-allowed"

@@ -72,6 +72,10 @@ class SignerState:
         self.refreshed_at = now
         self._install(_as_of(keys, now))
 
+    def scheduled_activations(self) -> list[float]:
+        """When scheduled keys start signing (epoch seconds), for metrics."""
+        return [k.activate_at for k in self._keys if k.activate_at is not None]
+
     def status_signer(self) -> TokenSigner:
         if self._clock() >= self._switch_at:
             self._install(_as_of(self._keys, self._clock()))

@@ -21,6 +21,7 @@ from app.ingest.errors import BatchTooLarge, KindNotAllowed
 from app.ingest.store import batch_by_id, batch_view, rejections
 from app.ingest.upload import kind_named, receive_batch
 from app.limits import BATCH_READS, UPLOADS
+from app.ops.logs import REQUEST_ID, REQUEST_ID_HEADER
 
 routes = web.RouteTableDef()
 
@@ -147,7 +148,10 @@ async def get_batch(request: web.Request) -> web.Response:
 @routes.get("/v1/batches/{batch_id}/rejections")
 async def get_rejections(request: web.Request) -> web.StreamResponse:
     batch_id = (await _own_batch(request))["id"]
-    response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+    # Sent before the middleware sees it, so it carries its request id itself.
+    response = web.StreamResponse(
+        headers={"Content-Type": "application/x-ndjson", REQUEST_ID_HEADER: REQUEST_ID.get() or ""}
+    )
     await response.prepare(request)
     # Each page takes a connection of the upload pool only while it is read, none while a slow
     # reader takes it in.

@@ -1,18 +1,27 @@
-"""GET /metrics: requests served, cache hits and misses, shed requests, scans, in Prometheus text format."""
+"""GET /metrics: Prometheus text from prometheus_client (app/ops/metrics.py), one process or several.
+
+At each scrape, what this process counts in plain integers is added to its metrics (`sync`), and what
+all processes share is read from Redis (the scan backlog) and Postgres (the batch queue), each bounded
+by a timeout so that an outage does not hold the scrape, and answered by whichever process is scraped.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable
+from typing import Final
 
+import asyncpg
 from aiohttp import web
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from app.federation.keys import STATES as KEY_STATES
 from app.http.appkeys import (
     CLIENTS,
     FEDERATION,
     FRONT_DOOR,
+    METRICS,
+    PG,
     POSTGRES_STATE,
     RATE_LIMITER,
     SCAN_WRITER,
@@ -21,105 +30,18 @@ from app.http.appkeys import (
     STATUS_CACHE,
 )
 from app.keys.lifecycle import NO_ACTIVE_KEY, PRIVATE_KEY_MISSING, PRIVATE_KEY_UNUSABLE
+from app.ops.metrics import CONTENT_TYPE, Metrics
+from app.rules.engine import EVALUATION_ERRORS
 from cache.connection import REDIS_ERRORS
 from cache.scan_stream import Backlog
+from signing.records import ACTIVE, PENDING, RETIRED, REVOKED
 
 # Every reason is exported (0 or 1), so an alert on one of them has a series to watch from the start.
-_SIGNING_REASONS = (NO_ACTIVE_KEY, PRIVATE_KEY_MISSING, PRIVATE_KEY_UNUSABLE, "not_loaded")
+_SIGNING_REASONS: Final = (NO_ACTIVE_KEY, PRIVATE_KEY_MISSING, PRIVATE_KEY_UNUSABLE, "not_loaded")
+# Shared figures are read at scrape time, bounded so that a Redis or Postgres outage does not hold it.
+_READ_TIMEOUT: Final = 1.0
 
 routes = web.RouteTableDef()
-
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-
-
-def _label(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
-def _family(name: str, kind: str, text: str, samples: Iterable[tuple[str, float]]) -> list[str]:
-    lines = [f"# HELP {name} {text}", f"# TYPE {name} {kind}"]
-    lines += [
-        f"{name}{labels} {value:.3f}" if isinstance(value, float) else f"{name}{labels} {value}"
-        for labels, value in samples
-    ]
-    return lines
-
-
-def render(app: web.Application) -> str:
-    counter = app[FRONT_DOOR]
-    requests = [
-        (f'{{method="{method}",route="{_label(route)}",status="{status}"}}', count)
-        for (method, route, status), count in sorted(counter.counts.items())
-    ]
-    lines = _family("healthcode_http_requests_total", "counter", "Requests served, by route and status.", requests)
-    cache = app.get(STATUS_CACHE)
-    if cache is not None:
-        for name, value, text in (
-            ("hits", cache.hits, "Status look-ups answered from Redis."),
-            ("misses", cache.misses, "Status look-ups that went to the loader."),
-            ("negative_hits", cache.negative_hits, "Look-ups answered by a cached unknown-subject tombstone."),
-            ("loads", cache.loads, "Loader calls (Postgres reads) after misses, single-flighted."),
-            ("redis_errors", cache.redis_errors, "Redis errors seen by the status cache."),
-        ):
-            lines += _family(f"healthcode_status_cache_{name}_total", "counter", text, [("", value)])
-    clients = app.get(CLIENTS)
-    if clients is not None:
-        calls = [
-            (f'{{client="{_label(c.name)}",kind="{c.kind}"}}', n)
-            for c, n in sorted(clients.calls.items(), key=lambda item: item[0].id)
-        ]
-        lines += _family("healthcode_client_calls_total", "counter", "Authorised calls, by client.", calls)
-    limiter = app.get(RATE_LIMITER)
-    if limiter is not None:
-        for name, value, text in (
-            ("allowed", limiter.allowed, "Requests that took a token from their client's bucket."),
-            ("denied", limiter.denied, "Requests refused 429: their client's bucket was empty."),
-            ("failed_open", limiter.failed_open, "Requests let through unchecked while Redis was unavailable."),
-        ):
-            lines += _family(f"healthcode_rate_limit_{name}_total", "counter", text, [("", value)])
-    lines += _signing(app)
-    lines += _federation(app)
-    lines += _family(
-        "healthcode_shed_total", "counter", "Requests answered 503 by load shedding.", [("", counter.shed)]
-    )
-    lines += _family(
-        "healthcode_shed_at_door_total",
-        "counter",
-        "Of the requests shed, those refused before they were parsed (app/http/door.py).",
-        [("", counter.admission.shed_at_door)],
-    )
-    lines += _family("healthcode_in_flight", "gauge", "Requests being served now.", [("", counter.in_flight)])
-    gate = counter.admission
-    lines += _family("healthcode_queued", "gauge", "Requests waiting for admission now.", [("", gate.queued)])
-    lines += _family(
-        "healthcode_queue_overloaded",
-        "gauge",
-        "1 while the admission queue has stood above its delay target for a whole interval (shedding).",
-        [("", int(gate.overloaded))],
-    )
-    postgres = app[POSTGRES_STATE]
-    up = [('{dependency="postgres"}', int(postgres.up))]
-    if cache is not None:
-        up.append(('{dependency="redis"}', int(cache.redis_up)))
-    lines += _family("healthcode_dependency_up", "gauge", "1 if the dependency answered its last use.", up)
-    lines += _family(
-        "healthcode_dependency_down_total",
-        "counter",
-        "Times the dependency went from answering to not answering.",
-        [('{dependency="postgres"}', postgres.changes)],
-    )
-    lines += _family(
-        "healthcode_process_start_time_seconds",
-        "gauge",
-        "When this process started counting.",
-        [("", counter.started_at)],
-    )
-    return "\n".join(lines) + "\n"
-
-
-# The scan backlog is read from Redis at scrape time, so a writer that died shows too; bounded, so a
-# Redis outage does not hold the scrape.
-_BACKLOG_TIMEOUT = 1.0
 
 
 async def scan_backlog(app: web.Application) -> Backlog | None:
@@ -127,147 +49,234 @@ async def scan_backlog(app: web.Application) -> Backlog | None:
     if recorder is None:
         return None
     try:
-        return await asyncio.wait_for(recorder.stream.backlog(), _BACKLOG_TIMEOUT)
+        return await asyncio.wait_for(recorder.stream.backlog(), _READ_TIMEOUT)
     except REDIS_ERRORS:  # TimeoutError (wait_for) is an OSError
         return None
 
 
-def render_scans(app: web.Application, backlog: Backlog | None, now: float) -> list[str]:
-    """Scans recorded and refused by this process, written by its writer, and the shared backlog."""
-    lines: list[str] = []
-    recorder = app.get(SCANS)
-    if recorder is not None:
-        lines += _family(
-            "healthcode_scans_recorded_total",
-            "counter",
-            "Scans of verified tokens recorded, by where to: the stream, or Postgres directly when Redis failed.",
-            [('{to="stream"}', recorder.to_stream), ('{to="postgres"}', recorder.to_postgres)],
+async def batch_queue(app: web.Application) -> tuple[int, float] | None:
+    """Batches received or loading, and the age of the oldest (0 when none); None if Postgres did not say."""
+    pool = app.get(PG)
+    if pool is None:
+        return None
+    try:
+        row = await pool.fetchrow(
+            """SELECT count(*) AS depth, coalesce(extract(epoch FROM now() - min(received_at)), 0)::float8 AS age
+               FROM batches WHERE state IN ('received', 'loading')""",
+            timeout=_READ_TIMEOUT,
         )
-        refusals = recorder.refusals
-        lines += _family(
-            "healthcode_scans_refused_total",
-            "counter",
-            "Scans of tokens that failed verification, counted per checkpoint and reason, not stored one by one.",
-            [("", refusals.counted)],
-        )
-        lines += _family(
-            "healthcode_scans_refused_unflushed",
-            "gauge",
-            "Refused scans counted but not yet added to Postgres.",
-            [("", refusals.unflushed)],
-        )
-    writer = app.get(SCAN_WRITER)
-    if writer is not None:
-        for name, value, text in (
-            ("written", writer.written, "Scan entries this process's writer stored in Postgres."),
-            ("dead_lettered", writer.dead_lettered, "Scan entries it moved to the dead-letter stream."),
-            ("claimed", writer.claimed, "Idle scan entries it took over from other consumers."),
-            ("failures", writer.failures, "Writer rounds that failed on a dependency and backed off."),
-        ):
-            lines += _family(f"healthcode_scan_writer_{name}_total", "counter", text, [("", value)])
-        lines += _family(
-            "healthcode_scan_writer_last_write_time_seconds",
-            "gauge",
-            "When this process's writer last stored scans (0: not yet).",
-            [("", writer.last_written_at or 0.0)],
-        )
-    if recorder is not None:
-        lines += _family(
-            "healthcode_scan_backlog_up",
-            "gauge",
-            "1 if the scan backlog below could be read from Redis at this scrape.",
-            [("", int(backlog is not None))],
-        )
-    if backlog is not None:
-        lines += _family(
-            "healthcode_scan_backlog_entries",
-            "gauge",
-            "Scans in Redis not yet stored in Postgres (pending in the group, or never read).",
-            [('{state="pending"}', backlog.pending), ('{state="undelivered"}', backlog.undelivered)],
-        )
-        lines += _family(
-            "healthcode_scan_backlog_oldest_seconds",
-            "gauge",
-            "Age of the oldest scan not yet stored in Postgres; growing means the writers are stuck.",
-            [("", backlog.oldest_age_seconds(int(now * 1000)))],
-        )
-        lines += _family(
-            "healthcode_scan_dead_letters_total",
-            "counter",
-            "Scan entries in the dead-letter stream since Redis last started (every writer's).",
-            [("", backlog.dead_letters)],
-        )
-    return lines
+    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError):
+        return None
+    assert row is not None
+    return int(row["depth"]), float(row["age"])
 
 
-def _signing(app: web.Application) -> list[str]:
+def sync(app: web.Application, metrics: Metrics) -> None:
+    """This process's own counts and states into its metrics (deltas for counters, values for gauges)."""
+    tally = metrics.tally
+    metrics.latencies.flush()
+    front = app.get(FRONT_DOOR)
+    if front is not None:
+        for (method, route, status), count in list(front.counts.items()):
+            tally.sync(metrics.requests, count, method, route, str(status))
+        gate = front.admission
+        tally.sync(metrics.shed, front.shed)
+        tally.sync(metrics.shed_at_door, gate.shed_at_door)
+        metrics.in_flight.set(front.in_flight)
+        metrics.queued.set(gate.queued)
+        metrics.overloaded.set(int(gate.overloaded))
+        metrics.loop_lag.set(gate.lag)
+        metrics.admit_limit.set(gate.concurrency)
+        metrics.started.set(front.started_at)
+    cache = app.get(STATUS_CACHE)
+    if cache is not None:
+        for name, counter in metrics.cache.items():
+            tally.sync(counter, getattr(cache, name))
+        metrics.dependency_up.labels("redis").set(int(cache.redis_up))
+    postgres = app.get(POSTGRES_STATE)
+    if postgres is not None:
+        metrics.dependency_up.labels("postgres").set(int(postgres.up))
+        tally.sync(metrics.dependency_down, postgres.changes, "postgres")
+    clients = app.get(CLIENTS)
+    if clients is not None:
+        for client, calls in list(clients.calls.items()):
+            tally.sync(metrics.client_calls, calls, client.name, client.kind)
+    limiter = app.get(RATE_LIMITER)
+    if limiter is not None:
+        for name, counter in metrics.rate_limit.items():
+            tally.sync(counter, getattr(limiter, name))
+    tally.sync(metrics.rule_errors, EVALUATION_ERRORS.value)
+    _sync_signing(app, metrics)
+    _sync_scans(app, metrics)
+
+
+def _sync_signing(app: web.Application, metrics: Metrics) -> None:
     state = app.get(SIGNER)
     if state is None:
-        return []
+        return
     reason = None if state.problem is None else state.problem.reason
-    lines = _family(
-        "healthcode_signing_ready",
-        "gauge",
-        "1 when this process signs with the key Postgres says is active; 0 when it refuses to sign.",
-        [("", int(reason is None))],
-    )
-    lines += _family(
-        "healthcode_signing_unavailable",
-        "gauge",
-        "1 for the reason this process cannot sign (see /readyz for the detail).",
-        [(f'{{reason="{r}"}}', int(r == reason)) for r in _SIGNING_REASONS],
-    )
+    metrics.signing_ready.set(int(reason is None))
+    for r in _SIGNING_REASONS:
+        metrics.signing_unavailable.labels(r).set(int(r == reason))
     if state.refreshed_at is not None:
-        lines += _family(
-            "healthcode_keys_refreshed_time_seconds",
-            "gauge",
-            "When this process last read the signing keys from Postgres.",
-            [("", state.refreshed_at)],
+        metrics.keys_refreshed.set(state.refreshed_at)
+
+
+def _sync_scans(app: web.Application, metrics: Metrics) -> None:
+    tally = metrics.tally
+    recorder = app.get(SCANS)
+    if recorder is not None:
+        tally.sync(metrics.scans_recorded, recorder.to_stream, "stream")
+        tally.sync(metrics.scans_recorded, recorder.to_postgres, "postgres")
+        tally.sync(metrics.scans_refused, recorder.refusals.counted)
+        metrics.scans_refused_unflushed.set(recorder.refusals.unflushed)
+    writer = app.get(SCAN_WRITER)
+    if writer is not None:
+        for name, counter in metrics.scan_writer.items():
+            tally.sync(counter, getattr(writer, name))
+        metrics.scan_writer_last.set(writer.last_written_at or 0.0)
+
+
+def _gauge(name: str, text: str, value: float, labels: dict[str, str] | None = None) -> GaugeMetricFamily:
+    family = GaugeMetricFamily(name, text, labels=list(labels or ()))
+    family.add_metric(list((labels or {}).values()), value)
+    return family
+
+
+def scraped(app: web.Application, backlog: Backlog | None, queue: tuple[int, float] | None, now: float) -> list[Metric]:
+    """The figures every process shares, as read at this scrape."""
+    found: list[Metric] = []
+    if app.get(SCANS) is not None:
+        found.append(
+            _gauge(
+                "healthcode_scan_backlog_up",
+                "1 if the scan backlog could be read from Redis at this scrape.",
+                int(backlog is not None),
+            )
         )
-    return lines
+    if backlog is not None:
+        entries = GaugeMetricFamily(
+            "healthcode_scan_backlog_entries",
+            "Scans in Redis not yet stored in Postgres (pending in the group, or never read).",
+            labels=["state"],
+        )
+        entries.add_metric(["pending"], backlog.pending)
+        entries.add_metric(["undelivered"], backlog.undelivered)
+        found.append(entries)
+        found.append(
+            _gauge(
+                "healthcode_scan_backlog_oldest_seconds",
+                "Age of the oldest scan not yet stored in Postgres: the scan writers' lag; growing means stuck.",
+                backlog.oldest_age_seconds(int(now * 1000)),
+            )
+        )
+        found.append(
+            CounterMetricFamily(
+                "healthcode_scan_dead_letters",
+                "Scan entries in the dead-letter stream since Redis last started (every writer's).",
+                value=backlog.dead_letters,
+            )
+        )
+    if app.get(PG) is not None:
+        found.append(
+            _gauge(
+                "healthcode_batch_queue_up",
+                "1 if the batch queue could be read from Postgres at this scrape.",
+                int(queue is not None),
+            )
+        )
+    if queue is not None:
+        found.append(_gauge("healthcode_batch_queue_depth", "Batches received or loading, not yet done.", queue[0]))
+        found.append(
+            _gauge(
+                "healthcode_batch_queue_oldest_seconds", "Age of the oldest batch not yet done (0 when none).", queue[1]
+            )
+        )
+    found += _key_horizon(app, now)
+    found += _federation(app)
+    return found
 
 
-def _federation(app: web.Application) -> list[str]:
+def _federation(app: web.Application) -> list[Metric]:
+    """Peers' keys and look-ups, as this process counted them (each process asks peers itself)."""
     federation = app.get(FEDERATION)
     if federation is None:
         return []
     keys = federation.keys
-    states = [
-        (f'{{issuer="{_label(issuer)}",state="{state}"}}', int(keys.state(issuer) == state))
-        for issuer in sorted(keys.peers)
-        for state in KEY_STATES
-    ]
-    lines = _family(
+    states = GaugeMetricFamily(
         "healthcode_peer_keys_state",
-        "gauge",
         "1 for the state of each trusted peer's keys: fresh, stale (fetch failing, last good keys used), "
         "expired (its tokens refused), missing (never fetched).",
-        states,
+        labels=["issuer", "state"],
     )
-    lines += _family(
-        "healthcode_peer_jwks_fetches_total",
-        "counter",
+    for issuer in sorted(keys.peers):
+        for state in KEY_STATES:
+            states.add_metric([issuer, state], int(keys.state(issuer) == state))
+    fetches = CounterMetricFamily(
+        "healthcode_peer_jwks_fetches",
         "Fetches of peers' JWKS, by outcome (ok includes 304 Not Modified).",
-        [(f'{{issuer="{_label(i)}",outcome="{o}"}}', n) for (i, o), n in sorted(keys.fetches.items())],
+        labels=["issuer", "outcome"],
     )
-    lines += _family(
-        "healthcode_peer_requests_total",
-        "counter",
+    for (issuer, outcome), n in sorted(keys.fetches.items()):
+        fetches.add_metric([issuer, outcome], n)
+    requests = CounterMetricFamily(
+        "healthcode_peer_requests",
         "Vaccination look-ups sent to peers, by outcome (ok, timeout, unavailable, refused, bad_answer, skipped).",
-        [(f'{{issuer="{_label(i)}",outcome="{o}"}}', n) for (i, o), n in sorted(federation.client.outcomes.items())],
+        labels=["issuer", "outcome"],
     )
-    lines += _family(
-        "healthcode_peer_lookups_total",
-        "counter",
+    for (issuer, outcome), n in sorted(federation.client.outcomes.items()):
+        requests.add_metric([issuer, outcome], n)
+    lookups = CounterMetricFamily(
+        "healthcode_peer_lookups",
         "Status answers that consulted peers: asked, answered from the remembered look-up, records stored.",
-        [(f'{{kind="{k}"}}', n) for k, n in sorted(federation.lookups.items())],
+        labels=["kind"],
     )
-    return lines
+    for kind, n in sorted(federation.lookups.items()):
+        lookups.add_metric([kind], n)
+    return [states, fetches, requests, lookups]
+
+
+def _key_horizon(app: web.Application, now: float) -> list[Metric]:
+    """How the signing keys stand: counts by state, when a scheduled key starts signing, and how long the
+    last retired key keeps verifying (its tokens' horizon)."""
+    state = app.get(SIGNER)
+    if state is None or state.keyring is None:
+        return []
+    ring = state.keyring
+    counts = GaugeMetricFamily(
+        "healthcode_signing_keys", "Signing keys this process knows, by state.", labels=["state"]
+    )
+    for name in (PENDING, ACTIVE, RETIRED, REVOKED):
+        counts.add_metric([name], sum(1 for r in ring.records if r.state == name))
+    horizon = max(
+        (r.retired_at + ring.token_ttl_seconds - now for r in ring.records if r.state == RETIRED and r.retired_at),
+        default=0.0,
+    )
+    found: list[Metric] = [
+        counts,
+        _gauge(
+            "healthcode_signing_retired_horizon_seconds",
+            "Seconds until the last retired key stops verifying and leaves the JWKS (0: none pending).",
+            max(horizon, 0.0),
+        ),
+    ]
+    scheduled = [at for at in state.scheduled_activations() if at > now]
+    found.append(
+        _gauge(
+            "healthcode_signing_next_activation_seconds",
+            "Seconds until a scheduled key starts signing (-1: none scheduled).",
+            min(scheduled) - now if scheduled else -1.0,
+        )
+    )
+    return found
 
 
 @routes.get("/metrics")
 async def metrics(request: web.Request) -> web.Response:
-    backlog = await scan_backlog(request.app)
-    scans = render_scans(request.app, backlog, time.time())
-    text = render(request.app) + "".join(line + "\n" for line in scans)
-    return web.Response(body=text.encode(), headers={"Content-Type": CONTENT_TYPE})
+    app = request.app
+    backlog, queue = await asyncio.gather(scan_backlog(app), batch_queue(app))
+    registry = app[METRICS]
+    sync(app, registry)
+    # No await from here to the rendering: no other scrape can swap the figures in between.
+    registry.scraped.families = scraped(app, backlog, queue, time.time())
+    return web.Response(body=registry.render(), headers={"Content-Type": CONTENT_TYPE})

@@ -1,0 +1,1 @@
+"""What an on-call engineer reads: Prometheus metrics, JSON log lines, the dashboard and the alert rules."""
