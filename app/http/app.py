@@ -47,6 +47,8 @@ from app.scans import ScanRecorder, ScanWriter, ensure_scan_partitions
 from app.settings import Settings
 from app.statuses.loader import StatusLoader
 from app.statuses.publish import StatusPublisher
+from app.web import backend as demo_backend
+from app.web import operator, pages
 from cache.connection import REDIS_ERRORS, open_redis
 from cache.rate_limit import Rate, RateLimiter
 from cache.scan_stream import ScanStream
@@ -83,6 +85,8 @@ def create_app(settings: Settings, *, background: bool = True) -> web.Applicatio
     if background:
         app.cleanup_ctx.append(_background)
     for module in (meta, status, verify, qr, batches, samples, appeals, declarations, metrics):
+        app.add_routes(module.routes)
+    for module in (pages, demo_backend, operator):  # the screens (app/web/)
         app.add_routes(module.routes)
     return app
 
