@@ -3,20 +3,26 @@ recorded."""
 
 from __future__ import annotations
 
+import contextlib
+import re
 import time
 from typing import Any
 
 from aiohttp import web
+from redis.asyncio import Redis
 
-from app.http.appkeys import CLIENTS, HANDLES, SCANS, SIGNER, STATUS_CACHE
+from app.http.appkeys import CLIENTS, HANDLES, REDIS, SCANS, SIGNER, STATUS_CACHE
 from app.http.client_limits import admit, charge, rate_limited
 from app.http.handlers.checkpoint_policy import policy_from_body
 from app.http.handlers.common import json_response, read_json_object, required_string
+from app.http.problems import InvalidField
 from app.http.handlers.status_view import last_test, negative_test_at, vaccination
 from app.limits import VERIFY
 from app.scans import ScanEvent
 from cache.entry import StatusEntry
+from cache.connection import REDIS_ERRORS
 from cache.rate_limit import Refused
+from cache.scan_ids import ScanIds
 from signing.colours import COLOUR_LETTER
 from signing.errors import BadToken
 from signing.jws import MAX_TOKEN_LENGTH
@@ -27,6 +33,8 @@ routes = web.RouteTableDef()
 _LETTER_COLOUR = {letter: colour for colour, letter in COLOUR_LETTER.items()}
 # The rule an invalid token fails: nothing it claims can be believed.
 VALID_TOKEN_RULE = "valid_token"
+# A scanner's own id for a scan, so a scan sent again (a queue re-sent after an outage) is recorded once.
+_SCAN_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 @routes.post("/v1/verify")
@@ -37,6 +45,7 @@ async def verify(request: web.Request) -> web.Response:
     token = required_string(body, "token", max_length=MAX_TOKEN_LENGTH)
     checkpoint = required_string(body, "checkpoint", max_length=64)
     policy = policy_from_body(body)
+    scan_id = _scan_id(body)
     now = int(time.time())
     verifier = app[SIGNER].verifier
     assert verifier is not None
@@ -64,7 +73,16 @@ async def verify(request: web.Request) -> web.Response:
             raise rate_limited(client, refused) from None
 
     current_colour = entry.colour if entry else None
-    await app[SCANS].record(ScanEvent(now, checkpoint, client.id, subject, valid, reason, token_colour, current_colour))
+    duplicate = scan_id is not None and not await _first_sight(app[REDIS], client.id, scan_id)
+    if not duplicate:
+        event = ScanEvent(now, checkpoint, client.id, subject, valid, reason, token_colour, current_colour)
+        try:
+            await app[SCANS].record(event)
+        except BaseException:
+            if scan_id is not None:
+                with contextlib.suppress(*REDIS_ERRORS):
+                    await ScanIds(app[REDIS]).forget(client.id, scan_id)
+            raise
     failed = None if policy is None else _failed(policy, valid, claims, entry, now)
     return json_response(
         {
@@ -82,8 +100,28 @@ async def verify(request: web.Request) -> web.Response:
             "meets_policy": None if failed is None else not failed,
             "failed_rules": failed,
             "scanned_at": now,
+            "scan_id": scan_id,
+            "duplicate": duplicate,
         }
     )
+
+
+def _scan_id(body: dict[str, Any]) -> str | None:
+    if "scan_id" not in body:
+        return None
+    value = body["scan_id"]
+    if not isinstance(value, str) or not _SCAN_ID.fullmatch(value):
+        raise InvalidField("scan_id", "bad_scan_id", "scan_id must be 1 to 64 letters, digits, '-' or '_'")
+    return value
+
+
+async def _first_sight(redis: Redis, client_id: int, scan_id: str) -> bool:
+    """Whether the scan is new; with Redis unavailable it is taken as new (a rare duplicate row beats a
+    lost scan)."""
+    try:
+        return await ScanIds(redis).first_sight(client_id, scan_id)
+    except REDIS_ERRORS:
+        return True
 
 
 def _failed(policy: Policy, valid: bool, claims: dict[str, Any], entry: StatusEntry | None, now: int) -> list[str]:
