@@ -7,6 +7,7 @@ HEALTHCODE_SCREENSHOTS when it is set (`make screens` sets docs/screens), else t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -36,17 +37,40 @@ def chromium_path() -> str:
     return path
 
 
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
+@contextlib.asynccontextmanager
+async def launch(*args: str) -> AsyncIterator[Browser]:
+    """Headless Chromium; the camera prompt is answered yes, and the camera is a fake one."""
     async with async_playwright() as playwright:
         launched = await playwright.chromium.launch(
             executable_path=chromium_path(),
-            args=["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream"],
+            args=["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream", *args],
         )
         try:
             yield launched
         finally:
             await launched.close()
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    async with launch() as launched:
+        yield launched
+
+
+def y4m_of(matrix: list[list[bool]], path: Path, *, width: int = 640, height: int = 480, frames: int = 3) -> Path:
+    """A short raw video (YUV4MPEG2, 4:2:0) of a QR on white, for Chromium's fake camera to loop."""
+    box = min(width, height) * 9 // 10 // len(matrix)
+    left, top = (width - box * len(matrix)) // 2, (height - box * len(matrix)) // 2
+    luma = bytearray(b"\xff" * (width * height))
+    for y, row in enumerate(matrix):
+        line = b"".join(b"\x00" * box if dark else b"\xff" * box for dark in row)
+        for dy in range(box):
+            start = (top + y * box + dy) * width + left
+            luma[start : start + len(line)] = line
+    chroma = b"\x80" * (width * height // 2)
+    frame = b"FRAME\n" + bytes(luma) + chroma
+    path.write_bytes(f"YUV4MPEG2 W{width} H{height} F10:1 Ip A1:1 C420jpeg\n".encode() + frame * frames)
+    return path
 
 
 @pytest.fixture

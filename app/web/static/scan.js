@@ -129,6 +129,7 @@
   }
 
   // ---- the verdict ----
+  let hideTimer = 0;
   function show(pass, reason, decodedAt) {
     const v = $("verdict");
     v.dataset.pass = String(pass);
@@ -137,6 +138,8 @@
     $("verdict-reason").textContent = reason.split(",").map((r) => WORDS[r] || r).join(" · ");
     $("verdict-online").textContent = "";
     v.hidden = false;
+    clearTimeout(hideTimer);
+    hideTimer = setTimeout(() => { v.hidden = true; }, 5000); // the gate moves on by itself
     if (decodedAt !== undefined) {
       // Measured to the frame that shows it: decode-to-verdict as the gate sees it.
       requestAnimationFrame(() => { v.dataset.ms = (performance.now() - decodedAt).toFixed(1); });
