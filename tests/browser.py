@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import pytest
-from playwright.async_api import Browser, Page, async_playwright
+from playwright.async_api import Browser, Page, Request, async_playwright
 
 CHROMIUM_ENV: Final = "HEALTHCODE_CHROMIUM"
 SCREENSHOTS_ENV: Final = "HEALTHCODE_SCREENSHOTS"
@@ -90,14 +90,19 @@ def record_figure(out: Path, name: str, value: Any) -> None:
 
 
 class Transfer:
-    """Bytes the page received over the network (bodies as sent, compressed), counted per response."""
+    """Bytes a page received over the network (headers and bodies as sent, so compressed), per request."""
 
     def __init__(self, page: Page) -> None:
-        self.total = 0
-        self.urls: list[str] = []
-        page.on("requestfinished", self._finished)
+        self.requests: list[Request] = []
+        page.on("requestfinished", self.requests.append)
 
-    async def _finished(self, request: Any) -> None:
-        sizes = await request.sizes()
-        self.total += sizes["responseBodySize"] + sizes["responseHeadersSize"]
-        self.urls.append(request.url)
+    @property
+    def urls(self) -> list[str]:
+        return [request.url for request in self.requests]
+
+    async def total(self) -> int:
+        total = 0
+        for request in self.requests:
+            sizes = await request.sizes()
+            total += sizes["responseBodySize"] + sizes["responseHeadersSize"]
+        return total

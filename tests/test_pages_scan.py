@@ -16,7 +16,7 @@ from app.http.appkeys import HANDLES, SCANS, SIGNER
 from app.settings import Settings
 from signing.encoding import b64url_decode, b64url_encode
 from signing.qr import module_matrix, render_png
-from tests.browser import PHONE, launch, record_figure, shots, y4m_of
+from tests.browser import PHONE, Transfer, launch, record_figure, shots, y4m_of
 from tests.browser import browser as browser  # the fixture
 from tests.conftest import Api, AppFactory
 from tests.support import bearer
@@ -58,10 +58,13 @@ def expired(api: Api) -> str:
     return app[SIGNER].status_signer().sign_status(app[HANDLES].seal(b"\x01" * 16, then), "G", 0, 1, then, ver=1)
 
 
-async def open_scanner(context: BrowserContext, api: Api) -> Page:
+async def open_scanner(context: BrowserContext, api: Api, shots: Path | None = None) -> Page:
     page = await context.new_page()
+    transfer = Transfer(page)
     await page.goto(str(api.make_url("/scan/")))
     await page.wait_for_selector("body[data-ready=true]", state="attached")
+    if shots is not None:  # the page, its decoder and the keys, as a gate's phone first loads them
+        record_figure(shots, "scanner_page_transfer_bytes", await transfer.total())
     return page
 
 
@@ -85,7 +88,7 @@ async def test_offline_with_the_network_cut_genuine_tampered_and_expired(
     genuine = await token_of(api, client_keys["citizen-backend"], GREEN_PERSON)
     yellow = await token_of(api, client_keys["citizen-backend"], YELLOW_PERSON)
     context = await browser.new_context(viewport=PHONE)
-    page = await open_scanner(context, api)
+    page = await open_scanner(context, api, shots)
     await context.set_offline(True)
     assert await page.get_attribute("#net", "data-online") == "false"
 
