@@ -16,12 +16,12 @@ from pathlib import Path
 from typing import Any, Final
 
 import pytest
-from playwright.async_api import Browser, Page, Request, async_playwright
+from playwright.async_api import Browser, Page, Request, ViewportSize, async_playwright
 
 CHROMIUM_ENV: Final = "HEALTHCODE_CHROMIUM"
 SCREENSHOTS_ENV: Final = "HEALTHCODE_SCREENSHOTS"
 # A phone: the pages must work 360 CSS pixels wide.
-PHONE: Final = {"width": 360, "height": 740}
+PHONE: Final = ViewportSize(width=360, height=740)
 
 
 def chromium_path() -> str:

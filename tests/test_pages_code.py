@@ -21,6 +21,13 @@ __all__ = ["browser", "shots"]
 pytestmark = pytest.mark.slow
 
 PEOPLE = {"green": "500103199003071239", "yellow": "11010519491231002X", "red": "440305200002294564"}
+# The colour of the first dark pixel of the QR canvas (the top-left finder pattern).
+FIRST_DARK_PIXEL = """() => {
+    const c = document.getElementById('qr'), d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+    for (let i = 0; i < d.length; i += 4)
+        if (d[i] + d[i + 1] + d[i + 2] < 600) return `rgb(${d[i]}, ${d[i + 1]}, ${d[i + 2]})`;
+    return 'none';
+}"""
 GREEN, YELLOW, RED = "rgb(10, 125, 59)", "rgb(201, 138, 0)", "rgb(196, 22, 28)"
 
 
@@ -50,13 +57,7 @@ async def open_code(browser: Browser, base: str, person: str) -> tuple[Page, Tra
 
 async def qr_colour(page: Page) -> str:
     """The colour of the QR's first dark module (top-left finder pattern), as rgb()."""
-    return str(
-        await page.evaluate(
-            """() => { const c = document.getElementById('qr'), d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
-                for (let i = 0; i < d.length; i += 4) if (d[i] + d[i+1] + d[i+2] < 600) return `rgb(${d[i]}, ${d[i+1]}, ${d[i+2]})`;
-                return 'none'; }"""
-        )
-    )
+    return str(await page.evaluate(FIRST_DARK_PIXEL))
 
 
 async def test_green_code_with_clock_moving_band_and_a_small_page(

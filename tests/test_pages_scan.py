@@ -10,19 +10,18 @@ from typing import Any
 import asyncpg
 import orjson
 import pytest
-from playwright.async_api import Browser, BrowserContext, Page
+from playwright.async_api import Browser, BrowserContext, FilePayload, Page
 
 from app.http.appkeys import HANDLES, SCANS, SIGNER
 from app.settings import Settings
 from signing.encoding import b64url_decode, b64url_encode
 from signing.qr import module_matrix, render_png
-from tests.browser import PHONE, Transfer, launch, record_figure, shots, y4m_of
-from tests.browser import browser as browser  # the fixture
+from tests.browser import PHONE, Transfer, browser, launch, record_figure, shots, y4m_of
 from tests.conftest import Api, AppFactory
 from tests.support import bearer
 from tests.test_api_status import insert_status
 
-__all__ = ["shots"]
+__all__ = ["browser", "shots"]
 pytestmark = pytest.mark.slow
 
 GREEN_PERSON, YELLOW_PERSON = "500103199003071239", "11010519491231002X"
@@ -37,7 +36,9 @@ async def people(db: asyncpg.Connection, settings: Settings) -> None:
 
 async def token_of(api: Api, key: str, number: str) -> str:
     r = await api.post(
-        "/v1/status", data=orjson.dumps({"id_number": number}), headers={**bearer(key), "Content-Type": "application/json"}
+        "/v1/status",
+        data=orjson.dumps({"id_number": number}),
+        headers={**bearer(key), "Content-Type": "application/json"},
     )
     assert r.status == 200, await r.text()
     return str((await r.json())["token"])
@@ -53,9 +54,10 @@ def tampered(token: str) -> str:
 
 def expired(api: Api) -> str:
     """A genuine token signed ten minutes ago with a five-minute life."""
-    app = api.server.app
+    app = api.app
     then = int(time.time()) - 600
-    return app[SIGNER].status_signer().sign_status(app[HANDLES].seal(b"\x01" * 16, then), "G", 0, 1, then, ver=1)
+    token: str = app[SIGNER].status_signer().sign_status(app[HANDLES].seal(b"\x01" * 16, then), "G", 0, 1, then, ver=1)
+    return token
 
 
 async def open_scanner(context: BrowserContext, api: Api, shots: Path | None = None) -> Page:
@@ -72,7 +74,9 @@ async def scan(page: Page, token: str) -> dict[str, Any]:
     """Feed the page a photo of the QR; answer the verdict it shows."""
     if await page.is_visible("#verdict"):
         await page.click("#verdict")
-    await page.set_input_files("#image", files=[{"name": "qr.png", "mimeType": "image/png", "buffer": render_png(token)}])
+    await page.set_input_files(
+        "#image", files=FilePayload(name="qr.png", mimeType="image/png", buffer=render_png(token))
+    )
     await page.wait_for_selector("#verdict[data-ms]")
     verdict: dict[str, Any] = await page.eval_on_selector(
         "#verdict", "v => ({pass: v.dataset.pass, reason: v.dataset.reason, ms: Number(v.dataset.ms)})"
@@ -127,7 +131,7 @@ async def test_online_scans_made_offline_are_queued_and_sent_once_when_the_netwo
     live = await scan(page, await token_of(api, citizen, GREEN_PERSON))
     assert live["pass"] == "true"
     await page.wait_for_selector("#verdict[data-online=green]")
-    recorder = api.server.app[SCANS]
+    recorder = api.app[SCANS]
     assert recorder.to_stream == 1
 
     # Offline: verified on the spot, queued.

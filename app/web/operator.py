@@ -69,7 +69,10 @@ async def keys(request: web.Request) -> web.Response:
             "kid": row["kid"],
             "alg": row["alg"],
             "state": row["state"],
-            **{name: _at(row[name]) for name in ("created_at", "activate_at", "activated_at", "retired_at", "revoked_at")},
+            **{
+                name: _at(row[name])
+                for name in ("created_at", "activate_at", "activated_at", "retired_at", "revoked_at")
+            },
         }
         for row in rows
     ]

@@ -15,12 +15,12 @@ from app.http.appkeys import CLIENTS, HANDLES, REDIS, SCANS, SIGNER, STATUS_CACH
 from app.http.client_limits import admit, charge, rate_limited
 from app.http.handlers.checkpoint_policy import policy_from_body
 from app.http.handlers.common import json_response, read_json_object, required_string
-from app.http.problems import InvalidField
 from app.http.handlers.status_view import last_test, negative_test_at, vaccination
+from app.http.problems import InvalidField
 from app.limits import VERIFY
 from app.scans import ScanEvent
-from cache.entry import StatusEntry
 from cache.connection import REDIS_ERRORS
+from cache.entry import StatusEntry
 from cache.rate_limit import Refused
 from cache.scan_ids import ScanIds
 from signing.colours import COLOUR_LETTER
