@@ -94,7 +94,10 @@ class Transfer:
 
     def __init__(self, page: Page) -> None:
         self.requests: list[Request] = []
-        page.on("requestfinished", self.requests.append)
+        page.on("requestfinished", self._finished)
+
+    def _finished(self, request: Request) -> None:
+        self.requests.append(request)
 
     @property
     def urls(self) -> list[str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import datetime
 from pathlib import Path
 
 import asyncpg
@@ -13,6 +14,7 @@ from playwright.async_api import Browser, Page
 from app.identity import mask_number
 from app.settings import Settings
 from app.web.backend import CLIENTS_FILE, write_demo_people
+from tests.alert_people import HIGH_RISK, arrival, high_risk_area
 from tests.browser import PHONE, Transfer, browser, record_figure, shots
 from tests.conftest import AppFactory
 from tests.test_api_status import insert_status
@@ -33,12 +35,9 @@ GREEN, YELLOW, RED = "rgb(10, 125, 59)", "rgb(201, 138, 0)", "rgb(196, 22, 28)"
 
 @pytest.fixture
 async def demo_people(db: asyncpg.Connection, settings: Settings, client_keys: dict[str, str]) -> dict[str, str]:
-    """A green, a yellow arrival with the pop-up and a red person, as the demo's files name them."""
+    """A green and a red person, as the demo's files name them (the yellow arrival is made by its test)."""
     now = int(time.time())
     await insert_status(db, settings.pepper, PEOPLE["green"], name="张三", last_test=(now - 26 * 3600, "negative"))
-    await insert_status(
-        db, settings.pepper, PEOPLE["yellow"], name="李四", colour="yellow", reasons=("risk_area_arrival",), popup=True
-    )
     await insert_status(
         db, settings.pepper, PEOPLE["red"], name="王五", colour="red", reasons=("confirmed",), complete=False, doses=1
     )
@@ -90,15 +89,27 @@ async def test_green_code_with_clock_moving_band_and_a_small_page(
 
 
 async def test_yellow_code_pops_up_what_to_do_in_chinese_then_english(
-    make_client: AppFactory, browser: Browser, demo_people: dict[str, str], shots: Path
+    make_client: AppFactory,
+    browser: Browser,
+    demo_people: dict[str, str],
+    shots: Path,
+    db: asyncpg.Connection,
+    settings: Settings,
 ) -> None:
     api = await make_client()
+    # Arrived from a high-risk area 10 hours ago with a negative test from the day before: one local test
+    # within 24 hours of arrival clears it.
+    await high_risk_area(db)
+    await arrival(api.app, db, settings.pepper, PEOPLE["yellow"], hours_ago=10, tests=(-30,))
     page, _ = await open_code(browser, str(api.make_url("/")), "yellow")
     assert await page.get_attribute("#card", "data-colour") == "yellow"
     assert await qr_colour(page) == YELLOW
     assert await page.is_visible("#alert")
     assert await page.text_content("#alert-title") == "请主动报备"
-    assert "24 小时内完成 1 次核酸检测" in (await page.text_content("#alert-todo") or "")
+    assert await page.text_content("#alert-area") == f"您近期到达过风险地区：{HIGH_RISK}（高风险）。"
+    assert await page.text_content("#alert-todo") == "请在抵达后 24 小时内完成 1 次核酸检测。"
+    deadline = datetime.fromtimestamp(time.time() + 14 * 3600)  # arrival + 24 h, in the browser's zone
+    assert deadline.strftime("%H:") in (await page.text_content("#alert-deadline") or "")
     await page.screenshot(path=shots / "code-yellow-popup.png")
     await page.click("#alert-ok")
     assert await page.is_hidden("#alert")

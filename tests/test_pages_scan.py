@@ -79,7 +79,8 @@ async def scan(page: Page, token: str) -> dict[str, Any]:
     )
     await page.wait_for_selector("#verdict[data-ms]")
     verdict: dict[str, Any] = await page.eval_on_selector(
-        "#verdict", "v => ({pass: v.dataset.pass, reason: v.dataset.reason, ms: Number(v.dataset.ms)})"
+        "#verdict",
+        "v => ({pass: v.dataset.pass, reason: v.dataset.reason, ms: +v.dataset.ms, decode: +v.dataset.decodeMs})",
     )
     await page.eval_on_selector("#verdict", "v => { delete v.dataset.ms; }")
     return verdict
@@ -100,6 +101,7 @@ async def test_offline_with_the_network_cut_genuine_tampered_and_expired(
     assert (ok["pass"], ok["reason"]) == ("true", "ok")
     await page.screenshot(path=shots / "scan-pass.png")
     record_figure(shots, "scanner_decode_to_verdict_ms", ok["ms"])
+    record_figure(shots, "scanner_photo_decode_ms", ok["decode"])
     assert (await scan(page, tampered(genuine)))["reason"] == "bad_signature"
     await page.screenshot(path=shots / "scan-stop.png")
     assert (await scan(page, expired(api)))["reason"] == "expired"

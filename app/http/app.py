@@ -37,7 +37,7 @@ from app.http.appkeys import (
     STATUS_CACHE,
     STATUS_LOADER,
 )
-from app.http.handlers import appeals, batches, declarations, meta, metrics, qr, samples, status, verify
+from app.http.handlers import appeals, batches, declarations, meta, metrics, qr, samples, status, status_alert, verify
 from app.http.middleware import FrontDoor
 from app.ingest.process import BatchProcessor
 from app.keys.signer import SignerState
@@ -86,7 +86,7 @@ def create_app(settings: Settings, *, background: bool = True) -> web.Applicatio
         app.cleanup_ctx.append(_background)
     for module in (meta, status, verify, qr, batches, samples, appeals, declarations, metrics):
         app.add_routes(module.routes)
-    for module in (pages, demo_backend, operator):  # the screens (app/web/)
+    for module in (status_alert, pages, demo_backend, operator):  # the screens (app/web/) and what they read
         app.add_routes(module.routes)
     return app
 

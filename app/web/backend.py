@@ -71,26 +71,31 @@ async def demo_status(request: web.Request) -> web.Response:
     number = people.get(person)
     if number is None:
         raise NotFound(f"no demo person {person!r}; choose one of {', '.join(sorted(people))}")
-    async with (
-        aiohttp.ClientSession(timeout=_UPSTREAM_TIMEOUT) as session,
-        session.post(
-            f"{_own_address(request)}/v1/status",
-            json={"id_type": "resident", "id_number": number},
-            headers={"Authorization": f"Bearer {key}"},
-        ) as upstream,
-    ):
-        raw = await upstream.read()
-        if upstream.status != 200:
-            # The service's own problem, passed on as it came (a 503 keeps its Retry-After).
-            retry_after = upstream.headers.get("Retry-After")
-            return web.Response(
-                status=upstream.status,
-                body=raw,
-                content_type=PROBLEM_CONTENT_TYPE,
-                headers={"Retry-After": retry_after} if retry_after else None,
-            )
-    answer = orjson.loads(raw)
+    service, document = _own_address(request), {"id_type": "resident", "id_number": number}
+    headers = {"Authorization": f"Bearer {key}"}
+    async with aiohttp.ClientSession(timeout=_UPSTREAM_TIMEOUT) as session:
+        async with session.post(f"{service}/v1/status", json=document, headers=headers) as upstream:
+            raw = await upstream.read()
+            if upstream.status != 200:
+                return _passed_on(upstream.status, raw, upstream.headers.get("Retry-After"))
+        answer = orjson.loads(raw)
+        answer["alert"] = None
+        if answer["popup"]:  # only then: the alert reads Postgres, the status does not
+            async with session.post(f"{service}/v1/status/alert", json=document, headers=headers) as upstream:
+                # Without the details the page still shows the pop-up and the clearing rule.
+                if upstream.status == 200:
+                    answer["alert"] = orjson.loads(await upstream.read())["alert"]
     answer["qr"] = qr_rows(answer["token"])
     # The page schedules its refresh from this clock, not its own, which may be wrong.
     answer["now"] = int(time.time())
     return json_response(answer, headers={"Cache-Control": "no-store"})
+
+
+def _passed_on(status: int, raw: bytes, retry_after: str | None) -> web.Response:
+    """The service's own problem, passed on as it came (a 503 keeps its Retry-After)."""
+    return web.Response(
+        status=status,
+        body=raw,
+        content_type=PROBLEM_CONTENT_TYPE,
+        headers={"Retry-After": retry_after} if retry_after else None,
+    )

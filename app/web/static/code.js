@@ -8,7 +8,7 @@
       vaccinated: "已完成全程疫苗接种", doses: (n) => `已接种 ${n} 剂`, noVaccine: "无疫苗接种记录",
       test: (r, h) => `核酸检测：${r === "negative" ? "阴性" : "阳性"}（${h} 小时前）`, noTest: "无核酸检测记录",
       expires: (t) => `本码 ${t} 失效，到期前自动更新`, alertTitle: "请主动报备",
-      area: (a) => `您近期到达过风险地区${a ? "：" + a : ""}。`,
+      area: (a) => `您近期到达过风险地区${a ? "：" + a : ""}。`, high: "高风险", medium: "中风险", low: "低风险",
       todo: (n) => n === 1 ? "请在抵达后 24 小时内完成 1 次核酸检测。" : n === 2 ? "请在 3 天内完成 2 次核酸检测（间隔 24 小时以上）。" :
         "持 48 小时内阴性证明抵达者 24 小时内完成 1 次核酸检测；其他人 3 天内完成 2 次检测（间隔 24 小时以上）。",
       deadline: (t) => `请于 ${t} 前完成。`, ok: "我知道了", error: "暂时无法获取健康码，正在重试…",
@@ -18,7 +18,7 @@
       vaccinated: "Vaccination complete", doses: (n) => `${n} dose(s)`, noVaccine: "No vaccination on record",
       test: (r, h) => `Nucleic-acid test: ${r} (${h} h ago)`, noTest: "No test on record",
       expires: (t) => `This code expires at ${t}; it renews itself before then`, alertTitle: "Please report your arrival",
-      area: (a) => `You arrived recently from a risk area${a ? ": " + a : ""}.`,
+      area: (a) => `You arrived recently from a risk area${a ? ": " + a : ""}.`, high: "high risk", medium: "medium risk", low: "low risk",
       todo: (n) => n === 1 ? "Take 1 nucleic-acid test within 24 hours of arrival." : n === 2 ? "Take 2 nucleic-acid tests within 3 days, at least 24 hours apart." :
         "With a negative test from the 48 hours before arrival: 1 test within 24 hours; otherwise 2 tests within 3 days, at least 24 hours apart.",
       deadline: (t) => `Complete by ${t}.`, ok: "OK", error: "Cannot fetch your code right now; retrying…",
@@ -76,7 +76,7 @@
     $("test").textContent = s.last_test ? t.test(s.last_test.result, s.last_test.hours_ago) + " · " + fmt(s.last_test.sampled_at, true) : t.noTest;
     $("expiry").textContent = t.expires(fmt(s.token_expires_at));
     const a = s.alert || {};
-    $("alert-area").textContent = t.area(a.area || "");
+    $("alert-area").textContent = t.area(a.area_code ? `${a.area_code}（${t[a.level] || a.level}）` : "");
     $("alert-todo").textContent = t.todo(a.tests_needed);
     $("alert-deadline").textContent = a.deadline ? t.deadline(fmt(a.deadline, true)) : "";
     if (s.popup && alertShownFor !== s.version) {
