@@ -18,6 +18,7 @@ from tests.alert_people import HIGH_RISK, arrival, high_risk_area
 from tests.browser import PHONE, Transfer, browser, record_figure, shots
 from tests.conftest import AppFactory
 from tests.test_api_status import insert_status
+from tests.test_openapi import assert_documented
 
 __all__ = ["browser", "shots"]
 pytestmark = pytest.mark.slow
@@ -140,6 +141,17 @@ async def test_the_code_is_renewed_before_it_expires(
     await page.wait_for_function("t => document.getElementById('qr').dataset.token !== t", arg=first, timeout=5000)
     assert time.time() < expires  # the new code came while the old one was still good
     assert int(await page.get_attribute("#card", "data-expires") or 0) > expires
+
+
+async def test_the_reference_backend_answer_fits_its_documented_schema(
+    make_client: AppFactory, demo_people: dict[str, str]
+) -> None:
+    api = await make_client()
+    r = await api.post("/demo/backend/status", json={"person": "green"})
+    answer = await assert_documented(r, "/demo/backend/status", "post")
+    assert (answer["colour"], answer["alert"], answer["qr"][0]) == ("green", None, "0" * len(answer["qr"]))
+    r = await api.post("/demo/backend/status", json={"person": "nobody"})
+    assert r.status == 404
 
 
 async def test_the_reference_backend_answers_only_for_the_demo(make_client: AppFactory, settings: Settings) -> None:

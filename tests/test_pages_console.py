@@ -11,6 +11,7 @@ from playwright.async_api import Browser, Page
 from tests.appeals_world import World, world
 from tests.browser import Transfer, browser, record_figure, shots
 from tests.test_ingest_helpers import bad_checksum, csv_body, number, upload
+from tests.test_openapi import assert_documented
 
 __all__ = ["browser", "shots", "world"]
 pytestmark = pytest.mark.slow
@@ -65,12 +66,16 @@ async def test_the_console_shows_a_batch_an_appeal_and_the_keys(
     assert (await world.show(world.alice, appeal["id"]))["state"] == "upheld"
 
 
-async def test_the_console_read_routes_are_for_operators_only(world: World) -> None:
+async def test_the_console_read_routes_are_for_operators_only(world: World, client_keys: dict[str, str]) -> None:
+    await upload(
+        world.api, client_keys["agency"], "population", csv_body("id_type,id_number,name", f"resident,{number(1)},张三")
+    )
     for path in ("/v1/operator/batches", "/v1/operator/keys"):
         assert (await world.api.get(path, headers=world.citizen)).status == 403
         assert (await world.api.get(path)).status == 401
         r = await world.api.get(path, headers=world.alice)
         assert r.status == 200, await r.text()
+        await assert_documented(r, path, "get")
     r = await world.api.get("/v1/operator/batches?limit=0", headers=world.alice)
     assert r.status == 422
-    assert (await r.json())["field"] == "limit"
+    assert (await assert_documented(r, "/v1/operator/batches", "get"))["field"] == "limit"

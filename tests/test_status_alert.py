@@ -14,11 +14,12 @@ from tests.alert_people import HIGH_RISK, HOUR, arrival, high_risk_area
 from tests.conftest import Api
 from tests.support import bearer
 from tests.test_ingest_helpers import number
+from tests.test_openapi import assert_documented
 
 
 async def post(api: Api, key: str, path: str, id_number: str) -> tuple[int, Any]:
     r = await api.post(path, json={"id_number": id_number}, headers=bearer(key))
-    return r.status, await r.json()
+    return r.status, await assert_documented(r, path, "post")
 
 
 @pytest.mark.parametrize(
