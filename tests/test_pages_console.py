@@ -50,7 +50,7 @@ async def test_the_console_shows_a_batch_an_appeal_and_the_keys(
     assert "red" in (await appeal_row.text_content() or "")
     assert await page.locator("#keys tr[data-state=active]").count() == 1
     # Live figures: two scrapes make a point; the legend shows its values.
-    await page.wait_for_selector("#legend span[data-series='req/s']")
+    await page.wait_for_function("Number(document.getElementById('chart').dataset.points) >= 3", timeout=15_000)
     assert "cache hit %" in (await page.text_content("#legend") or "")
     await page.screenshot(path=shots / "console.png", full_page=True)
 

@@ -120,6 +120,7 @@
       const hits = d("healthcode_status_cache_hits_total"), misses = d("healthcode_status_cache_misses_total");
       history.push([d("healthcode_http_requests_total") / dt, p99(now, previous), hits + misses ? (100 * hits) / (hits + misses) : null, d("healthcode_shed_total") / dt]);
       if (history.length > 90) history.shift();
+      $("chart").dataset.points = String(history.length);
       draw();
     }
     previous = now;
