@@ -27,6 +27,8 @@ ROUTE_KINDS = {
     "/v1/appeals": "citizen-backend",
     "/v1/declarations": "citizen-backend",
     "/v1/appeals/{appeal_id}/decisions": "operator",
+    "/v1/status/alert": "citizen-backend",
+    "/demo/backend/status": "citizen-backend",  # takes no key; the one sent is ignored
 }
 # A value each field accepts, so that only the field under test is wrong.
 GOOD = {
@@ -42,6 +44,8 @@ GOOD = {
     "colour": "green",
     "name": "李四",
     "phone": "13812345678",
+    "scan_id": "gate3-0001",
+    "person": "arrival_pending",
 }
 
 

@@ -12,7 +12,7 @@ import orjson
 import pytest
 from playwright.async_api import Browser, BrowserContext, FilePayload, Page
 
-from app.http.appkeys import HANDLES, SCANS, SIGNER
+from app.http.appkeys import FRONT_DOOR, HANDLES, SCANS, SIGNER
 from app.settings import Settings
 from signing.encoding import b64url_decode, b64url_encode
 from signing.qr import module_matrix, render_png
@@ -70,6 +70,12 @@ async def open_scanner(context: BrowserContext, api: Api, shots: Path | None = N
     return page
 
 
+def page_fetches(api: Api) -> dict[tuple[str, str, int], int]:
+    """How often the service answered for the scanner page and its files."""
+    routes = ("/scan/", "/scan/config.json", "/web/{name}")
+    return {key: count for key, count in api.app[FRONT_DOOR].counts.items() if key[1] in routes}
+
+
 async def scan(page: Page, token: str) -> dict[str, Any]:
     """Feed the page a photo of the QR; answer the verdict it shows."""
     if await page.is_visible("#verdict"):
@@ -94,7 +100,14 @@ async def test_offline_with_the_network_cut_genuine_tampered_and_expired(
     yellow = await token_of(api, client_keys["citizen-backend"], YELLOW_PERSON)
     context = await browser.new_context(viewport=PHONE)
     page = await open_scanner(context, api, shots)
+    await page.wait_for_function("navigator.serviceWorker.controller !== null")
     await context.set_offline(True)
+    # Reloaded with the network cut: the page and its files from the service worker, the keys from storage.
+    served = page_fetches(api)
+    reloaded = await page.reload()
+    assert reloaded is not None and reloaded.from_service_worker
+    assert page_fetches(api) == served  # none of the page's files reached the service
+    await page.wait_for_selector("body[data-ready=true]", state="attached")
     assert await page.get_attribute("#net", "data-online") == "false"
 
     ok = await scan(page, genuine)

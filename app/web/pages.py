@@ -60,11 +60,17 @@ async def console_page(request: web.Request) -> web.Response:
     return _send(request, assets()["console.html"], _PAGE_CACHE)
 
 
+@routes.get("/scan/sw.js")
+async def scanner_worker(request: web.Request) -> web.Response:
+    """The scanner's service worker; served under /scan/ so that its scope is the scanner page."""
+    return _send(request, assets()["scan-sw.js"], _PAGE_CACHE)
+
+
 @routes.get("/web/{name}")
 async def page_file(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     asset = assets().get(name)
-    if asset is None or name.endswith(".html"):
+    if asset is None or name.endswith(".html") or name == "scan-sw.js":
         raise NotFound(f"no page file {name}")
     return _send(request, asset, _FILE_CACHE)
 

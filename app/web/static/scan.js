@@ -291,6 +291,7 @@
   const net = () => { $("net").dataset.online = String(navigator.onLine); };
   window.addEventListener("online", () => { net(); refreshKeys(true); flush(); });
   window.addEventListener("offline", net);
+  if ("serviceWorker" in navigator) navigator.serviceWorker.register("/scan/sw.js").catch(() => {});
   loadSettings();
   net();
   showQueue();
