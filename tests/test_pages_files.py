@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import gzip
 
+import pytest
+
 from app.web.assets import assets
+from tests.browser import CHROMIUM_ENV, chromium_path
 from tests.conftest import Api
 
 
@@ -56,3 +59,10 @@ def test_the_code_page_and_its_files_stay_small() -> None:
     """The code page's own files, uncompressed; the browser test measures what actually travels."""
     files = ("code.html", "code.js", "code.css")
     assert sum(len(assets()[name].body) for name in files) < 30_000
+
+
+def test_without_chromium_the_browser_tests_fail_saying_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(CHROMIUM_ENV, "")
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(pytest.fail.Exception, match="apt-get install chromium"):
+        chromium_path()

@@ -52,8 +52,8 @@ def _demo_files(keys_dir: Path) -> tuple[str, dict[str, str]]:
 def _own_address(request: web.Request) -> str:
     transport = request.transport
     sockname = transport.get_extra_info("sockname") if transport is not None else None
-    if not sockname:
-        raise NotFound("the reference backend needs a TCP listener")
+    if not isinstance(sockname, tuple):  # a Unix socket, or a connection already gone
+        raise NotFound("the reference backend serves over TCP only")
     host, port = sockname[0], sockname[1]
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 

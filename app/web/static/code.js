@@ -12,6 +12,7 @@
       todo: (n) => n === 1 ? "请在抵达后 24 小时内完成 1 次核酸检测。" : n === 2 ? "请在 3 天内完成 2 次核酸检测（间隔 24 小时以上）。" :
         "持 48 小时内阴性证明抵达者 24 小时内完成 1 次核酸检测；其他人 3 天内完成 2 次检测（间隔 24 小时以上）。",
       deadline: (t) => `请于 ${t} 前完成。`, ok: "我知道了", error: "暂时无法获取健康码，正在重试…",
+      noPerson: "请从小程序打开本页（演示：在地址后加 ?person=）",
     },
     en: {
       title: "Health code", other: "中文", green: "Green", yellow: "Yellow", red: "Red",
@@ -22,6 +23,7 @@
       todo: (n) => n === 1 ? "Take 1 nucleic-acid test within 24 hours of arrival." : n === 2 ? "Take 2 nucleic-acid tests within 3 days, at least 24 hours apart." :
         "With a negative test from the 48 hours before arrival: 1 test within 24 hours; otherwise 2 tests within 3 days, at least 24 hours apart.",
       deadline: (t) => `Complete by ${t}.`, ok: "OK", error: "Cannot fetch your code right now; retrying…",
+      noPerson: "Open this page from the mini-program (demo: add ?person= to the address)",
     },
   };
   const $ = (id) => document.getElementById(id);
@@ -88,6 +90,7 @@
 
   async function load() {
     clearTimeout(timer);
+    if (!person) { $("error").textContent = T[lang].noPerson; $("error").hidden = false; return; }
     try {
       const r = await fetch("/demo/backend/status", {
         method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ person }), cache: "no-store",
