@@ -13,8 +13,10 @@ import pytest
 from playwright.async_api import Browser, BrowserContext, FilePayload, Page
 
 from app.http.appkeys import FRONT_DOOR, HANDLES, SCANS, SIGNER
+from app.keys.lifecycle import activate, new_key
 from app.settings import Settings
 from signing.encoding import b64url_decode, b64url_encode
+from signing.keys import EDDSA
 from signing.qr import module_matrix, render_png
 from tests.browser import PHONE, Transfer, browser, launch, record_figure, shots, y4m_of
 from tests.conftest import Api, AppFactory
@@ -174,3 +176,23 @@ async def test_a_qr_through_the_fake_camera(
         await page.click("#camera")
         await page.wait_for_selector("#verdict[data-ms]")
         assert await page.get_attribute("#verdict", "data-reason") == "ok"
+
+
+async def test_an_ed25519_token_verifies_offline_with_webcrypto(
+    make_client: AppFactory,
+    browser: Browser,
+    people: None,
+    client_keys: dict[str, str],
+    db: asyncpg.Connection,
+    settings: Settings,
+) -> None:
+    api = await make_client()
+    await activate(db, await new_key(db, settings.keys_dir, EDDSA))
+    await api.app[SIGNER].refresh(db)
+    token = await token_of(api, client_keys["citizen-backend"], GREEN_PERSON)
+    assert orjson.loads(b64url_decode(token.split(".")[0]))["alg"] == "EdDSA"
+    context = await browser.new_context(viewport=PHONE)
+    page = await open_scanner(context, api)
+    await context.set_offline(True)
+    assert (await scan(page, token))["reason"] == "ok"
+    assert (await scan(page, tampered(token)))["reason"] == "bad_signature"
