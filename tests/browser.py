@@ -103,9 +103,12 @@ class Transfer:
     def urls(self) -> list[str]:
         return [request.url for request in self.requests]
 
-    async def total(self) -> int:
+    async def total(self, *only: str) -> int:
+        """The sum over every request, or over those whose URL holds one of `only`."""
         total = 0
         for request in self.requests:
+            if only and not any(part in request.url for part in only):
+                continue
             sizes = await request.sizes()
             total += sizes["responseBodySize"] + sizes["responseHeadersSize"]
         return total

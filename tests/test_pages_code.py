@@ -21,7 +21,7 @@ from tests.test_api_status import insert_status
 from tests.test_openapi import assert_documented
 
 __all__ = ["browser", "shots"]
-pytestmark = pytest.mark.slow
+# The tests that drive a browser take 2 to 9 s each: marked slow (they run in `make test`).
 
 PEOPLE = {"green": "500103199003071239", "yellow": "11010519491231002X", "red": "440305200002294564"}
 # The colour of the first dark pixel of the QR canvas (the top-left finder pattern).
@@ -60,6 +60,7 @@ async def qr_colour(page: Page) -> str:
     return str(await page.evaluate(FIRST_DARK_PIXEL))
 
 
+@pytest.mark.slow
 async def test_green_code_with_clock_moving_band_and_a_small_page(
     make_client: AppFactory, browser: Browser, demo_people: dict[str, str], shots: Path
 ) -> None:
@@ -89,6 +90,7 @@ async def test_green_code_with_clock_moving_band_and_a_small_page(
     await page.screenshot(path=shots / "code-green.png")
 
 
+@pytest.mark.slow
 async def test_yellow_code_pops_up_what_to_do_in_chinese_then_english(
     make_client: AppFactory,
     browser: Browser,
@@ -120,6 +122,7 @@ async def test_yellow_code_pops_up_what_to_do_in_chinese_then_english(
     assert await page.evaluate("document.documentElement.lang") == "en"
 
 
+@pytest.mark.slow
 async def test_red_code(make_client: AppFactory, browser: Browser, demo_people: dict[str, str], shots: Path) -> None:
     api = await make_client()
     page, _ = await open_code(browser, str(api.make_url("/")), "red")
@@ -131,6 +134,7 @@ async def test_red_code(make_client: AppFactory, browser: Browser, demo_people: 
     await page.screenshot(path=shots / "code-red.png")
 
 
+@pytest.mark.slow
 async def test_the_code_is_renewed_before_it_expires(
     make_client: AppFactory, browser: Browser, demo_people: dict[str, str]
 ) -> None:

@@ -140,7 +140,7 @@
       ctx.beginPath();
       values.forEach((v, i) => {
         if (v === null) return;
-        const x = (w * i) / 89, y = h - 4 - ((h - 8) * v) / top;
+        const x = (w * i) / Math.max(1, values.length - 1), y = h - 4 - ((h - 8) * v) / top;
         if (i === 0 || values[i - 1] === null) ctx.moveTo(x, y); else ctx.lineTo(x, y);
       });
       ctx.stroke();
@@ -168,5 +168,7 @@
   refresh();
   live();
   setInterval(refresh, 10000);
-  setInterval(live, 2000);
+  // Every 2 s unless `?every=` (seconds) says otherwise.
+  const every = Math.max(0.25, Number(new URLSearchParams(location.search).get("every")) || 2);
+  setInterval(live, every * 1000);
 })();
