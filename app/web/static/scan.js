@@ -13,7 +13,7 @@
   const LEEWAY = 60; // a cheap phone's clock may lag the service's by this much
   const HALF_ORDER = 0x7fffffff800000007fffffffffffffffde737d56d38bcf4279dce5617e3192a8n; // P-256 n / 2
   const WORDS = {
-    ok: "通行 PASS", G: "绿码 Green", Y: "黄码 Yellow code", R: "红码 Red code",
+    ok: "绿码 · 签名有效 Green, signature valid", G: "绿码 Green", Y: "黄码 Yellow code", R: "红码 Red code",
     test_age: "核酸检测超时 No recent negative test", vaccination: "未完成疫苗接种 Vaccination incomplete",
     expired: "二维码已过期 Code expired", bad_signature: "签名无效 Signature invalid (altered?)",
     unknown_key: "未知密钥 Unknown key", malformed: "不是健康码 Not a health code", wrong_issuer: "签发方不符 Wrong issuer",
