@@ -57,6 +57,9 @@ KIND_OF = {
     "/v1/samples": "agency",
     "/v1/appeals/{appeal_id}": "operator",  # and the citizen backend that filed it
     "/v1/appeals/{appeal_id}/decisions": "operator",
+    "/v1/status/alert": "citizen-backend",
+    "/v1/operator/batches": "operator",
+    "/v1/operator/keys": "operator",
 }
 # Where one path serves a kind per method (citizens file appeals, operators list them).
 KIND_OF_METHOD = {("POST", "/v1/appeals"): "citizen-backend", ("GET", "/v1/appeals"): "operator"}

@@ -81,3 +81,7 @@ async def test_the_console_read_routes_are_for_operators_only(world: World, clie
     r = await world.api.get("/v1/operator/batches?limit=0", headers=world.alice)
     assert r.status == 422
     assert (await assert_documented(r, "/v1/operator/batches", "get"))["field"] == "limit"
+    for path in ("/v1/operator/batches?state=done", "/v1/operator/keys?limit=5"):
+        r = await world.api.get(path, headers=world.alice)
+        body = await assert_documented(r, path.split("?")[0], "get")
+        assert (r.status, body["code"]) == (422, "unknown_parameter")

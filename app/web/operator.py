@@ -33,6 +33,12 @@ _KEYS: Final = """SELECT kid, alg, state, created_at, activate_at, activated_at,
     FROM signing_keys ORDER BY created_at DESC"""
 
 
+def _known_parameters(request: web.Request, known: frozenset[str]) -> None:
+    """A misspelt parameter is refused, not ignored (as /v1/appeals does)."""
+    for name in request.query.keys() - known:
+        raise InvalidField(name or "(empty)", "unknown_parameter", f"unknown query parameter {name!r}")
+
+
 def _limit(raw: str | None) -> int:
     if raw is None:
         return DEFAULT_PAGE
@@ -50,6 +56,7 @@ async def batches(request: web.Request) -> web.Response:
     app = request.app
     client = app[CLIENTS].authenticate(request.headers.get("Authorization"), kind=OPERATOR)
     await admit(request, client, APPEALS)  # the operator's one bucket: console reads share it
+    _known_parameters(request, frozenset({"limit"}))
     limit = _limit(request.query.get("limit"))
     with postgres_answers(app[POSTGRES_STATE]):
         rows = await app[PG].fetch(_BATCHES, limit)
@@ -62,6 +69,7 @@ async def keys(request: web.Request) -> web.Response:
     app = request.app
     client = app[CLIENTS].authenticate(request.headers.get("Authorization"), kind=OPERATOR)
     await admit(request, client, APPEALS)  # the operator's one bucket: console reads share it
+    _known_parameters(request, frozenset())
     with postgres_answers(app[POSTGRES_STATE]):
         rows = await app[PG].fetch(_KEYS)
     views = [
