@@ -3,6 +3,7 @@ the way) is answered again but recorded once."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import asyncpg
@@ -58,3 +59,41 @@ async def test_a_bad_scan_id_is_refused(api: Api, client_keys: dict[str, str], s
     assert r.status == 422, await r.text()
     body = await r.json()
     assert (body["field"], body["code"]) == ("scan_id", "bad_scan_id")
+
+
+async def test_a_queued_scan_is_checked_and_recorded_as_of_when_it_was_made(
+    api: Api, db: asyncpg.Connection, settings: Settings, client_keys: dict[str, str]
+) -> None:
+    """Made offline at a gate with a then-valid token, sent ten minutes later after it expired."""
+    subject = await insert_person(db, settings.pepper)
+    now = int(time.time())
+    token = token_for(api, subject, now=now - 600)  # valid from now - 600 to now - 300
+    key = client_keys["scanner"]
+    queued = await verify(api, key, {"token": token, "scan_id": "q-1", "scanned_at": now - 500})
+    assert (queued["valid"], queued["reason"], queued["scanned_at"]) == (True, "ok", now - 500)
+    late = await verify(api, key, {"token": token, "scan_id": "q-2"})
+    assert (late["valid"], late["reason"]) == (False, "expired")
+    assert await drain_scans(api, settings) == 1
+    [row] = await scan_rows(db)
+    assert (row["at"], row["valid"]) == (now - 500, True)
+
+
+@pytest.mark.parametrize(
+    ("extra", "code"),
+    [
+        ({"scanned_at": 1}, "scan_id_required"),
+        ({"scan_id": "q", "scanned_at": "yesterday"}, "wrong_type"),
+        ({"scan_id": "q", "scanned_at": 1.5}, "wrong_type"),
+        ({"scan_id": "q", "scanned_at": -25 * 3600}, "out_of_range"),
+        ({"scan_id": "q", "scanned_at": 3600}, "out_of_range"),
+    ],
+)
+async def test_a_bad_scanned_at_is_refused(
+    api: Api, client_keys: dict[str, str], extra: dict[str, Any], code: str
+) -> None:
+    if type(extra.get("scanned_at")) is int and "scan_id" in extra:
+        extra = {**extra, "scanned_at": int(time.time()) + extra["scanned_at"]}
+    r = await post_verify(api, client_keys["scanner"], {"token": "t", "checkpoint": CHECKPOINT, **extra})
+    assert r.status == 422, await r.text()
+    body = await r.json()
+    assert (body["field"], body["code"]) == ("scanned_at", code)

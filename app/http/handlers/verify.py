@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import re
 import time
-from typing import Any
+from typing import Any, Final
 
 from aiohttp import web
 from redis.asyncio import Redis
@@ -35,6 +35,10 @@ _LETTER_COLOUR = {letter: colour for colour, letter in COLOUR_LETTER.items()}
 VALID_TOKEN_RULE = "valid_token"
 # A scanner's own id for a scan, so a scan sent again (a queue re-sent after an outage) is recorded once.
 _SCAN_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+# How late a queued scan (made offline, sent when the network returned) may say it was made, and how far
+# ahead of ours a scanner's clock may be.
+MAX_SCAN_DELAY_SECONDS: Final = 24 * 3600
+_CLOCK_AHEAD_SECONDS: Final = 60
 
 
 @routes.post("/v1/verify")
@@ -47,6 +51,7 @@ async def verify(request: web.Request) -> web.Response:
     policy = policy_from_body(body)
     scan_id = _scan_id(body)
     now = int(time.time())
+    at = _scanned_at(body, scan_id, now)
     verifier = app[SIGNER].verifier
     assert verifier is not None
 
@@ -56,7 +61,7 @@ async def verify(request: web.Request) -> web.Response:
     token_colour: str | None = None
     token_version: int | None = None
     try:
-        claims = verifier.verify(token, now)
+        claims = verifier.verify(token, at)  # a queued scan's token is checked as of when it was scanned
         # Only this service opens the handle: offline scanners never learn who the token is for.
         subject = app[HANDLES].open(str(claims["sub"]), int(str(claims["iat"])))
     except BadToken as exc:
@@ -75,7 +80,7 @@ async def verify(request: web.Request) -> web.Response:
     current_colour = entry.colour if entry else None
     duplicate = scan_id is not None and not await _first_sight(app[REDIS], client.id, scan_id)
     if not duplicate:
-        event = ScanEvent(now, checkpoint, client.id, subject, valid, reason, token_colour, current_colour)
+        event = ScanEvent(at, checkpoint, client.id, subject, valid, reason, token_colour, current_colour)
         try:
             await app[SCANS].record(event)
         except BaseException:
@@ -83,7 +88,7 @@ async def verify(request: web.Request) -> web.Response:
                 with contextlib.suppress(*REDIS_ERRORS):
                     await ScanIds(app[REDIS]).forget(client.id, scan_id)
             raise
-    failed = None if policy is None else _failed(policy, valid, claims, entry, now)
+    failed = None if policy is None else _failed(policy, valid, claims, entry, at)
     return json_response(
         {
             "valid": valid,
@@ -99,7 +104,7 @@ async def verify(request: web.Request) -> web.Response:
             "last_test": last_test(entry, now) if entry else None,
             "meets_policy": None if failed is None else not failed,
             "failed_rules": failed,
-            "scanned_at": now,
+            "scanned_at": at,
             "scan_id": scan_id,
             "duplicate": duplicate,
         }
@@ -113,6 +118,23 @@ def _scan_id(body: dict[str, Any]) -> str | None:
     if not isinstance(value, str) or not _SCAN_ID.fullmatch(value):
         raise InvalidField("scan_id", "bad_scan_id", "scan_id must be 1 to 64 letters, digits, '-' or '_'")
     return value
+
+
+def _scanned_at(body: dict[str, Any], scan_id: str | None, now: int) -> int:
+    """When the scan was made: `now`, or a queued scan's `scanned_at` (only with its scan_id, so that it
+    is recorded once), at most a day back."""
+    if "scanned_at" not in body:
+        return now
+    value = body["scanned_at"]
+    if scan_id is None:
+        raise InvalidField("scanned_at", "scan_id_required", "scanned_at is taken only with the scan's scan_id")
+    if type(value) is not int:
+        raise InvalidField("scanned_at", "wrong_type", "scanned_at must be Unix seconds")
+    if not now - MAX_SCAN_DELAY_SECONDS <= value <= now + _CLOCK_AHEAD_SECONDS:
+        raise InvalidField(
+            "scanned_at", "out_of_range", f"scanned_at must be within the last {MAX_SCAN_DELAY_SECONDS // 3600} hours"
+        )
+    return min(value, now)
 
 
 async def _first_sight(redis: Redis, client_id: int, scan_id: str) -> bool:

@@ -162,7 +162,8 @@
     const ctl = new AbortController();
     const timer = setTimeout(() => ctl.abort(), 4000);
     try {
-      const body = { token: item.token, checkpoint: item.checkpoint, scan_id: item.scan_id };
+      // scanned_at: a queued scan's token is checked, and the scan recorded, as of when it was made.
+      const body = { token: item.token, checkpoint: item.checkpoint, scan_id: item.scan_id, scanned_at: item.scanned_at };
       if (Object.keys(item.policy).length) body.policy = item.policy;
       const r = await fetch("/v1/verify", {
         method: "POST", signal: ctl.signal, cache: "no-store",
