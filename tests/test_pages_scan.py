@@ -127,6 +127,15 @@ async def test_offline_with_the_network_cut_genuine_tampered_and_expired(
     await page.fill("#max-age", "12")
     await page.click("#save")
     assert (await scan(page, await token_of(api, client_keys["citizen-backend"], GREEN_PERSON)))["reason"] == "test_age"
+    # Keys last fetched two days ago, and still no network: the scanner works on, and says so.
+    assert await page.get_attribute("#keys", "data-stale") == "false"
+    await page.evaluate(
+        "() => { const k = JSON.parse(localStorage.getItem('hc-jwks')); k.fetched -= 2 * 86400e3;"
+        " localStorage.setItem('hc-jwks', JSON.stringify(k)); }"
+    )
+    await page.reload()
+    await page.wait_for_selector("#keys[data-stale=true]")
+    assert (await scan(page, expired(api)))["reason"] == "expired"
 
 
 async def test_online_scans_made_offline_are_queued_and_sent_once_when_the_network_returns(

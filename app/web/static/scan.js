@@ -11,6 +11,7 @@
   };
   const TYP = "hcs+jwt";
   const LEEWAY = 60; // a cheap phone's clock may lag the service's by this much
+  const STALE_KEYS_MS = 24 * 3600 * 1000;
   const HALF_ORDER = 0x7fffffff800000007fffffffffffffffde737d56d38bcf4279dce5617e3192a8n; // P-256 n / 2
   const WORDS = {
     ok: "绿码 · 签名有效 Green, signature valid", G: "绿码 Green", Y: "黄码 Yellow code", R: "红码 Red code",
@@ -41,7 +42,11 @@
       } catch { /* an algorithm this browser lacks (Ed25519 on old ones): its tokens read as unknown_key */ }
     }
     keyring = ring;
-    $("keys").textContent = `公钥 keys: ${ring.size} · ${new Date(store.get("hc-jwks", {}).fetched || 0).toLocaleTimeString()}`;
+    // Verdicts go on offline, but a key withdrawn since the last fetch is still trusted: say so after a day.
+    const fetched = store.get("hc-jwks", {}).fetched || 0, stale = Date.now() - fetched > STALE_KEYS_MS;
+    $("keys").dataset.stale = String(stale);
+    $("keys").textContent = (stale ? "⚠ 公钥超过一天未更新 keys not refreshed for over a day · " : "") +
+      `公钥 keys: ${ring.size} · ${new Date(fetched).toLocaleString()}`;
   }
 
   async function refreshKeys(force) {
