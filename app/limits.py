@@ -20,6 +20,7 @@ TEST_CODE: Final = "test-code"
 QR: Final = "qr"
 DECLARATIONS: Final = "declarations"  # for health declarations, when they exist
 APPEALS: Final = "appeals"
+RELATIONS: Final = "relations"  # family members: registering, ending and listing relations, the look-up log
 SAMPLES: Final = "samples"
 UPLOADS: Final = "uploads"
 BATCH_READS: Final = "batch-reads"
@@ -34,6 +35,7 @@ DEFAULTS: Final[Mapping[str, Mapping[str, Rate]]] = {
         QR: Rate(100, 200),
         DECLARATIONS: Rate(100, 200),
         APPEALS: Rate(20, 40),
+        RELATIONS: Rate(20, 40),
     },
     "scanner": {VERIFY: Rate(20, 40)},
     "agency": {UPLOADS: Rate(20, 20), SAMPLES: Rate(200, 400), BATCH_READS: Rate(50, 100)},

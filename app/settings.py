@@ -35,6 +35,10 @@ class Settings:
     # queue whose oldest waiter stays older than the target for a whole interval is shed.
     admit_concurrency: int = 64
     queue_target_seconds: float = 0.005
+    # Refuse simple requests from their bytes while overloaded (app/http/door.py); 0 turns it off, so
+    # that every refusal goes through aiohttp and the middleware (for comparison, or behind a proxy
+    # that needs aiohttp's own handling of every request).
+    door: bool = True
     queue_interval_seconds: float = 0.1
     max_body_bytes: int = 64 * 1024
     max_upload_bytes: int = 4 * 1024 * 1024 * 1024
@@ -63,6 +67,17 @@ class Settings:
     rate_limits: tuple[tuple[str, str, Rate], ...] = ()
     # Private signing keys given in the environment (PEM), used before key files.
     signing_key_pems: tuple[bytes, ...] = ()
+    # Federation (app/federation/): the key every deployment of the federation shares for federation
+    # pseudonyms (never the pepper; None: this deployment takes no part in vaccination look-ups), this
+    # deployment's own region (ISO 3166, the origin of records issued here), where it is reached from
+    # outside (the SMART Health Card issuer URL; empty: the request's own origin), and the peer budget.
+    federation_key: bytes | None = field(default=None, repr=False)
+    region_code: str = "CN-CQ"
+    public_url: str = ""
+    peer_timeout_seconds: float = 0.3
+    peer_cache_seconds: int = 600
+    peer_keys_max_stale_seconds: int = 86_400
+    peer_refresh_seconds: float = 30.0
 
     def __repr__(self) -> str:
         # Settings end up in logs and tracebacks: secrets never do. Fields marked repr=False are left
@@ -98,6 +113,7 @@ class Settings:
             negative_ttl_seconds=_int(env, "HEALTHCODE_NEGATIVE_TTL_SECONDS", 30, low=1, high=3600),
             max_in_flight=_int(env, "HEALTHCODE_MAX_IN_FLIGHT", 2000, low=1, high=1_000_000),
             admit_concurrency=_int(env, "HEALTHCODE_ADMIT_CONCURRENCY", 64, low=1, high=100_000),
+            door=bool(_int(env, "HEALTHCODE_DOOR", 1, low=0, high=1)),
             queue_target_seconds=_ms(env, "HEALTHCODE_QUEUE_TARGET_MS", 5, low=1, high=10_000),
             queue_interval_seconds=_ms(env, "HEALTHCODE_QUEUE_INTERVAL_MS", 100, low=10, high=60_000),
             max_body_bytes=_int(env, "HEALTHCODE_MAX_BODY_BYTES", 64 * 1024, low=1024, high=1 << 30),
@@ -117,6 +133,15 @@ class Settings:
             max_rejections_per_batch=_int(
                 env, "HEALTHCODE_MAX_REJECTIONS_PER_BATCH", 10_000, low=0, high=1_000_000_000
             ),
+            federation_key=_federation_key(env),
+            region_code=_region(env),
+            public_url=_public_url(env),
+            peer_timeout_seconds=_ms(env, "HEALTHCODE_PEER_TIMEOUT_MS", 300, low=10, high=10_000),
+            peer_cache_seconds=_int(env, "HEALTHCODE_PEER_CACHE_SECONDS", 600, low=1, high=86_400),
+            peer_keys_max_stale_seconds=_int(
+                env, "HEALTHCODE_PEER_KEYS_MAX_STALE_SECONDS", 86_400, low=60, high=30 * 86_400
+            ),
+            peer_refresh_seconds=float(_int(env, "HEALTHCODE_PEER_REFRESH_SECONDS", 30, low=1, high=3600)),
         )
 
 
@@ -219,3 +244,32 @@ def _pems(env: Mapping[str, str], name: str) -> tuple[bytes, ...]:
     if raw and not blocks:
         raise SettingsError(f"{name} must hold PEM private keys")
     return blocks
+
+
+_REGION = re.compile(r"^[A-Z]{2}(-[A-Z0-9]{1,3})?$")
+
+
+def _federation_key(env: Mapping[str, str]) -> bytes | None:
+    """The federation-wide pseudonym key (optional: without it, no vaccination look-ups between peers)."""
+    if not (env.get("HEALTHCODE_FEDERATION_KEY", "").strip() or env.get("HEALTHCODE_FEDERATION_KEY_FILE", "").strip()):
+        return None
+    key, source = _secret(env, "HEALTHCODE_FEDERATION_KEY")
+    if len(key) < 16:
+        raise SettingsError(f"{source} must hold at least 16 bytes of secret")
+    if key == _pepper(env):
+        raise SettingsError(f"{source} must differ from the pepper: peers must never learn pseudonyms")
+    return key
+
+
+def _region(env: Mapping[str, str]) -> str:
+    region = env.get("HEALTHCODE_REGION_CODE", "CN-CQ").strip()
+    if not _REGION.match(region):
+        raise SettingsError(f"HEALTHCODE_REGION_CODE must be an ISO 3166 code such as CN-CQ or SG, got {region!r}")
+    return region
+
+
+def _public_url(env: Mapping[str, str]) -> str:
+    public_url = env.get("HEALTHCODE_PUBLIC_URL", "").strip().rstrip("/")
+    if public_url and urlsplit(public_url).scheme not in ("http", "https"):
+        raise SettingsError(f"HEALTHCODE_PUBLIC_URL must be an http(s) URL, got {public_url!r}")
+    return public_url

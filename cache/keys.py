@@ -39,3 +39,15 @@ def scan_id_key(client_id: int, scan_id: str) -> str:
     if not scan_id or any(c in scan_id for c in "{}: \t\r\n"):
         raise ValueError(f"scan id {scan_id!r} is empty or holds a character reserved in keys")
     return f"hc:sid:{{{client_id}}}:{scan_id}"
+
+
+def jti_key(issuer: str, jti: str) -> str:
+    """`hc:jti:{<issuer>}:<jti>` — a peer's assertion id, remembered until the assertion expires."""
+    return f"hc:jti:{{{issuer}}}:{jti}"
+
+
+def peer_lookup_key(pseudonym: bytes) -> bytes:
+    """`hc:{<pseudonym hex>}:pv` — a person's recent peer look-up, beside their status key (same slot)."""
+    if len(pseudonym) != PSEUDONYM_BYTES:
+        raise ValueError(f"pseudonym must be {PSEUDONYM_BYTES} bytes, got {len(pseudonym)}")
+    return b"hc:{" + hexlify(pseudonym) + b"}:pv"

@@ -64,3 +64,9 @@ class BadHandle(BadToken):
     """
 
     reason = "bad_handle"
+
+
+class UntrustedIssuer(BadToken):
+    """``iss`` names neither this service nor a peer on its trust list: nobody here can vouch for the key."""
+
+    reason = "untrusted_issuer"

@@ -6,6 +6,8 @@ base64url(nonce || ciphertext || tag): 44 bytes, 59 characters. Every token of o
 carries a different ``sub``, so scanners at two checkpoints (or a mini-program vendor) cannot link them;
 online verification opens the handle to find the subject's current status. The issue time is bound
 without being carried (the token already says it), so a handle moved into another token does not open.
+A token type other than the status token binds its own ``purpose`` too (the test-registration code
+uses ``hct``), so a handle made for one kind of token never opens as the other's.
 
 Random nonces under one key collide with probability about n^2 / 2^97 after n handles; NIST advises at
 most 2^32 of them per key. A collision would reveal the XOR of two pseudonyms, nothing more useful: the
@@ -32,8 +34,8 @@ TAG_BYTES: Final = 16
 MAX_HANDLE_LENGTH: Final = 128
 
 
-def _associated(iat: int) -> bytes:
-    return iat.to_bytes(8, "big", signed=True)
+def _associated(iat: int, purpose: bytes) -> bytes:
+    return iat.to_bytes(8, "big", signed=True) + purpose
 
 
 class HandleCipher:
@@ -49,13 +51,14 @@ class HandleCipher:
     def __repr__(self) -> str:
         return "HandleCipher(<secret>)"
 
-    def seal(self, pseudonym: bytes, iat: int) -> str:
+    def seal(self, pseudonym: bytes, iat: int, purpose: bytes = b"") -> str:
         """A new handle for ``pseudonym`` in a token issued at ``iat``: never the same twice."""
         nonce = os.urandom(NONCE_BYTES)
-        return b64url_encode(nonce + self._aead.encrypt(nonce, pseudonym, _associated(iat)))
+        return b64url_encode(nonce + self._aead.encrypt(nonce, pseudonym, _associated(iat, purpose)))
 
-    def open(self, handle: str, iat: int) -> bytes:
-        """The pseudonym inside ``handle``; ``BadHandle`` if this key did not seal it for that ``iat``."""
+    def open(self, handle: str, iat: int, purpose: bytes = b"") -> bytes:
+        """The pseudonym inside ``handle``; ``BadHandle`` if this key did not seal it for that ``iat`` and
+        ``purpose``."""
         if len(handle) > MAX_HANDLE_LENGTH:
             raise BadHandle("handle too long")
         try:
@@ -65,6 +68,6 @@ class HandleCipher:
         if len(raw) <= NONCE_BYTES + TAG_BYTES:
             raise BadHandle("handle too short")
         try:
-            return self._aead.decrypt(raw[:NONCE_BYTES], raw[NONCE_BYTES:], _associated(iat))
+            return self._aead.decrypt(raw[:NONCE_BYTES], raw[NONCE_BYTES:], _associated(iat, purpose))
         except (InvalidTag, OverflowError):  # OverflowError: an iat no handle of ours was made for
             raise BadHandle("handle does not open under this service's key") from None

@@ -131,6 +131,10 @@ class TokenSigner:
         header = orjson.dumps({"alg": record.alg, "kid": record.kid, "typ": typ})
         self._prefix = _b64(header) + b"."
 
+    @property
+    def issuer(self) -> str:
+        return self._iss
+
     def _finish(self, payload: bytes) -> str:
         signing_input = self._prefix + _b64(payload)
         return (signing_input + b"." + _b64(self._sign(signing_input))).decode("ascii")
@@ -191,11 +195,20 @@ class TokenVerifier:
     exact: a token is refused once ``exp <= now``.
     """
 
-    __slots__ = ("_issuer", "_leeway", "_lookup", "_status", "typ")
+    __slots__ = ("_issuer", "_leeway", "_lookup", "_max_length", "_status", "typ")
 
-    def __init__(self, keys: CandidateSource | CandidateLookup, issuer: str, typ: str, leeway_seconds: int = 0) -> None:
+    def __init__(
+        self,
+        keys: CandidateSource | CandidateLookup,
+        issuer: str,
+        typ: str,
+        leeway_seconds: int = 0,
+        *,
+        max_length: int = MAX_TOKEN_LENGTH,
+    ) -> None:
         if leeway_seconds < 0:
             raise ValueError("leeway_seconds must not be negative")
+        self._max_length = max_length  # larger for signed documents (a peer's records), not status tokens
         self._lookup: CandidateLookup = keys if callable(keys) else keys.candidates
         self._issuer = issuer
         self._leeway = leeway_seconds
@@ -204,7 +217,7 @@ class TokenVerifier:
 
     def verify(self, token: str, now: int) -> dict[str, object]:
         """Return the claims of a valid token; raise a ``BadToken`` subclass saying why not."""
-        if not isinstance(token, str) or len(token) > MAX_TOKEN_LENGTH:
+        if not isinstance(token, str) or len(token) > self._max_length:
             raise MalformedToken("not a string or too long")
         parts = token.split(".")
         if len(parts) != 3:
@@ -275,3 +288,23 @@ class TokenVerifier:
             raise TokenExpired(f"expired at {exp}, now {now}")
         if iat > now + self._leeway:
             raise TokenNotYetValid(f"issued at {iat}, now {now}")
+
+
+def unverified_issuer(token: str, max_length: int = MAX_TOKEN_LENGTH) -> str:
+    """The ``iss`` a token claims, read before any signature check: only to choose whose keys verify it.
+
+    Nothing else may be believed from it; the verifier then checks ``iss`` again under the signature.
+    """
+    if not isinstance(token, str) or len(token) > max_length:
+        raise MalformedToken("not a string or too long")
+    parts = token.split(".")
+    if len(parts) != 3:
+        raise MalformedToken("not three dot-separated segments")
+    try:
+        claims = orjson.loads(b64url_decode(parts[1]))
+    except ValueError as exc:
+        raise MalformedToken(f"bad base64url or JSON: {exc}") from None
+    issuer = claims.get("iss") if isinstance(claims, dict) else None
+    if not isinstance(issuer, str) or not issuer:
+        raise MalformedToken("claim iss missing or not a string")
+    return issuer

@@ -37,11 +37,12 @@ TEST_REDIS_DB = 1 + os.getpid() % 13
 # Staging and rejection rows go with their batch (ON DELETE CASCADE).
 _CLEAN_TABLES = (
     "appeal_decisions", "appeals",  # first: they refer to clients and overrides
-    "declarations",
+    "declarations", "relation_lookups", "relations",
     "subjects", "vaccinations", "nucleic_tests", "travel_arrivals", "designations", "statuses", "risk_areas",
     "api_clients", "signing_keys", "scan_events", "scan_refusals", "status_overrides", "batch_rejections", "samples",
     "staging_population", "staging_vaccination", "staging_test", "staging_travel", "staging_designation",
     "staging_risk_area", "batches", "status_refresh_owed", "record_history",
+    "peers", "federation_subjects", "credential_keys",
 )  # fmt: skip
 _CLEAN = ";".join(f"DELETE FROM {table}" for table in _CLEAN_TABLES)
 

@@ -112,6 +112,18 @@ ROUTES = [
     ("citizen-backend", "appeals", "get", "/v1/appeals/1", "/v1/appeals/{appeal_id}", {}),
     ("operator", "appeals", "get", "/v1/appeals", "/v1/appeals", {}),
     ("operator", "appeals", "post", "/v1/appeals/1/decisions", "/v1/appeals/{appeal_id}/decisions", {"json": {}}),
+    ("citizen-backend", "relations", "post", "/v1/relations", "/v1/relations", {"json": {"id_number": resident(1)}}),
+    ("citizen-backend", "relations", "post", "/v1/relations/query", "/v1/relations/query", {"json": {}}),
+    ("citizen-backend", "relations", "post", "/v1/relations/1/end", "/v1/relations/{relation_id}/end", {"json": {}}),
+    ("citizen-backend", "relations", "post", "/v1/lookups/query", "/v1/lookups/query", {"json": {}}),
+    (
+        "citizen-backend",
+        "status",
+        "post",
+        "/v1/status",
+        "/v1/status",
+        {"json": {"id_number": resident(1), "on_behalf_of": {"id_number": resident(2)}}},
+    ),
 ]
 
 

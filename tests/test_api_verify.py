@@ -112,6 +112,8 @@ def refused(reason: str) -> dict[str, Any]:
     return {
         "valid": False,
         "reason": reason,
+        "issuer": None,
+        "issuer_name": None,
         "checkpoint": CHECKPOINT,
         "token_colour": None,
         "current_colour": None,
@@ -171,6 +173,8 @@ async def test_a_valid_token_shows_both_colours_and_the_masked_person(
     assert body == {
         "valid": True,
         "reason": "ok",
+        "issuer": "healthcode",
+        "issuer_name": None,
         "checkpoint": CHECKPOINT,
         "token_colour": "green",
         "current_colour": "red",
@@ -204,7 +208,13 @@ async def test_a_valid_token_for_someone_no_longer_known(
 ) -> None:
     subject = pseudonym(Identity("resident", NUMBER), settings.pepper)
     body = await verify_ok(api, client_keys["scanner"], token_for(api, subject, "Y"))
-    assert body == {**refused("ok"), "valid": True, "token_colour": "yellow", "token_version": 1}
+    assert body == {
+        **refused("ok"),
+        "valid": True,
+        "issuer": "healthcode",
+        "token_colour": "yellow",
+        "token_version": 1,
+    }
 
 
 async def test_the_scan_is_recorded_against_the_checkpoint(
@@ -496,7 +506,7 @@ async def test_an_invalid_token_never_meets_a_policy(api: Api, client_keys: dict
             {"max_test_age": 48},
             "policy.max_test_age",
             "unknown_member",
-            "policy takes only max_test_age_hours and require_vaccination",
+            "policy takes only max_test_age_hours, require_vaccination and accept_peer_codes",
         ),
         (None, "policy", "wrong_type", "policy must be an object"),
         *(

@@ -413,3 +413,50 @@ async def test_a_demo_person_can_be_queried_with_the_printed_key(
     r = await api.post("/v1/status", json={"id_number": number[1]}, headers=bearer(key[1]))
     assert r.status == 200, await r.text()
     assert (await r.json())["colour"] in {"green", "yellow", "red"}
+
+
+# --- federation: peers and card keys ---------------------------------------------------------------------
+
+
+async def test_peers_add_list_remove(run: Run, db: asyncpg.Connection) -> None:
+    jwks = "https://hc.sc.example/.well-known/jwks.json"
+    code, out, _ = await run("peers", "add", "cn-sc", "--name", "Sichuan", "--jwks-url", jwks)
+    assert (code, out) == (0, "peer cn-sc added\n")
+    code, _, err = await run("peers", "add", "cn-bj", "--name", "Beijing", "--jwks-url", jwks, "--vaccination-source")
+    assert code == 2 and "needs api_base_url" in err
+    code, out, _ = await run(
+        "peers", "add", "cn-sc", "--name", "Sichuan", "--jwks-url", jwks, "--alg", "EdDSA", "--alg", "ES256",
+        "--vaccination-source", "--api-url", "https://hc.sc.example",
+    )  # fmt: skip
+    assert (code, out) == (0, "peer cn-sc updated\n")
+    code, out, _ = await run("peers", "list")
+    assert out.split() == ["cn-sc", "Sichuan", "EdDSA,ES256", jwks, "vaccinations", "from", "https://hc.sc.example"]
+    code, _, err = await run("peers", "add", "healthcode", "--name", "me", "--jwks-url", jwks)
+    assert code == 2 and "own issuer" in err
+    assert (await run("peers", "remove", "cn-sc"))[:2] == (0, "peer cn-sc removed\n")
+    assert (await run("peers", "remove", "cn-sc"))[0] == 1
+    assert await db.fetchval("SELECT count(*) FROM peers") == 0
+
+
+async def test_credentials_new_activate_list_revoke(run: Run, db: asyncpg.Connection, settings: Settings) -> None:
+    code, out, _ = await run("credentials", "new")
+    thumbprint = out.split()[2]
+    assert code == 0 and (settings.keys_dir / "credentials" / f"{thumbprint}.pem").exists()
+    assert (await run("credentials", "activate", thumbprint[:12]))[:2] == (0, f"card key {thumbprint} activated\n")
+    assert (await run("credentials", "list"))[1].split()[:2] == [thumbprint, "active"]
+    assert (await run("credentials", "revoke", thumbprint[:12]))[0] == 0
+    assert await db.fetchval("SELECT state FROM credential_keys") == "revoked"
+    assert (await run("credentials", "activate", "nothing-like-it"))[0] == 1
+
+
+def test_federation_settings_are_validated() -> None:
+    base = {"DATABASE_URL": "x", "REDIS_URL": "y", "HEALTHCODE_KEYS_DIR": "/k", "HEALTHCODE_PEPPER": "ab" * 16}
+    base["HEALTHCODE_HANDLE_KEY"] = "00" * 32
+    assert Settings.from_env(base).federation_key is None
+    with pytest.raises(SettingsError, match="must differ from the pepper"):
+        Settings.from_env({**base, "HEALTHCODE_FEDERATION_KEY": "ab" * 16})
+    with pytest.raises(SettingsError, match="HEALTHCODE_REGION_CODE must be an ISO 3166 code"):
+        Settings.from_env({**base, "HEALTHCODE_REGION_CODE": "chongqing"})
+    settings = Settings.from_env({**base, "HEALTHCODE_FEDERATION_KEY": "cd" * 16, "HEALTHCODE_PEER_TIMEOUT_MS": "250"})
+    assert (settings.federation_key, settings.peer_timeout_seconds) == (bytes([0xCD] * 16), 0.25)
+    assert "cd" * 16 not in repr(settings)

@@ -60,6 +60,10 @@ KIND_OF = {
     "/v1/status/alert": "citizen-backend",
     "/v1/operator/batches": "operator",
     "/v1/operator/keys": "operator",
+    "/v1/relations": "citizen-backend",
+    "/v1/relations/query": "citizen-backend",
+    "/v1/relations/{relation_id}/end": "citizen-backend",
+    "/v1/lookups/query": "citizen-backend",
 }
 # Where one path serves a kind per method (citizens file appeals, operators list them).
 KIND_OF_METHOD = {("POST", "/v1/appeals"): "citizen-backend", ("GET", "/v1/appeals"): "operator"}

@@ -406,7 +406,7 @@ def check(case: Case) -> Evaluation:
     assert got == (case.colour, case.reasons, case.popup, case.valid_until), result
     for name, value in case.extra.items():
         assert getattr(result, name) == value, (name, result)
-    assert result.ruleset == "default-2022.1"
+    assert result.ruleset == "default-2022.2"
     assert result.valid_until > case.now
     return result
 
@@ -454,7 +454,7 @@ def test_evaluation_error_is_conservative_and_counted(records: SubjectRecords) -
     errors = EVALUATION_ERRORS.value
     result = evaluate(records, AREAS, RULES, T0)
     assert result == Evaluation(
-        "yellow", ("evaluation_error",), False, 0, False, None, None, "default-2022.1", T0 + 300
+        "yellow", ("evaluation_error",), False, 0, False, None, None, "default-2022.2", T0 + 300
     )
     assert EVALUATION_ERRORS.value == errors + 1
     assert EVALUATION_ERRORS.last
@@ -494,7 +494,7 @@ def test_rules_are_data(tmp_path: Path) -> None:
     text = text.replace('risk_levels = ["high", "medium"]', 'risk_levels = ["high"]').replace(
         "popup = true", "popup = false"
     )
-    text = text.replace('version = "default-2022.1"', 'version = "high-only"')
+    text = text.replace('version = "default-2022.2"', 'version = "high-only"')
     path = tmp_path / "high-only.toml"
     path.write_text(text)
     rules = load_ruleset(path)
@@ -511,7 +511,7 @@ def test_rules_are_data(tmp_path: Path) -> None:
 
 def test_default_rule_set_thresholds() -> None:
     rules: RuleSet = RULES
-    assert rules.version == "default-2022.1"
+    assert rules.version == "default-2022.2"
     assert (rules.positive_window, rules.arrival_window) == (14 * D, 7 * D)
     assert (rules.pre_arrival_test_window, rules.local_test_deadline) == (48 * H, 24 * H)
     assert (rules.two_tests_window, rules.two_tests_min_gap) == (3 * D, 24 * H)

@@ -18,7 +18,7 @@ DEFAULT: dict[str, Any] = tomllib.loads((RULESETS_DIR / "default-2022.toml").rea
 def test_default_loads_by_name_and_by_path() -> None:
     by_name = load_ruleset("default-2022")
     by_path = load_ruleset(RULESETS_DIR / "default-2022.toml")
-    assert by_name.version == by_path.version == "default-2022.1"
+    assert by_name.version == by_path.version == "default-2022.2"
     assert by_name.vaccine_names["sinovac-coronavac"].startswith("Sinovac CoronaVac")
     assert parse_ruleset(DEFAULT).max_ttl == 24 * 3600
 

@@ -13,11 +13,11 @@ import inspect
 import logging
 import sys
 
-from app.cli import appeals, batches, cache, clients, db, demo, keys, serve, status
+from app.cli import appeals, batches, cache, clients, credentials, db, demo, keys, peers, serve, status
 from app.settings import Settings, SettingsError
 
 # The order in which `healthcode --help` lists the command groups.
-_GROUPS = (serve, db, keys, clients, cache, demo, batches, status, appeals)
+_GROUPS = (serve, db, keys, clients, cache, demo, batches, status, appeals, peers, credentials)
 
 
 def _parser() -> argparse.ArgumentParser:

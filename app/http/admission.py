@@ -12,10 +12,14 @@ requests are being handled; later ones wait in a queue, and how long they waited
   give up), and any waiter that has waited more than twice `target` is refused at once.
 
 Requests also wait before they reach this queue: in the event loop, behind every callback of the
-same turn (parsing, other handlers, refusals). `watch_loop` measures that lag every few milliseconds;
-it counts in every wait observed, and while it is above target the number of requests handled at
-once shrinks (multiplicatively; it grows back by one per tick when the loop is quick), so less work
-is admitted until the loop keeps up again.
+same turn (parsing, other handlers, refusals). `watch_loop` measures that lag every few milliseconds
+and it counts in every wait observed, so a lagging loop is overload too. It does not lower the number
+of requests handled at once: each admitted request needs a few turns of the loop (its Redis answer
+comes back on a later one), so fewer slots while turns are long served fewer requests, not faster
+ones (in an open-loop run at 3x here, the old rule took the slots down to one and goodput to 28
+answers a second). What a long turn is made of, under
+overload, is arrivals: the door (app/http/door.py) refuses those before they are parsed, by
+`door_open`.
 
 A refusal is a fast 503 with Retry-After; the caller decides the answer. Nothing here knows HTTP.
 """
@@ -43,8 +47,7 @@ class Admission:
     ) -> None:
         if concurrency < 0 or max_waiting < 0 or target <= 0 or interval <= 0:
             raise ValueError("concurrency and max_waiting must not be negative, target and interval positive")
-        self.concurrency = concurrency  # the most ever handled at once
-        self.limit = concurrency  # handled at once now: lowered while the event loop lags
+        self.concurrency = concurrency  # the most handled at once
         self.lag = 0.0  # the event loop's last measured lag, seconds
         self.max_waiting = max_waiting
         self.target = target
@@ -56,16 +59,30 @@ class Admission:
         self._min_delay = 0.0
         self.overloaded = False
         self.active = 0
+        self.arriving = 0  # let in by the door (app/http/door.py), not yet at the middleware
         self.admitted = 0
         self.shed = 0
+        self.shed_at_door = 0  # of `shed`, those refused by the door before they were parsed
 
     @property
     def queued(self) -> int:
         return len(self._waiting)
 
+    def door_open(self) -> bool:
+        """Whether the door lets a request in: always, but while overloaded. Then only while the queue
+        is young (its oldest waiter within the target) and the requests being handled, waiting and on
+        their way to the middleware (`arriving`, let in earlier in the same turn) fill less than twice
+        the slots; the rest is refused before it costs a parse."""
+        if not self.overloaded:
+            return True
+        waiting = self._waiting
+        if waiting and self._clock() - waiting[0][0] > self.target:
+            return False
+        return self.active + len(waiting) + self.arriving < 2 * self.concurrency
+
     def try_enter(self) -> bool:
         """Admit at once if a slot is free and nobody waits (the common case: no future, no await)."""
-        if self.active < self.limit and not self._waiting:
+        if self.active < self.concurrency and not self._waiting:
             self.active += 1
             self.admitted += 1
             self._observe(0.0, self._clock())
@@ -97,7 +114,7 @@ class Admission:
         now = self._clock()
         self._shed_stale(now)
         waiting = self._waiting
-        while waiting and self.active < self.limit:
+        while waiting and self.active < self.concurrency:
             # The oldest waiter's age is the signal, whichever end is served: served newest first, the
             # requests that get a slot wait little even while a queue stands behind them.
             self._observe(now - waiting[0][0], now)
@@ -115,7 +132,7 @@ class Admission:
             self._observe(0.0, now)
 
     async def watch_loop(self, period: float = 0.005) -> None:
-        """Measure the event loop's lag every `period` and adjust `limit` to it; runs until cancelled."""
+        """Measure the event loop's lag every `period`; runs until cancelled."""
         loop = asyncio.get_running_loop()
         while True:
             due = loop.time() + period
@@ -124,10 +141,6 @@ class Admission:
 
     def tick(self, lag: float) -> None:
         self.lag = lag
-        if lag > self.target:
-            self.limit = max(1, int(self.limit * 0.75))
-        elif self.limit < self.concurrency and lag < self.target / 2:
-            self.limit += 1
         now = self._clock()
         # Observed even with nobody waiting here: a lagging loop is a queue of its own.
         self._observe(now - self._waiting[0][0] if self._waiting else 0.0, now)

@@ -10,16 +10,22 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 
+import aiohttp
 import asyncpg
 from aiohttp import web
 from redis.asyncio import Redis
 
 from app.clients import ClientRegistry
+from app.credentials.keys import CredentialKeys
 from app.db import UNAVAILABLE_ERRORS, close_pool, create_pool, unavailable_reason
+from app.federation.assertion import ASSERTION_TYP
+from app.federation.service import Federation
 from app.health import DependencyState
 from app.http.admission import Admission
 from app.http.appkeys import (
     CLIENTS,
+    CREDENTIAL_KEYS,
+    FEDERATION,
     FRONT_DOOR,
     HANDLES,
     INGEST,
@@ -37,7 +43,21 @@ from app.http.appkeys import (
     STATUS_CACHE,
     STATUS_LOADER,
 )
-from app.http.handlers import appeals, batches, declarations, meta, metrics, qr, samples, status, status_alert, verify
+from app.http.handlers import (
+    appeals,
+    batches,
+    credentials,
+    declarations,
+    meta,
+    metrics,
+    peers,
+    qr,
+    relations,
+    samples,
+    status,
+    status_alert,
+    verify,
+)
 from app.http.middleware import FrontDoor
 from app.ingest.process import BatchProcessor
 from app.keys.signer import SignerState
@@ -55,6 +75,7 @@ from cache.scan_stream import ScanStream
 from cache.status_cache import StatusCache
 from cache.status_writer import StatusWriter
 from signing.handles import HandleCipher
+from signing.jws import TokenSigner
 
 log = logging.getLogger(__name__)
 
@@ -81,10 +102,12 @@ def create_app(settings: Settings, *, background: bool = True) -> web.Applicatio
     app[FRONT_DOOR] = front_door
     app[POSTGRES_STATE] = postgres
     app[HANDLES] = HandleCipher(settings.handle_key)
-    app.cleanup_ctx.extend([_admission, _postgres, _redis, _services])
+    app.cleanup_ctx.extend([_admission, _postgres, _redis, _services, _federation])
     if background:
-        app.cleanup_ctx.append(_background)
-    for module in (meta, status, verify, qr, batches, samples, appeals, declarations, metrics):
+        app.cleanup_ctx.extend([_background, _federation_background])
+    for module in (meta, status, verify, qr, batches, samples, appeals, declarations, relations, metrics):
+        app.add_routes(module.routes)
+    for module in (peers, credentials):
         app.add_routes(module.routes)
     for module in (status_alert, pages, demo_backend, operator):  # the screens (app/web/) and what they read
         app.add_routes(module.routes)
@@ -154,6 +177,62 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
         log.warning("refused-scan counts lost at shutdown: %d scans (%s)", app[SCANS].refusals.unflushed, exc)
     await limiter.drain()
+
+
+# At start-up the trust list is read and the peers' keys fetched, for at most this long: a peer that is
+# down must not hold this process back (its keys are fetched again in the background).
+FEDERATION_START_SECONDS = 2.0
+
+
+async def _federation(app: web.Application) -> AsyncIterator[None]:
+    settings, pool = app[SETTINGS], app[PG]
+    # One client session for the peers' JWKS and their vaccination API; its pool is bounded, so a
+    # burst of status answers that consult peers cannot open connections without limit.
+    session = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=100, limit_per_host=20),
+        timeout=aiohttp.ClientTimeout(total=10, connect=2),
+        headers={"User-Agent": f"healthcode ({settings.issuer})"},
+    )
+    signer = app[SIGNER]
+    ttl = settings.token_ttl_seconds  # no token may outlive the key ring's publication window
+
+    def assertion_signer(seconds: int) -> TokenSigner:
+        return signer.signer_for(ASSERTION_TYP, min(seconds, ttl))
+
+    federation = app[FEDERATION] = Federation(settings, session, assertion_signer)
+    app[CREDENTIAL_KEYS] = CredentialKeys(settings.keys_dir)
+    try:
+        await federation.load(pool)
+        await app[CREDENTIAL_KEYS].refresh(pool)
+        async with asyncio.timeout(FEDERATION_START_SECONDS):
+            await federation.keys.refresh(session)
+    except TimeoutError:
+        log.warning("peers' keys not all fetched at start-up; fetching them in the background")
+    except BaseException:
+        await session.close()
+        raise
+    yield
+    await session.close()
+
+
+async def _federation_background(app: web.Application) -> AsyncIterator[None]:
+    federation, credential_keys, pool = app[FEDERATION], app[CREDENTIAL_KEYS], app[PG]
+
+    async def credentials() -> None:
+        await credential_keys.refresh(pool)
+
+    tasks = [
+        asyncio.create_task(federation.run(pool), name="federation-refresh"),
+        asyncio.create_task(
+            _every(app[SETTINGS].refresh_seconds, credentials, app[POSTGRES_STATE]), name="credential-keys"
+        ),
+    ]
+    yield
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 def limits(settings: Settings) -> Limits:

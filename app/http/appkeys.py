@@ -7,6 +7,8 @@ from aiohttp import web
 from redis.asyncio import Redis
 
 from app.clients import ClientRegistry
+from app.credentials.keys import CredentialKeys
+from app.federation.service import Federation
 from app.health import DependencyState
 from app.http.middleware import FrontDoor
 from app.ingest.process import BatchProcessor
@@ -28,7 +30,7 @@ CLIENTS = web.AppKey("clients", ClientRegistry)
 STATUS_CACHE = web.AppKey("status_cache", StatusCache)
 STATUS_LOADER = web.AppKey("status_loader", StatusLoader)  # its read counter is a metric
 SIGNER = web.AppKey("signer", SignerState)
-HANDLES = web.AppKey("handles", HandleCipher)  # seals and opens the `sub` of status tokens
+HANDLES = web.AppKey("handles", HandleCipher)  # seals and opens the `sub` of status tokens and test codes
 RATE_LIMITER = web.AppKey("rate_limiter", RateLimiter)
 LIMITS = web.AppKey("limits", Limits)
 SCANS = web.AppKey("scans", ScanRecorder)
@@ -37,3 +39,5 @@ FRONT_DOOR = web.AppKey("front_door", FrontDoor)
 INGEST = web.AppKey("ingest", BatchProcessor)
 POSTGRES_STATE = web.AppKey("postgres_state", DependencyState)  # up or down as last seen, for probes and metrics
 PUBLISHER = web.AppKey("publisher", StatusPublisher)  # for writers outside ingestion (appeal decisions)
+FEDERATION = web.AppKey("federation", Federation)  # trust list, peers' keys, the peer API client
+CREDENTIAL_KEYS = web.AppKey("credential_keys", CredentialKeys)  # SMART Health Card signing keys

@@ -25,7 +25,9 @@ from app.appeals.errors import AppealError
 from app.db import DatabaseUnavailable, unavailable_reason
 from app.health import DependencyState
 from app.http.admission import Admission
+from app.http.door import arrived
 from app.http.problems import (
+    SHED_RETRY_AFTER,
     DependencyUnavailable,
     InternalError,
     MethodNotAllowed,
@@ -58,7 +60,6 @@ _POSTGRES_UNAVAILABLE: Final = (
     asyncpg.exceptions.OperatorInterventionError,
     asyncpg.exceptions.InsufficientResourcesError,
 )
-_SHED_RETRY_AFTER: Final = (1, 2, 3)  # seconds, chosen at random per answer
 
 
 class FrontDoor:
@@ -82,6 +83,7 @@ class FrontDoor:
 
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        arrived(request)
         resource = request.match_info.route.resource
         route = UNMATCHED if resource is None else resource.canonical
         gate = self.admission
@@ -90,7 +92,7 @@ class FrontDoor:
         elif (request.method, route) in STREAMING_ROUTES:
             if gate.overloaded:
                 gate.shed += 1
-                response = overloaded_response(random.choice(_SHED_RETRY_AFTER))
+                response = overloaded_response(random.choice(SHED_RETRY_AFTER))
             else:
                 response = await self._serve(request, handler, route)
         elif gate.try_enter() or await gate.enter():
@@ -99,8 +101,8 @@ class FrontDoor:
             finally:
                 gate.leave()
         else:
-            response = overloaded_response(random.choice(_SHED_RETRY_AFTER))
-        self._count(request.method, route, response.status)
+            response = overloaded_response(random.choice(SHED_RETRY_AFTER))
+        self.count(request.method, route, response.status)
         return response
 
     async def _serve(self, request: web.Request, handler: Handler, route: str) -> web.StreamResponse:
@@ -109,7 +111,7 @@ class FrontDoor:
             return await handler(request)
         except web.HTTPException as exc:
             if exc.status < 400:
-                self._count(request.method, route, exc.status)
+                self.count(request.method, route, exc.status)
                 raise
             return _http_problem(request, exc)
         except ProblemError as problem:
@@ -135,7 +137,7 @@ class FrontDoor:
         finally:
             self.in_flight -= 1
 
-    def _count(self, method: str, route: str, status: int) -> None:
+    def count(self, method: str, route: str, status: int) -> None:
         key = (method, route, status)
         self.counts[key] = self.counts.get(key, 0) + 1
 

@@ -29,6 +29,7 @@ from app.ingest.errors import (
     UnknownKind,
     UploadInProgress,
 )
+from app.relations.errors import InvalidRelationField, NoRelation, RelationError, RelationExists, RelationNotFound
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"
 # Relative type URIs resolve against the service's own address, where /problems/ documents them.
@@ -189,18 +190,22 @@ class Overloaded(ProblemError):
         )
 
 
+# A shed answer's Retry-After, in seconds, chosen at random per answer so refused clients spread out.
+SHED_RETRY_AFTER: Final = (1, 2, 3)
+
+
 def overloaded_response(retry_after: int) -> web.Response:
     """A shed answer, as cheap as aiohttp allows: under overload it is most of what the process sends."""
     return web.Response(
         status=503,
-        body=_overloaded_body(retry_after),
+        body=overloaded_body(retry_after),
         content_type=PROBLEM_CONTENT_TYPE,
         headers={"Retry-After": str(retry_after)},
     )
 
 
 @cache
-def _overloaded_body(retry_after: int) -> bytes:
+def overloaded_body(retry_after: int) -> bytes:
     return orjson.dumps(Overloaded(retry_after).body())
 
 
@@ -384,3 +389,62 @@ def bare_problem(status: int, title: str, detail: str | None = None) -> web.Resp
     if detail:
         body["detail"] = detail
     return web.Response(status=status, body=orjson.dumps(body), content_type=PROBLEM_CONTENT_TYPE)
+
+
+class NoRelationProblem(ProblemError):
+    """A look-up on behalf of another person without a live relation to them (app.relations)."""
+
+    status = 403
+    slug = "no-relation"
+    title = "No registered relation allows this look-up"
+
+
+class RelationExistsProblem(ProblemError):
+    status = 409
+    slug = "relation-exists"
+    title = "The two people already have a relation of another kind"
+
+
+def relation_problem(error: RelationError) -> ProblemError:
+    """The problem that answers a refusal of the relations domain (app.relations.errors)."""
+    if isinstance(error, InvalidRelationField):
+        if error.code == "identity_number_in_text":
+            return IdentityNumberInTextProblem(error.field, error.code, error.detail)
+        return InvalidField(error.field, error.code, error.detail)
+    if isinstance(error, NoRelation):
+        return NoRelationProblem(error.detail, extra={"code": error.code})
+    if isinstance(error, RelationExists):
+        return RelationExistsProblem(error.detail, extra={"code": error.code, "relation_id": error.relation_id})
+    if isinstance(error, RelationNotFound):
+        return NotFound(error.detail)
+    return InvalidField("body", error.code, error.detail)  # never a 500 for a refusal added later
+
+
+class PeerUnauthorized(ProblemError):
+    """A peer request whose assertion (RFC 7523 style) is missing or refused; `reason` says which check."""
+
+    status = 401
+    slug = "peer-unauthorized"
+    title = "The peer request's assertion is refused"
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(
+            detail, extra={"reason": reason}, headers={"WWW-Authenticate": 'Bearer realm="healthcode-peers"'}
+        )
+
+
+class CredentialUnavailable(ProblemError):
+    """No SMART Health Card key is active (see `healthcode credentials`)."""
+
+    status = 503
+    slug = "credential-unavailable"
+    title = "This deployment cannot sign health cards now"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail, headers={"Retry-After": "30"})
+
+
+class CredentialTooLarge(ProblemError):
+    status = 422
+    slug = "credential-too-large"
+    title = "The health card does not fit one QR code"

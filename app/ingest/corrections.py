@@ -8,6 +8,11 @@ stored a record, or the operator, may change it: anyone else's row is rejected (
 and so is a retraction of a record that is not stored (``no_such_record``). An identical row changes
 nothing and is a duplicate, whoever sends it.
 
+A record a person declared (travel of source ``declared``, sql/011) belongs to no agency, and agencies
+always win over it: any agency's row with its key takes it over (a correction, even with the same value,
+so the record becomes the agency's and the declared one goes to history). Only an operator may retract a
+declared record; an agency retracts only its own.
+
 Within a batch the first row of a key wins, as before: a record stored by this batch is never corrected
 by a later row of it (so chunking changes nothing). Retractions run after the inserts of their chunk.
 """
@@ -28,6 +33,8 @@ class RecordTable:
     value: tuple[str, ...]
     # The chunk's staged rows as (row_no, pseudonym, *key, *value, action), rejected ones left out.
     source: str
+    # The table holds records people declared themselves (a `source` column), which any agency overwrites.
+    declared: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,14 +63,16 @@ _TEST_SOURCE: Final = f"""SELECT s.row_no, coalesce(s.pseudonym, m.pseudonym) AS
       AND (s.pseudonym IS NULL OR m.pseudonym IS NULL OR s.pseudonym = m.pseudonym) AND {_NOT_REJECTED}"""
 
 
-def _table(kind: str, table: str, key: tuple[str, ...], value: tuple[str, ...]) -> RecordTable:
-    return RecordTable(table, key, value, _TEST_SOURCE if kind == "test" else _staged(kind, key, value))
+def _table(
+    kind: str, table: str, key: tuple[str, ...], value: tuple[str, ...], *, declared: bool = False
+) -> RecordTable:
+    return RecordTable(table, key, value, _TEST_SOURCE if kind == "test" else _staged(kind, key, value), declared)
 
 
 RECORD_TABLES: Final[dict[str, RecordTable]] = {
     "vaccination": _table("vaccination", "vaccinations", ("product", "dose"), ("vaccinated_on", "site")),
     "test": _table("test", "nucleic_tests", ("sampled_at", "lab"), ("result", "reported_at", "sample_id")),
-    "travel": _table("travel", "travel_arrivals", ("arrived_at", "area_code"), ("mode",)),
+    "travel": _table("travel", "travel_arrivals", ("arrived_at", "area_code"), ("mode",), declared=True),
     "designation": _table(
         "designation", "designations", ("kind", "valid_from"), ("valid_until", "authority", "reason")
     ),
@@ -78,6 +87,10 @@ def _differs(t: RecordTable, left: str, right: str) -> str:
     return (
         f"({', '.join(f'{left}.{c}' for c in t.value)}) IS DISTINCT FROM ({', '.join(f'{right}.{c}' for c in t.value)})"
     )
+
+
+def _is_declared(t: RecordTable, alias: str) -> str:
+    return f"{alias}.source = 'declared'" if t.declared else "false"
 
 
 def _first_of_key(t: RecordTable, action: str) -> str:
@@ -99,7 +112,7 @@ def _rejections(t: RecordTable) -> str:
         SELECT DISTINCT ON (s.row_no) $1, s.row_no, 'action',
                CASE WHEN t.pseudonym IS NULL THEN 'no_such_record' ELSE 'not_record_owner' END,
                CASE WHEN t.pseudonym IS NULL THEN 'there is no stored record with this key to retract'
-                    ELSE 'the record was sent by another agency; only it (or an operator) may correct or retract it'
+                    ELSE 'only the agency that sent the record (or an operator) may correct or retract it'
                END
         FROM src s CROSS JOIN me
         LEFT JOIN {t.table} t ON {_same_key(t, "t", "s")}
@@ -107,18 +120,23 @@ def _rejections(t: RecordTable) -> str:
         WHERE (s.action = 'retract' AND t.pseudonym IS NULL)
            OR (t.pseudonym IS NOT NULL AND t.batch_id IS DISTINCT FROM $1 AND me.client_id <> {OPERATOR_CLIENT_ID}
                AND b.client_id IS DISTINCT FROM me.client_id
-               AND (s.action = 'retract' OR {_differs(t, "t", "s")}))
+               AND (s.action = 'retract' OR ({_differs(t, "t", "s")} AND NOT {_is_declared(t, "t")})))
         ORDER BY s.row_no
         ON CONFLICT DO NOTHING"""
 
 
 def _corrections(kind: str, t: RecordTable) -> str:
     # Statements in one WITH see one snapshot: `old` holds the records as they were before the UPDATE.
-    changed = f"{_same_key(t, 't', 'p')} AND t.batch_id IS DISTINCT FROM $1 AND {_differs(t, 't', 'p')}"
+    # A declared record is taken over even when the values agree: it becomes the agency's.
+    changed = (
+        f"{_same_key(t, 't', 'p')} AND t.batch_id IS DISTINCT FROM $1"
+        f" AND ({_differs(t, 't', 'p')} OR {_is_declared(t, 't')})"
+    )
+    agency = ", source = 'agency', declaration_id = NULL" if t.declared else ""
     return f"""WITH src AS ({t.source}), pick AS ({_first_of_key(t, "upsert")}),
         old AS (SELECT t.* FROM {t.table} t JOIN pick p ON {changed}),
         saved AS ({_history(kind, "corrected", "old")})
-        UPDATE {t.table} t SET {", ".join(f"{c} = p.{c}" for c in t.value)}, batch_id = $1
+        UPDATE {t.table} t SET {", ".join(f"{c} = p.{c}" for c in t.value)}, batch_id = $1{agency}
         FROM pick p WHERE {changed}"""
 
 

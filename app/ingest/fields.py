@@ -137,13 +137,19 @@ def area_code(value: str | None, field: str = "area_code") -> str:
 class Pseudonymiser:
     """Identity number to (pseudonym, id_type, masked number); the number itself goes no further."""
 
-    __slots__ = ("_pepper", "_today")
+    __slots__ = ("_federation_key", "_pepper", "_today")
 
-    def __init__(self, pepper: bytes, today: date) -> None:
+    def __init__(self, pepper: bytes, today: date, federation_key: bytes | None = None) -> None:
         self._pepper = pepper
         self._today = today
+        self._federation_key = federation_key
 
     def __call__(self, id_type: str | None, number: str | None) -> tuple[bytes, str, str]:
+        p, kind, masked, _ = self.federated(id_type, number)
+        return p, kind, masked
+
+    def federated(self, id_type: str | None, number: str | None) -> tuple[bytes, str, str, bytes | None]:
+        """Also the federation pseudonym (app.federation.identity), None without a federation key."""
         kind = (id_type or "").strip() or "resident"
         if not (number or "").strip():
             raise RowError("id_number", "missing_field", "id_number is required")
@@ -153,7 +159,9 @@ class Pseudonymiser:
             raise RowError(exc.field, exc.code, exc.message) from None
         # Same value as app.identity.pseudonym; the one-shot digest skips building an HMAC object.
         digest = hmac.digest(self._pepper, identity.canonical, "sha256")[:PSEUDONYM_BYTES]
-        return digest, identity.id_type, mask_number(identity.number)
+        key = self._federation_key
+        federated = None if key is None else hmac.digest(key, identity.canonical, "sha256")[:PSEUDONYM_BYTES]
+        return digest, identity.id_type, mask_number(identity.number), federated
 
 
 def utc_now() -> datetime:

@@ -65,18 +65,20 @@ class Kind:
 
 
 def _population(row: Row, ctx: Context) -> tuple[Any, ...]:
-    p, id_type, masked = ctx.pseudonymise(row.get("id_type"), row.get("id_number"))
-    return p, id_type, mask_name(text(row.get("name"), "name", max_length=100)), masked
+    p, id_type, masked, federated = ctx.pseudonymise.federated(row.get("id_type"), row.get("id_number"))
+    return p, id_type, mask_name(text(row.get("name"), "name", max_length=100)), masked, federated
 
 
 def _vaccination(row: Row, ctx: Context) -> tuple[Any, ...]:
-    p, id_type, masked = ctx.pseudonymise(row.get("id_type"), row.get("id_number"))
+    """A vaccination row, ``action`` and then the federation pseudonym last (see KINDS)."""
+    p, id_type, masked, federated = ctx.pseudonymise.federated(row.get("id_type"), row.get("id_number"))
     product = text(row.get("product"), "product")
     if product not in ctx.products:
         raise RowError("product", "unknown_product", f"product {product!r} is not in the rule set's vaccine list")
     dose = integer(row.get("dose"), "dose", 1, 10, "bad_dose")
     on = day(row.get("vaccinated_on"), "vaccinated_on", today=ctx.today)
-    return p, id_type, masked, product, dose, on, text(row.get("site"), "site", required=False)
+    site = text(row.get("site"), "site", required=False)
+    return p, id_type, masked, product, dose, on, site, _action(row), federated
 
 
 def _test(row: Row, ctx: Context) -> tuple[Any, ...]:
@@ -129,11 +131,13 @@ def _acting(parse: RowFunction) -> RowFunction:
     """A record kind's row function that also reads ``action`` (``upsert`` when absent)."""
 
     def parse_with_action(row: Row, ctx: Context) -> tuple[Any, ...]:
-        values = parse(row, ctx)
-        action = (row.get("action") or "").strip() or "upsert"
-        return *values, choice(action, "action", ACTIONS, "bad_action")
+        return *parse(row, ctx), _action(row)
 
     return parse_with_action
+
+
+def _action(row: Row) -> str:
+    return choice((row.get("action") or "").strip() or "upsert", "action", ACTIONS, "bad_action")
 
 
 _IDENTITY: Final = ("pseudonym", "id_type", "masked_number")
@@ -146,7 +150,7 @@ KINDS: Final[dict[str, Kind]] = {
             frozenset({"id_number", "name"}),
             frozenset({"id_type"}),
             "staging_population",
-            ("pseudonym", "id_type", "masked_name", "masked_number"),
+            ("pseudonym", "id_type", "masked_name", "masked_number", "federation_pseudonym"),
             _population,
         ),
         Kind(
@@ -154,8 +158,8 @@ KINDS: Final[dict[str, Kind]] = {
             frozenset({"id_number", "product", "dose", "vaccinated_on"}),
             frozenset({"id_type", "site", "action"}),
             "staging_vaccination",
-            (*_IDENTITY, "product", "dose", "vaccinated_on", "site", "action"),
-            _acting(_vaccination),
+            (*_IDENTITY, "product", "dose", "vaccinated_on", "site", "action", "federation_pseudonym"),
+            _vaccination,
         ),
         Kind(
             "test",

@@ -107,6 +107,7 @@ async def load_file(
                     max_bytes=max(settings.max_upload_bytes, size * 20),
                     progress=progress,
                     max_rejections=settings.max_rejections_per_batch,
+                    federation_key=settings.federation_key,
                 )
             if received.created:
                 publisher = StatusPublisher(StatusWriter(redis), ruleset)

@@ -57,6 +57,15 @@ _SAMPLE_SUBJECTS_REVISED = f"""UPDATE subjects u SET revision = u.revision + 1
 # Risk areas are everyone's input: one revision for all of them.
 _AREAS_REVISED = "UPDATE input_revisions SET value = value + 1 WHERE name = 'risk_areas'"
 
+# Federation pseudonyms of the people a population or vaccination batch names (when the uploading
+# deployment has a federation key), so a peer's look-up by federation pseudonym finds them.
+_FEDERATED = f"""INSERT INTO federation_subjects (federation_pseudonym, pseudonym)
+    SELECT DISTINCT ON (federation_pseudonym) federation_pseudonym, pseudonym
+    FROM {{table}} WHERE {_ROWS} AND federation_pseudonym IS NOT NULL
+    ORDER BY federation_pseudonym, row_no
+    ON CONFLICT (federation_pseudonym) DO NOTHING"""
+_FEDERATED_KINDS: Final = frozenset({"population", "vaccination"})
+
 _MERGE: Final[dict[str, str]] = {
     "population": f"""INSERT INTO subjects (pseudonym, id_type, masked_name, masked_number)
         SELECT DISTINCT ON (pseudonym) pseudonym, id_type, masked_name, masked_number
@@ -120,6 +129,8 @@ async def merge_batch(conn: Conn, batch_id: int, kind: str, *, chunk_rows: int =
         staged += await conn.fetchval(f"SELECT count(*) FROM staging_{kind} WHERE {_ROWS}", batch_id, after, upto)
         if kind == "test":
             rejected += _count(await conn.execute(_TEST_REJECTIONS, batch_id, after, upto))
+        if kind in _FEDERATED_KINDS:
+            await conn.execute(_FEDERATED.format(table=f"staging_{kind}"), batch_id, after, upto)
         if kind in _MERGE:
             accepted += _count(await conn.execute(_MERGE[kind], batch_id, after, upto))
             continue

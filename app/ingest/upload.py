@@ -159,13 +159,16 @@ async def receive_batch(
     gzip: bool | None = None,
     progress: Progress | None = None,
     max_rejections: int = MAX_REJECTIONS,
+    federation_key: bytes | None = None,
 ) -> Received:
     """Stream ``body`` into staging; an upload seen before (same key, or same content) returns its batch."""
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}")
     if key is not None and (found := await batch_by_key(pool, client_id, key)) is not None:
         return Received(found["id"], created=False)
-    ctx = Context(Pseudonymiser(pepper, now.date()), now, now.date(), frozenset(ruleset.vaccine_courses))
+    ctx = Context(
+        Pseudonymiser(pepper, now.date(), federation_key), now, now.date(), frozenset(ruleset.vaccine_courses)
+    )
     async with _connection(pool) as conn:
         decoder = BodyDecoder(max_bytes, gzip=gzip)
         return await _receive(conn, client_id, kind, fmt, body, key, ctx, decoder, progress, max_rejections)

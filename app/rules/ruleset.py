@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Final
@@ -58,6 +58,12 @@ class RuleSet:
     two_tests_min_gap: int
     vaccine_courses: Mapping[str, int]  # product code -> doses for a full course
     vaccine_names: Mapping[str, str]  # product code -> display name
+    # product code -> CVX code (what a SMART Health Card names it by); products without one are
+    # exported as 500, "COVID-19 non-US vaccine, product unknown"
+    vaccine_cvx: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    # product code -> EU DCC medicinal product code (`mp` of an HCERT), where the EU register has one
+    vaccine_eu_product: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    who_eul: frozenset[str] = frozenset()  # products on the WHO Emergency Use Listing
 
 
 class _Table:
@@ -165,15 +171,7 @@ def parse_ruleset(data: Mapping[str, Any], source: str = "<rule set>") -> RuleSe
         raise arrival.error("two_tests_min_gap_hours", "must be shorter than two_tests_days")
     arrival.finish()
 
-    vaccines = top.table("vaccines")
-    courses: dict[str, int] = {}
-    names: dict[str, str] = {}
-    for product in list(vaccines.data):
-        entry = vaccines.table(product)
-        names[product] = entry.string("name")
-        courses[product] = entry.integer("doses", 1, 10)
-        entry.finish()
-    vaccines.finish()
+    courses, names, cvx, eu_product, eul = _vaccines(top.table("vaccines"))
     top.finish()
 
     return RuleSet(
@@ -195,7 +193,36 @@ def parse_ruleset(data: Mapping[str, Any], source: str = "<rule set>") -> RuleSe
         two_tests_min_gap=two_gap,
         vaccine_courses=MappingProxyType(courses),
         vaccine_names=MappingProxyType(names),
+        vaccine_cvx=MappingProxyType(cvx),
+        vaccine_eu_product=MappingProxyType(eu_product),
+        who_eul=frozenset(eul),
     )
+
+
+def _vaccines(
+    vaccines: _Table,
+) -> tuple[dict[str, int], dict[str, str], dict[str, str], dict[str, str], set[str]]:
+    """The [vaccines] table: course lengths, names, and the codes other systems know each product by."""
+    courses: dict[str, int] = {}
+    names: dict[str, str] = {}
+    cvx: dict[str, str] = {}
+    eu_product: dict[str, str] = {}
+    eul: set[str] = set()
+    for product in list(vaccines.data):
+        entry = vaccines.table(product)
+        names[product] = entry.string("name")
+        courses[product] = entry.integer("doses", 1, 10)
+        if "cvx" in entry.data:
+            cvx[product] = entry.string("cvx")
+            if not cvx[product].isdigit():
+                raise entry.error("cvx", f"expected a CVX code of digits, got {cvx[product]!r}")
+        if "eu_product" in entry.data:
+            eu_product[product] = entry.string("eu_product")
+        if "who_eul" in entry.data and entry.boolean("who_eul"):
+            eul.add(product)
+        entry.finish()
+    vaccines.finish()
+    return courses, names, cvx, eu_product, eul
 
 
 def load_ruleset(path_or_name: str | Path = DEFAULT_RULESET) -> RuleSet:

@@ -32,7 +32,7 @@ TARGET_P99_MS: Final = 10.0
 NAMES: Final = ("bare", "status")
 
 
-def _cores() -> tuple[int | None, int | None]:
+def cores() -> tuple[int | None, int | None]:
     """(server core, wrk core); unpinned when the process may use fewer than two cores."""
     cores = sorted(os.sched_getaffinity(0))
     if len(cores) < 2:
@@ -94,7 +94,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     wrk_path()  # fail before loading anything when wrk is missing
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    server_core, wrk_core = _cores()
+    server_core, wrk_core = cores()
     data = prepare()
     driver = Driver(data, wrk_core)
     bare_port, status_port = free_port(), free_port()

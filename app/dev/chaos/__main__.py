@@ -27,7 +27,7 @@ def table(outcome: Outcome) -> str:
         ("scans sent / stored", f"{tally.scans_sent} / {outcome.scans_stored}"),
         ("rows accepted / stored", f"{outcome.rows_accepted} / {outcome.rows_stored}"),
         ("batches failed", str(outcome.batches_failed)),
-        ("admitted p99", f"{tally.p99_ms():.1f} ms"),
+        ("admitted p99", f"{tally.p99_ms() if outcome.admitted_p99_ms is None else outcome.admitted_p99_ms:.1f} ms"),
     ]
     rows += [("note", note) for note in outcome.notes]
     rows += [("problem", problem) for problem in outcome.problems]

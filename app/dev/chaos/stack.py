@@ -8,12 +8,14 @@ only the processes this stack started.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
 import signal
 import sys
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -116,6 +118,21 @@ class Stack:
             return await conn.fetchval(query, *args)
         finally:
             await conn.close()
+
+    @contextlib.contextmanager
+    def api_on_own_core(self) -> Iterator[set[int]]:
+        """Pins the API to one CPU for a while and yields the others, for a load driver (with one CPU,
+        the two share it)."""
+        assert self._api is not None
+        cpus = sorted(os.sched_getaffinity(self._api.pid))
+        if len(cpus) < 2:
+            yield set(cpus)
+            return
+        os.sched_setaffinity(self._api.pid, {cpus[0]})
+        try:
+            yield set(cpus[1:])
+        finally:
+            os.sched_setaffinity(self._api.pid, set(cpus))
 
     def api_log(self) -> str:
         return (self.root / "api.log").read_text(errors="replace")

@@ -107,6 +107,7 @@ async def upload(request: web.Request) -> web.Response:
             max_bytes=limit,
             gzip=encoding != "identity",
             max_rejections=settings.max_rejections_per_batch,
+            federation_key=settings.federation_key,
         )
         row = await batch_by_id(conn, received.batch_id)
         assert row is not None

@@ -7,7 +7,7 @@ from typing import Any
 from app.http.problems import InvalidField
 from signing.policy import MAX_TEST_AGE_HOURS, Policy
 
-_MEMBERS = frozenset({"max_test_age_hours", "require_vaccination"})
+_MEMBERS = frozenset({"max_test_age_hours", "require_vaccination", "accept_peer_codes"})
 
 
 def policy_from_body(body: dict[str, Any]) -> Policy | None:
@@ -21,7 +21,9 @@ def policy_from_body(body: dict[str, Any]) -> Policy | None:
     unknown = sorted(raw.keys() - _MEMBERS)
     if unknown:
         raise InvalidField(
-            f"policy.{unknown[0]}", "unknown_member", "policy takes only max_test_age_hours and require_vaccination"
+            f"policy.{unknown[0]}",
+            "unknown_member",
+            "policy takes only max_test_age_hours, require_vaccination and accept_peer_codes",
         )
     hours = raw.get("max_test_age_hours")
     if "max_test_age_hours" in raw and (type(hours) is not int or not 1 <= hours <= MAX_TEST_AGE_HOURS):
@@ -33,4 +35,7 @@ def policy_from_body(body: dict[str, Any]) -> Policy | None:
     vaccination = raw.get("require_vaccination", False)
     if type(vaccination) is not bool:
         raise InvalidField("policy.require_vaccination", "wrong_type", "require_vaccination must be true or false")
-    return Policy(max_test_age_hours=hours, require_vaccination=vaccination)
+    peers = raw.get("accept_peer_codes", True)
+    if type(peers) is not bool:
+        raise InvalidField("policy.accept_peer_codes", "wrong_type", "accept_peer_codes must be true or false")
+    return Policy(max_test_age_hours=hours, require_vaccination=vaccination, accept_peer_codes=peers)

@@ -9,7 +9,18 @@ from collections.abc import Iterable
 from aiohttp import web
 from redis.exceptions import RedisError
 
-from app.http.appkeys import CLIENTS, FRONT_DOOR, POSTGRES_STATE, RATE_LIMITER, SCAN_WRITER, SCANS, SIGNER, STATUS_CACHE
+from app.federation.keys import STATES as KEY_STATES
+from app.http.appkeys import (
+    CLIENTS,
+    FEDERATION,
+    FRONT_DOOR,
+    POSTGRES_STATE,
+    RATE_LIMITER,
+    SCAN_WRITER,
+    SCANS,
+    SIGNER,
+    STATUS_CACHE,
+)
 from app.keys.lifecycle import NO_ACTIVE_KEY, PRIVATE_KEY_MISSING, PRIVATE_KEY_UNUSABLE
 from cache.scan_stream import Backlog
 
@@ -67,8 +78,15 @@ def render(app: web.Application) -> str:
         ):
             lines += _family(f"healthcode_rate_limit_{name}_total", "counter", text, [("", value)])
     lines += _signing(app)
+    lines += _federation(app)
     lines += _family(
         "healthcode_shed_total", "counter", "Requests answered 503 by load shedding.", [("", counter.shed)]
+    )
+    lines += _family(
+        "healthcode_shed_at_door_total",
+        "counter",
+        "Of the requests shed, those refused before they were parsed (app/http/door.py).",
+        [("", counter.admission.shed_at_door)],
     )
     lines += _family("healthcode_in_flight", "gauge", "Requests being served now.", [("", counter.in_flight)])
     gate = counter.admission
@@ -206,6 +224,44 @@ def _signing(app: web.Application) -> list[str]:
             "When this process last read the signing keys from Postgres.",
             [("", state.refreshed_at)],
         )
+    return lines
+
+
+def _federation(app: web.Application) -> list[str]:
+    federation = app.get(FEDERATION)
+    if federation is None:
+        return []
+    keys = federation.keys
+    states = [
+        (f'{{issuer="{_label(issuer)}",state="{state}"}}', int(keys.state(issuer) == state))
+        for issuer in sorted(keys.peers)
+        for state in KEY_STATES
+    ]
+    lines = _family(
+        "healthcode_peer_keys_state",
+        "gauge",
+        "1 for the state of each trusted peer's keys: fresh, stale (fetch failing, last good keys used), "
+        "expired (its tokens refused), missing (never fetched).",
+        states,
+    )
+    lines += _family(
+        "healthcode_peer_jwks_fetches_total",
+        "counter",
+        "Fetches of peers' JWKS, by outcome (ok includes 304 Not Modified).",
+        [(f'{{issuer="{_label(i)}",outcome="{o}"}}', n) for (i, o), n in sorted(keys.fetches.items())],
+    )
+    lines += _family(
+        "healthcode_peer_requests_total",
+        "counter",
+        "Vaccination look-ups sent to peers, by outcome (ok, timeout, unavailable, refused, bad_answer, skipped).",
+        [(f'{{issuer="{_label(i)}",outcome="{o}"}}', n) for (i, o), n in sorted(federation.client.outcomes.items())],
+    )
+    lines += _family(
+        "healthcode_peer_lookups_total",
+        "counter",
+        "Status answers that consulted peers: asked, answered from the remembered look-up, records stored.",
+        [(f'{{kind="{k}"}}', n) for k, n in sorted(federation.lookups.items())],
+    )
     return lines
 
 

@@ -1,9 +1,12 @@
 """The nucleic-acid test-registration code and sample registration.
 
 POST /v1/test-code (citizen backend): a signed token of type ``hct+jwt`` carrying only the subject and a
-code id. It holds no health status, and its ``typ`` makes every status verifier refuse it, so it can
-never pass as a health code. POST /v1/samples (an agency allowed to upload tests): a collector's device
-scans the code and registers a sample id against it; a lab may then report the result by sample id.
+code id. Its ``sub`` is a handle made for this token alone, like a status token's (signing/handles.py,
+bound to the purpose ``hct``), so two codes of one person cannot be linked and neither shows the
+pseudonym; only this service opens it, when a collector registers the sample. It holds no health
+status, and its ``typ`` makes every status verifier refuse it, so it can never pass as a health code.
+POST /v1/samples (an agency allowed to upload tests): a collector's device scans the code and registers
+a sample id against it; a lab may then report the result by sample id.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from typing import Final
 
 from aiohttp import web
 
-from app.http.appkeys import CLIENTS, PG, SETTINGS, SIGNER
+from app.http.appkeys import CLIENTS, HANDLES, PG, SETTINGS, SIGNER
 from app.http.client_limits import admit
 from app.http.handlers.common import identity_from_body, json_response, read_json_object, required_string
 from app.http.problems import InvalidField
@@ -22,13 +25,14 @@ from app.identity import mask_number, pseudonym
 from app.ingest.errors import Conflict, KindNotAllowed
 from app.limits import SAMPLES, TEST_CODE
 from cache.keys import PSEUDONYM_BYTES
-from signing.encoding import b64url_decode, b64url_encode
 from signing.errors import BadToken
 from signing.jws import MAX_TOKEN_LENGTH, TokenVerifier
 
 routes = web.RouteTableDef()
 
 TEST_CODE_TYP: Final = "hct+jwt"
+# Bound into the handle: a status token's handle does not open as a test code's, nor the reverse.
+TEST_CODE_PURPOSE: Final = b"hct"
 MAX_SAMPLE_ID: Final = 64
 
 
@@ -52,7 +56,8 @@ async def test_code(request: web.Request) -> web.Response:
     ttl = settings.token_ttl_seconds
     now = int(time.time())
     code_id = secrets.token_urlsafe(9)
-    token = app[SIGNER].signer_for(TEST_CODE_TYP, ttl).sign({"sub": b64url_encode(subject), "cid": code_id}, now)
+    handle = app[HANDLES].seal(subject, now, TEST_CODE_PURPOSE)  # a new handle per code: codes do not link
+    token = app[SIGNER].signer_for(TEST_CODE_TYP, ttl).sign({"sub": handle, "cid": code_id}, now)
     return json_response({"token": token, "typ": TEST_CODE_TYP, "code_id": code_id, "expires_at": now + ttl})
 
 
@@ -71,7 +76,7 @@ async def register_sample(request: web.Request) -> web.Response:
     verifier = TokenVerifier(keyring, app[SETTINGS].issuer, typ=TEST_CODE_TYP)
     try:
         claims = verifier.verify(token, int(time.time()))
-        subject = b64url_decode(str(claims["sub"]))
+        subject = app[HANDLES].open(str(claims["sub"]), int(str(claims["iat"])), TEST_CODE_PURPOSE)
         code_id = claims["cid"]
     except BadToken as exc:
         raise InvalidField("token", exc.reason, f"the test-registration code is not valid: {exc}") from None

@@ -7,11 +7,12 @@ from typing import Any
 
 from aiohttp import web
 
-from app.http.appkeys import CLIENTS, HANDLES, SETTINGS, SIGNER, STATUS_CACHE
+from app.federation.service import consult
+from app.http.appkeys import CLIENTS, FEDERATION, HANDLES, PG, PUBLISHER, REDIS, SETTINGS, SIGNER, STATUS_CACHE
 from app.http.client_limits import admit, charge, rate_limited
 from app.http.handlers.common import identity_from_body, json_response, read_json_object
 from app.http.handlers.status_view import last_test, negative_test_at, vaccination
-from app.http.problems import InvalidIdentityProblem, SubjectNotFound
+from app.http.problems import InvalidField, InvalidIdentityProblem, SubjectNotFound
 from app.identity import pseudonym
 from app.limits import STATUS
 from cache.entry import StatusEntry
@@ -28,11 +29,17 @@ async def status(request: web.Request) -> web.Response:
     settings = app[SETTINGS]
     client = app[CLIENTS].authenticate(request.headers.get("Authorization"), kind="citizen-backend")
     body = await read_json_object(request)
+    if "on_behalf_of" in body:  # a relative's status, through a registered relation (off the hot path)
+        # Imported here: the relations module answers with signed_status, defined below.
+        from app.http.handlers.relations import status_on_behalf
+
+        return await status_on_behalf(request, client, body)
     try:
         identity = identity_from_body(body)
     except InvalidIdentityProblem:
         await admit(request, client, STATUS)  # a malformed guess counts against the limit too
         raise
+    requested = _include_peer_vaccinations(body)
     signer = app[SIGNER].status_signer()  # before any look-up: without a key there is nothing to answer
     subject = pseudonym(identity, settings.pepper)
     try:
@@ -42,7 +49,27 @@ async def status(request: web.Request) -> web.Response:
         raise rate_limited(client, refused) from None
     if entry is None:
         raise SubjectNotFound("no status is held for this document; the person may not be registered yet")
-    return json_response(signed_status(app, signer, subject, entry, int(time.time())))
+    consulted = await consult(
+        app[FEDERATION],
+        identity=identity,
+        subject=subject,
+        entry=entry,
+        requested=requested,
+        redis=app[REDIS],
+        pool=app[PG],
+        publisher=app[PUBLISHER],
+    )
+    answer = signed_status(app, signer, subject, consulted.entry, int(time.time()))
+    if consulted.report is not None:
+        answer["peer_vaccinations"] = consulted.report
+    return json_response(answer)
+
+
+def _include_peer_vaccinations(body: dict[str, Any]) -> bool:
+    value = body.get("include_peer_vaccinations", False)
+    if type(value) is not bool:
+        raise InvalidField("include_peer_vaccinations", "wrong_type", "include_peer_vaccinations must be true or false")
+    return value
 
 
 def signed_status(

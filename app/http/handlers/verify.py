@@ -11,7 +11,7 @@ from typing import Any, Final
 from aiohttp import web
 from redis.asyncio import Redis
 
-from app.http.appkeys import CLIENTS, HANDLES, REDIS, SCANS, SIGNER, STATUS_CACHE
+from app.http.appkeys import CLIENTS, FEDERATION, HANDLES, REDIS, SCANS, SIGNER, STATUS_CACHE
 from app.http.client_limits import admit, charge, rate_limited
 from app.http.handlers.checkpoint_policy import policy_from_body
 from app.http.handlers.common import json_response, read_json_object, required_string
@@ -25,7 +25,7 @@ from cache.rate_limit import Refused
 from cache.scan_ids import ScanIds
 from signing.colours import COLOUR_LETTER
 from signing.errors import BadToken
-from signing.jws import MAX_TOKEN_LENGTH
+from signing.jws import MAX_TOKEN_LENGTH, STATUS_TYP
 from signing.policy import Policy, failed_rules, token_failed_rules
 
 routes = web.RouteTableDef()
@@ -60,22 +60,31 @@ async def verify(request: web.Request) -> web.Response:
     entry: StatusEntry | None = None
     token_colour: str | None = None
     token_version: int | None = None
+    issuer: str | None = None
+    peer = False
     try:
-        claims = verifier.verify(token, at)  # a queued scan's token is checked as of when it was scanned
-        # Only this service opens the handle: offline scanners never learn who the token is for.
-        subject = app[HANDLES].open(str(claims["sub"]), int(str(claims["iat"])))
+        # Our own tokens and those of every peer on the trust list, each by its `iss` and `kid`; a queued
+        # scan's token is checked as of when it was scanned.
+        verified = await app[FEDERATION].trust.verify(token, STATUS_TYP, verifier, at)
+        claims = verified.claims
+        if verified.local:
+            # Only this service opens the handle: offline scanners never learn who the token is for.
+            subject = app[HANDLES].open(str(claims["sub"]), int(str(claims["iat"])))
     except BadToken as exc:
         valid, reason = False, exc.reason
         await admit(request, client, VERIFY)
     else:
-        valid, reason = True, "ok"
+        valid, reason, issuer, peer = True, "ok", verified.issuer, not verified.local
         token_colour = _LETTER_COLOUR.get(str(claims["st"]))
         token_version = int(str(claims.get("ver", 0)))
-        try:
-            # The limit's token is taken in the same Redis round trip as the read.
-            entry = await app[STATUS_CACHE].get(subject, admission=charge(request, client, VERIFY))
-        except Refused as refused:
-            raise rate_limited(client, refused) from None
+        if subject is None:  # a peer's person: only the token speaks for them here
+            await admit(request, client, VERIFY)
+        else:
+            try:
+                # The limit's token is taken in the same Redis round trip as the read.
+                entry = await app[STATUS_CACHE].get(subject, admission=charge(request, client, VERIFY))
+            except Refused as refused:
+                raise rate_limited(client, refused) from None
 
     current_colour = entry.colour if entry else None
     duplicate = scan_id is not None and not await _first_sight(app[REDIS], client.id, scan_id)
@@ -88,11 +97,13 @@ async def verify(request: web.Request) -> web.Response:
                 with contextlib.suppress(*REDIS_ERRORS):
                     await ScanIds(app[REDIS]).forget(client.id, scan_id)
             raise
-    failed = None if policy is None else _failed(policy, valid, claims, entry, at)
+    failed = None if policy is None else _failed(policy, valid, claims, entry, at, peer)
     return json_response(
         {
             "valid": valid,
             "reason": reason,
+            "issuer": issuer,
+            "issuer_name": _peer_name(app, issuer) if peer and issuer else None,
             "checkpoint": checkpoint,
             "token_colour": token_colour,
             "current_colour": current_colour,
@@ -146,12 +157,20 @@ async def _first_sight(redis: Redis, client_id: int, scan_id: str) -> bool:
         return True
 
 
-def _failed(policy: Policy, valid: bool, claims: dict[str, Any], entry: StatusEntry | None, now: int) -> list[str]:
-    """The policy's failed rules for the current status, or for the token's claims when there is none."""
+def _failed(
+    policy: Policy, valid: bool, claims: dict[str, Any], entry: StatusEntry | None, now: int, peer: bool
+) -> list[str]:
+    """The policy's failed rules for the current status, or for the token's claims when there is none
+    (always for a peer's token: its person's status is held by the peer)."""
     if not valid:
         return [VALID_TOKEN_RULE]
     if entry is None:
-        return list(token_failed_rules(policy, claims, now))
+        return list(token_failed_rules(policy, claims, now, peer=peer))
     return list(
         failed_rules(policy, negative_test_at=negative_test_at(entry), vaccinated=entry.vaccine_complete, now=now)
     )
+
+
+def _peer_name(app: web.Application, issuer: str) -> str | None:
+    found = app[FEDERATION].keys.trusted(issuer)
+    return found.display_name if found else None

@@ -1,0 +1,162 @@
+"""Refusals at the door: under overload a request is answered 503 from the bytes it arrived in, before
+aiohttp parses it, builds a request object or starts a handler.
+
+Refused through aiohttp, a request costs about what serving a cache hit costs (parse, request object,
+handler task, middleware, response): in an open-loop run at 3x capacity here the refusals took the
+whole core and goodput fell to 0-4 %. A refusal here costs a search for the end of the head and one
+write of a prepared answer.
+
+Only the simple case is refused here; everything else takes aiohttp's path, where the middleware's
+admission control still decides (app/http/middleware.py):
+
+- the connection is idle: its last answer is written and no request is queued or being handled, so the
+  refusal cannot overtake an earlier answer;
+- the bytes are exactly one HTTP/1.1 request to a route in `DOOR_ROUTES` with its whole body
+  (Content-Length), without Connection, Expect or Transfer-Encoding headers: nothing left for the parser;
+- admission control says no (`Admission.door_open`): the queue is overloaded, and either its oldest
+  waiter is past the target or the requests handled, waiting and let in this turn fill twice the slots.
+
+The connection stays open (keep-alive), as after any other answer.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from email.utils import formatdate
+from typing import Any, Final
+
+from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
+
+from app.http.admission import Admission
+from app.http.problems import PROBLEM_CONTENT_TYPE, SHED_RETRY_AFTER, overloaded_body
+
+# Quick routes whose path has no parameters: a refused request's route is its request line's start.
+DOOR_ROUTES: Final = frozenset({b"POST /v1/status", b"POST /v1/verify", b"POST /v1/test-code", b"POST /v1/samples"})
+_VERSION: Final = b" HTTP/1.1"
+_HEAD_END: Final = b"\r\n\r\n"
+# Headers that change how the connection or the body is handled: such requests take aiohttp's path.
+_UNSIMPLE: Final = (b"\nconnection:", b"\nexpect:", b"\ntransfer-encoding:", b"\nupgrade:")
+_LENGTH: Final = b"\ncontent-length:"
+
+
+def _answers(date: str) -> tuple[bytes, ...]:
+    return tuple(
+        b"HTTP/1.1 503 Service Unavailable\r\n"
+        + f"Content-Type: {PROBLEM_CONTENT_TYPE}\r\nRetry-After: {seconds}\r\nDate: {date}\r\n".encode()
+        + f"Content-Length: {len(body := overloaded_body(seconds))}\r\n\r\n".encode()
+        + body
+        for seconds in SHED_RETRY_AFTER
+    )
+
+
+def simple_route(data: bytes) -> bytes | None:
+    """`b"POST /v1/status"` when `data` is exactly one simple request to a door route, else None."""
+    line_end = data.find(b"\r\n", 0, 64)
+    if line_end < 0 or not data.endswith(_VERSION, 0, line_end):
+        return None
+    route = data[: line_end - len(_VERSION)]
+    if route not in DOOR_ROUTES:
+        return None
+    end = data.find(_HEAD_END, line_end)
+    if end < 0:
+        return None  # the head continues in a later segment
+    head = data[line_end:end].lower()
+    if any(name in head for name in _UNSIMPLE):
+        return None
+    start = head.find(_LENGTH)
+    if start < 0:
+        return None
+    stop = head.find(b"\r", start)
+    value = head[start + len(_LENGTH) : stop if stop >= 0 else len(head)].strip()
+    if not value.isdigit() or end + len(_HEAD_END) + int(value) != len(data):
+        return None  # a body still to come, or a second request behind this one
+    return route
+
+
+class Door:
+    """The door's decision and its prepared answers (their Date header is renewed once a second)."""
+
+    def __init__(self, admission: Admission, count: Callable[[str, str, int], None]) -> None:
+        self.admission = admission
+        self._count = count  # counted by (method, route, status), like every other answer
+        self._second = 0
+        self._answers = _answers(formatdate(usegmt=True))
+
+    def refusal(self, route: bytes) -> bytes | None:
+        """The answer to a simple request to `route` if the door refuses it, else None."""
+        if self.admission.door_open():
+            return None
+        second = int(time.time())
+        if second != self._second:
+            self._second = second
+            self._answers = _answers(formatdate(second, usegmt=True))
+        self.admission.shed += 1
+        self.admission.shed_at_door += 1
+        method, path = route.decode().split(" ", 1)
+        self._count(method, path, 503)
+        return random.choice(self._answers)
+
+
+class DoorRequestHandler(RequestHandler):
+    """aiohttp's connection protocol, with the door in front of its parser."""
+
+    def __init__(self, manager: web.Server, *, door: Door, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self._door = door
+        # A request let through is counted as arriving until the middleware takes it (`arrived`), so
+        # that many let through in one turn of the event loop count against the door at once.
+        self.arriving = False
+
+    def data_received(self, data: bytes) -> None:
+        # Idle: the serving task waits for a next request (its answer to the last one is written).
+        waiter = self._waiter
+        idle = waiter is not None and not waiter.done() and not self._messages and not self.arriving
+        route = simple_route(data) if idle and self.transport is not None else None
+        if route is not None:
+            answer = self._door.refusal(route)
+            if answer is not None:
+                assert self.transport is not None
+                self.transport.write(answer)
+                if self._keepalive_timeout:
+                    self._next_keepalive_close_time = self._loop.time() + self._keepalive_timeout
+                return
+            self.arriving = True
+            self._door.admission.arriving += 1
+        super().data_received(data)
+
+    def arrived(self) -> None:
+        if self.arriving:
+            self.arriving = False
+            self._door.admission.arriving -= 1
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self.arrived()  # a request that never reached the middleware no longer counts
+        super().connection_lost(exc)
+
+
+def arrived(request: web.BaseRequest) -> None:
+    """Called by the middleware as a request enters it: it no longer counts as arriving."""
+    protocol = request.protocol
+    if isinstance(protocol, DoorRequestHandler):
+        protocol.arrived()
+
+
+class _DoorServer(web.Server):
+    """aiohttp's connection factory, making `DoorRequestHandler`s (the door rides in its kwargs)."""
+
+    def __call__(self) -> RequestHandler:
+        return DoorRequestHandler(self, loop=self._loop, **self._kwargs)
+
+
+class DoorRunner(web.AppRunner):
+    """An AppRunner whose connections have the door: `DoorRunner(app, door=Door(...), ...)`."""
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        # The Application builds its Server itself (with the kwargs that carry the door); only which
+        # protocol class that server makes differs, so its class is narrowed rather than rebuilt.
+        server.__class__ = _DoorServer
+        return server
