@@ -14,7 +14,7 @@ LOAD_ARGS = $(if $(DURATION),--duration '$(DURATION)') $(if $(OUT),--out '$(OUT)
 	$(if $(HOST),--host '$(HOST)') $(if $(WORKERS),--workers '$(WORKERS)')
 
 .DEFAULT_GOAL := help
-.PHONY: help install servers servers-stop run test test-fast test-redis-floor test-cluster cluster lint format wrk bench load chaos clean
+.PHONY: help install servers servers-stop run test test-fast test-redis-floor test-cluster cluster lint format wrk bench load chaos clean screens
 
 help:
 	@echo "make run               install, start Postgres and Redis, load the demo, serve the API"
@@ -28,6 +28,7 @@ help:
 	@echo "make bench             signing and hot-path micro-benchmarks (DURATION, OUT)"
 	@echo "make chaos             the fault suite: its own Postgres, Valkey and API, load, one fault at a time"
 	@echo "make load              Locust load test, 45 s by default, against a local service it starts or HOST (DURATION, OUT, HOST, WORKERS)"
+	@echo "make screens           the browser tests (Debian's Chromium), writing screenshots and page figures to docs/screens/"
 	@echo "make servers-stop      stop the embedded Postgres and Valkey, if they were started"
 	@echo "make clean             stop embedded servers, remove $(VENV) and $(STATE)"
 
@@ -109,6 +110,14 @@ chaos: $(STAMP)
 
 load: servers
 	$(WITH_ENV) $(VENV)/bin/python -m loadtests.run $(LOAD_ARGS)
+
+# The real-browser tests of the pages (also part of `make test`), keeping their screenshots and the measured
+# transfer sizes and decode-to-verdict time in docs/screens/ for the README.
+BROWSER_TESTS := tests/test_pages_code.py tests/test_pages_scan.py tests/test_pages_console.py
+
+screens: servers
+	rm -f docs/screens/figures.json
+	$(WITH_ENV) HEALTHCODE_SCREENSHOTS=docs/screens $(VENV)/bin/pytest $(BROWSER_TESTS)
 
 servers-stop:
 	@if [ -x $(VENV)/bin/python ] && [ -d $(STATE) ]; then $(VENV)/bin/python -m app.dev.servers down; \

@@ -34,6 +34,13 @@ def rate_limit_key(client_id: str, bucket: str) -> str:
     return f"hc:rl:{{{client_id}}}:{bucket}"
 
 
+def scan_id_key(client_id: int, scan_id: str) -> str:
+    """`hc:sid:{<client>}:<scan id>` — marks a scanner's scan id as seen (a queued scan sent twice)."""
+    if not scan_id or any(c in scan_id for c in "{}: \t\r\n"):
+        raise ValueError(f"scan id {scan_id!r} is empty or holds a character reserved in keys")
+    return f"hc:sid:{{{client_id}}}:{scan_id}"
+
+
 def jti_key(issuer: str, jti: str) -> str:
     """`hc:jti:{<issuer>}:<jti>` — a peer's assertion id, remembered until the assertion expires."""
     return f"hc:jti:{{{issuer}}}:{jti}"

@@ -27,6 +27,8 @@ ROUTE_KINDS = {
     "/v1/appeals": "citizen-backend",
     "/v1/declarations": "citizen-backend",
     "/v1/appeals/{appeal_id}/decisions": "operator",
+    "/v1/status/alert": "citizen-backend",
+    "/demo/backend/status": "citizen-backend",  # takes no key; the one sent is ignored
     "/v1/relations": "citizen-backend",
     "/v1/relations/query": "citizen-backend",
     "/v1/relations/{relation_id}/end": "citizen-backend",
@@ -53,6 +55,8 @@ GOOD = {
     "colour": "green",
     "name": "李四",
     "phone": "13812345678",
+    "scan_id": "gate3-0001",
+    "person": "arrival_pending",
     "kind": "carer",
     "attestation_ref": "poa-2022-0412",
     "birth_date": "1990-01-01",

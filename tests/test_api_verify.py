@@ -104,6 +104,7 @@ async def verify_ok(api: Api, key: str, token: str, policy: dict[str, Any] | Non
     body: dict[str, Any] = await r.json()
     scanned_at = body.pop("scanned_at")
     assert abs(scanned_at - time.time()) < 5
+    assert (body.pop("scan_id"), body.pop("duplicate")) == (None, False)  # no scan_id sent (test_verify_scan_id)
     return body
 
 

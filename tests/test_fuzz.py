@@ -57,6 +57,9 @@ KIND_OF = {
     "/v1/samples": "agency",
     "/v1/appeals/{appeal_id}": "operator",  # and the citizen backend that filed it
     "/v1/appeals/{appeal_id}/decisions": "operator",
+    "/v1/status/alert": "citizen-backend",
+    "/v1/operator/batches": "operator",
+    "/v1/operator/keys": "operator",
     "/v1/relations": "citizen-backend",
     "/v1/relations/query": "citizen-backend",
     "/v1/relations/{relation_id}/end": "citizen-backend",

@@ -23,6 +23,7 @@ from app.scopes import AGENCY_SCOPES, CLIENT_KINDS
 from app.settings import Settings
 from app.statuses.compute import load_risk_areas
 from app.statuses.standalone import open_publisher
+from app.web.backend import write_demo_people
 
 # Demo rows carry this batch id so that a second `demo` run replaces them instead of adding more.
 DEMO_BATCH_ID: Final = 0
@@ -179,6 +180,8 @@ async def run_demo(settings: Settings, *, people: int, seed: int, list_people: b
             await publisher.recompute(conn, pseudonyms[start : start + CHUNK], now, areas)
 
     examples = {p.situation: p.number for p in reversed(population)}
+    # The reference backend behind the demo's code page serves these people (synthetic numbers only).
+    write_demo_people(settings.keys_dir, examples)
     print("\nhealthcode demo is ready")
     print(f"  base URL            {base_url}")
     for kind in CLIENT_KINDS:
@@ -187,6 +190,11 @@ async def run_demo(settings: Settings, *, people: int, seed: int, list_people: b
     for situation, number in sorted(examples.items()):
         print(f"    {situation:20} {number}")
     example = examples.get("arrival_pending") or population[0].number
+    code_person = "arrival_pending" if "arrival_pending" in examples else next(iter(examples))
+    print("\nscreens (served by `healthcode serve`):")
+    print(f"  code page           {base_url}/code/?person={code_person}   (any situation above; &lang=en)")
+    print(f"  scanner             {base_url}/scan/   (settings: the scanner key above, for online checks)")
+    print(f"  operator console    {base_url}/console/   (sign in with the operator key above)")
     print("\ntry:")
     print(
         f"  curl -s -X POST {base_url}/v1/status -H 'Authorization: Bearer {secrets['citizen-backend']}' "

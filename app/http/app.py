@@ -56,6 +56,7 @@ from app.http.handlers import (
     relations,
     samples,
     status,
+    status_alert,
     venues,
     verify,
 )
@@ -70,6 +71,8 @@ from app.scans import ScanRecorder, ScanWriter, ensure_scan_partitions
 from app.settings import Settings
 from app.statuses.loader import StatusLoader
 from app.statuses.publish import StatusPublisher
+from app.web import backend as demo_backend
+from app.web import operator, pages
 from cache.connection import REDIS_ERRORS, open_redis
 from cache.rate_limit import Rate, RateLimiter
 from cache.scan_stream import ScanStream
@@ -111,6 +114,8 @@ def create_app(settings: Settings, *, background: bool = True) -> web.Applicatio
     for module in (meta, status, verify, qr, batches, samples, appeals, declarations, relations, venues, metrics):
         app.add_routes(module.routes)
     for module in (peers, credentials):
+        app.add_routes(module.routes)
+    for module in (status_alert, pages, demo_backend, operator):  # the screens (app/web/) and what they read
         app.add_routes(module.routes)
     return app
 

@@ -7,7 +7,7 @@ import hashlib
 import time
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import orjson
 from aiohttp import web
@@ -71,13 +71,31 @@ async def readyz(request: web.Request) -> web.Response:
     return json_response({"status": "ready"})
 
 
+# Public keys are public: a scanner page or app served from any origin may fetch them, read the ETag
+# and revalidate with If-None-Match (which needs a preflight, answered below).
+JWKS_CORS: Final = {"Access-Control-Allow-Origin": "*", "Access-Control-Expose-Headers": "ETag"}
+
+
+@routes.options("/.well-known/jwks.json")
+async def jwks_preflight(request: web.Request) -> web.Response:
+    return web.Response(
+        status=204,
+        headers={
+            **JWKS_CORS,
+            "Access-Control-Allow-Methods": "GET",
+            "Access-Control-Allow-Headers": "If-None-Match",
+            "Access-Control-Max-Age": "86400",
+        },
+    )
+
+
 @routes.get("/.well-known/jwks.json")
 async def jwks(request: web.Request) -> web.Response:
     keyring = request.app[SIGNER].keyring
     assert keyring is not None
     body = orjson.dumps(jwks_document(keyring.published(int(time.time()))))
     etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
-    headers = {"Cache-Control": f"public, max-age={JWKS_MAX_AGE}", "ETag": etag}
+    headers = {"Cache-Control": f"public, max-age={JWKS_MAX_AGE}", "ETag": etag, **JWKS_CORS}
     if request.headers.get("If-None-Match") == etag:
         return web.Response(status=304, headers=headers)
     return web.Response(body=body, content_type="application/jwk-set+json", headers=headers)
