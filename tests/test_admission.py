@@ -114,22 +114,27 @@ async def test_the_door_is_open_while_not_overloaded_even_when_every_slot_is_tak
     assert g.door_open()
 
 
-async def test_while_overloaded_the_door_closes_once_the_oldest_waiter_passes_the_target() -> None:
-    clock = Clock()
-    g = await overloaded_gate(clock, concurrency=4)
-    waiter = asyncio.ensure_future(g.enter())
-    await settle()
-    assert g.door_open()  # a waiter, but a young one
-    clock.now += TARGET * 1.5
-    assert not g.door_open()
-    g.leave()
-    assert await waiter is True  # served (newest first, within twice the target)
-    assert g.door_open()
-
-
-async def test_while_overloaded_the_door_counts_what_it_let_in_this_turn() -> None:
+async def test_engaged_the_door_lets_in_only_what_free_slots_take_counting_arrivals() -> None:
     g = await overloaded_gate(Clock(), concurrency=4)
-    g.arriving = 3
-    assert g.door_open()  # 4 handled + 3 on their way < twice the 4 slots
-    g.arriving = 4
+    assert not g.door_open()  # every slot taken
+    g.leave()
+    g.leave()
+    g.arriving = 1
+    assert g.door_open()  # 2 handled + 1 on its way: a slot is still free
+    g.arriving = 2
     assert not g.door_open()
+
+
+async def test_the_door_stays_engaged_for_an_interval_after_a_refusal() -> None:
+    clock = Clock()
+    g = await overloaded_gate(clock, concurrency=2)
+    assert not g.door_open()  # refused: engaged until an interval from now
+    g.overloaded = False  # the queue the door keeps empty no longer looks overloaded
+    clock.now += INTERVAL / 2
+    assert g.door_engaged() and not g.door_open()  # still refusing what the slots cannot take
+    g.leave()
+    assert g.door_open()  # a free slot is taken at once, engaged or not
+    assert g.try_enter()
+    clock.now += INTERVAL * 1.01
+    assert not g.door_engaged()
+    assert g.door_open()  # all slots taken, but the excess has stopped: bursts queue again

@@ -58,6 +58,7 @@ class Admission:
         self._interval_end = 0.0
         self._min_delay = 0.0
         self.overloaded = False
+        self._door_engaged_until = 0.0
         self.active = 0
         self.arriving = 0  # let in by the door (app/http/door.py), not yet at the middleware
         self.admitted = 0
@@ -68,17 +69,25 @@ class Admission:
     def queued(self) -> int:
         return len(self._waiting)
 
+    def door_engaged(self, now: float | None = None) -> bool:
+        """Whether the door decides at all (`door_open`); while not, it does not even read the request."""
+        return self.overloaded or (now if now is not None else self._clock()) < self._door_engaged_until
+
     def door_open(self) -> bool:
-        """Whether the door lets a request in: always, but while overloaded. Then only while the queue
-        is young (its oldest waiter within the target) and the requests being handled, waiting and on
-        their way to the middleware (`arriving`, let in earlier in the same turn) fill less than twice
-        the slots; the rest is refused before it costs a parse."""
-        if not self.overloaded:
+        """Whether the door lets a request in: always, unless it is engaged. It engages while the queue
+        is overloaded, and stays engaged for an interval after each refusal: the door keeps the queue
+        empty, so CoDel's standing-queue signal alone would open it again and let the excess through, to
+        be refused the costly way. Engaged, it lets a request in only while the requests handled,
+        waiting and on their way to the middleware (`arriving`, let in earlier in the same turn) leave a
+        slot free: what it lets in is served at once, not queued (in an open-loop run at 3x, twice the
+        slots gave the same goodput with admitted p99 33 ms instead of 18-21 ms)."""
+        now = self._clock()
+        if not self.door_engaged(now):
             return True
-        waiting = self._waiting
-        if waiting and self._clock() - waiting[0][0] > self.target:
-            return False
-        return self.active + len(waiting) + self.arriving < 2 * self.concurrency
+        if self.active + len(self._waiting) + self.arriving < self.concurrency:
+            return True
+        self._door_engaged_until = now + self.interval
+        return False
 
     def try_enter(self) -> bool:
         """Admit at once if a slot is free and nobody waits (the common case: no future, no await)."""

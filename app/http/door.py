@@ -13,8 +13,9 @@ admission control still decides (app/http/middleware.py):
   refusal cannot overtake an earlier answer;
 - the bytes are exactly one HTTP/1.1 request to a route in `DOOR_ROUTES` with its whole body
   (Content-Length), without Connection, Expect or Transfer-Encoding headers: nothing left for the parser;
-- admission control says no (`Admission.door_open`): the queue is overloaded, and either its oldest
-  waiter is past the target or the requests handled, waiting and let in this turn fill twice the slots.
+- admission control says no (`Admission.door_open`): the door is engaged (the queue is overloaded, or
+  the door refused within the last interval) and the requests handled, waiting and let in this turn
+  fill every slot. While it is not engaged the request is not even looked at.
 
 The connection stays open (keep-alive), as after any other answer.
 """
@@ -109,12 +110,16 @@ class DoorRequestHandler(RequestHandler):
         # A request let through is counted as arriving until the middleware takes it (`arrived`), so
         # that many let through in one turn of the event loop count against the door at once.
         self.arriving = False
+        # Requests parsed and requests answered on this connection: equal when every answer is written.
+        self._parsed = 0
+        self._answered = 0
 
     def data_received(self, data: bytes) -> None:
-        # Idle: the serving task waits for a next request (its answer to the last one is written).
-        waiter = self._waiter
-        idle = waiter is not None and not waiter.done() and not self._messages and not self.arriving
-        route = simple_route(data) if idle and self.transport is not None else None
+        # Idle: every request parsed so far has its answer written, so a refusal cannot overtake one.
+        # (Not "the serving task waits for the next request": it is still tidying up after writing an
+        # answer when a quick client's next request arrives, which was most requests under overload.)
+        idle = self._parsed == self._answered and self.transport is not None
+        route = simple_route(data) if idle and self._door.admission.door_engaged() else None
         if route is not None:
             answer = self._door.refusal(route)
             if answer is not None:
@@ -125,7 +130,16 @@ class DoorRequestHandler(RequestHandler):
                 return
             self.arriving = True
             self._door.admission.arriving += 1
+        queued = len(self._messages)
         super().data_received(data)
+        self._parsed += len(self._messages) - queued  # nothing takes messages off during the call
+
+    async def _handle_request(self, *args: Any, **kwargs: Any) -> tuple[web.StreamResponse, bool]:
+        """aiohttp's, counting answers: it returns once the answer is written (or failed)."""
+        try:
+            return await super()._handle_request(*args, **kwargs)
+        finally:
+            self._answered += 1
 
     def arrived(self) -> None:
         if self.arriving:
