@@ -50,6 +50,8 @@ async def test_the_console_shows_a_batch_an_appeal_and_the_keys(
     appeal_row = page.locator(f"#appeals tr[data-id='{appeal['id']}']")
     assert await appeal_row.get_attribute("data-state") == "open"
     assert "red" in (await appeal_row.text_content() or "")
+    # Each table fills as its own answer arrives: the keys' row is waited for, not assumed.
+    await page.locator("#keys tr[data-state=active]").first.wait_for()
     assert await page.locator("#keys tr[data-state=active]").count() == 1
     # Live figures: two scrapes make a point; the legend shows its values.
     await page.wait_for_function("() => Number(document.getElementById('chart').dataset.points) >= 3", timeout=15_000)
