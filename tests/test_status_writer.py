@@ -13,8 +13,9 @@ from redis.exceptions import ResponseError
 
 from cache.bulk import round_trip
 from cache.entry import FORMAT_VERSION, StatusEntry, unpack
-from cache.keys import TOMBSTONE, status_key
+from cache.keys import TOMBSTONE, status_field, status_slot
 from cache.status_writer import StatusWriter
+from tests.support import cached_statuses
 
 
 def subject(n: int) -> bytes:
@@ -43,7 +44,7 @@ def entry(**changes: Any) -> StatusEntry:
 
 
 async def stored(redis: Redis, n: int) -> StatusEntry:
-    raw = await redis.get(status_key(subject(n)))
+    raw = await redis.hget(*status_field(subject(n)))
     assert isinstance(raw, bytes)
     return unpack(raw)
 
@@ -60,9 +61,10 @@ async def test_stores_entries_with_their_expiry(redis: Redis, writer: StatusWrit
 
     assert await writer.put_many(entries) == 2500
 
-    assert await redis.dbsize() == 2500
+    assert await cached_statuses(redis) == 2500
     assert await stored(redis, 7) == entries[subject(7)]
-    assert await redis.pexpiretime(status_key(subject(2499)).decode()) == (now + 600 + 2499) * 1000
+    # A bucket expires with the latest valid_until written into it.
+    assert await redis.pexpiretime(status_field(subject(2499))[0].decode()) == (now + 600 + 2499) * 1000
 
 
 async def test_an_older_version_never_replaces_a_newer_one(redis: Redis, writer: StatusWriter) -> None:
@@ -93,26 +95,27 @@ async def test_an_expired_entry_deletes_an_older_one_only(redis: Redis, writer: 
 
     assert await writer.put_many({subject(1): expired, subject(2): expired}) == 0
 
-    assert await redis.exists(status_key(subject(1))) == 0
+    assert await redis.hget(*status_field(subject(1))) is None
     assert (await stored(redis, 2)).version == 7
 
 
 async def test_tombstones_older_formats_and_junk_are_replaced(redis: Redis, writer: StatusWriter) -> None:
-    await redis.set(status_key(subject(1)), TOMBSTONE)
-    await redis.set(status_key(subject(2)), bytes([FORMAT_VERSION - 1]) + b"\x00" * 60)
-    await redis.set(status_key(subject(3)), b"junk")
+    await redis.set(status_slot(subject(1)).tombstone, TOMBSTONE)
+    await redis.hset(*status_field(subject(2)), bytes([FORMAT_VERSION - 1]) + b"\x00" * 60)
+    await redis.hset(*status_field(subject(3)), b"junk")
 
     assert await writer.put_many({subject(n): entry() for n in (1, 2, 3)}) == 3
 
     assert [await stored(redis, n) for n in (1, 2, 3)] == [entry()] * 3
+    assert await redis.exists(status_slot(subject(1)).tombstone) == 0
 
 
 async def test_an_entry_of_a_newer_format_is_left_alone(redis: Redis, writer: StatusWriter) -> None:
     newer = bytes([FORMAT_VERSION + 1]) + b"\x00" * 60
-    await redis.set(status_key(subject(1)), newer)
+    await redis.hset(*status_field(subject(1)), newer)
 
     assert await writer.put_many({subject(1): entry(version=10**9)}) == 0
-    assert await redis.get(status_key(subject(1))) == newer
+    assert await redis.hget(*status_field(subject(1))) == newer
 
 
 async def test_a_tombstone_never_replaces_a_status(redis: Redis, writer: StatusWriter) -> None:
@@ -121,7 +124,8 @@ async def test_a_tombstone_never_replaces_a_status(redis: Redis, writer: StatusW
     await writer.put_tombstone(subject(2), 30_000)
 
     assert await stored(redis, 1) == entry()
-    assert await redis.get(status_key(subject(2))) == TOMBSTONE
+    assert await redis.exists(status_slot(subject(1)).tombstone) == 0
+    assert await redis.get(status_slot(subject(2)).tombstone) == TOMBSTONE
 
 
 async def test_the_script_is_loaded_again_after_a_flush(redis: Redis, writer: StatusWriter) -> None:
@@ -133,7 +137,7 @@ async def test_the_script_is_loaded_again_after_a_flush(redis: Redis, writer: St
 
 
 async def test_every_reply_is_read_before_raising(redis: Redis, writer: StatusWriter) -> None:
-    await redis.hset(status_key(subject(2)), "field", "a hash where a status belongs")
+    await redis.set(status_field(subject(2))[0], "a string where a bucket belongs")
 
     with pytest.raises(ResponseError, match="WRONGTYPE"):
         await writer.put_many({subject(n): entry() for n in (1, 2, 3)})

@@ -56,6 +56,8 @@ def test_the_guards_are_where_the_write_path_says() -> None:
         "WHERE (statuses.version, statuses.computed_at) <= (excluded.version, excluded.computed_at)"
         in text["app/statuses/publish.py"]
     )
+    assert "redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])" in text["cache/status_writer.py"]
+    # Format 2's guarded write, kept for rolling upgrades.
     assert "redis.call('SET', KEYS[1], ARGV[1], 'PXAT', ARGV[2])" in text["cache/status_writer.py"]
-    # No plain SET of a status key anywhere else: the bulk protocol packs EVALSHA, never SET.
-    assert not [name for name, body in text.items() if "$3\\r\\nSET\\r\\n" in body]
+    # No plain SET or HSET of a status key anywhere else: the bulk protocol packs EVALSHA, never those.
+    assert not [name for name, body in text.items() if "$3\\r\\nSET\\r\\n" in body or "$4\\r\\nHSET\\r\\n" in body]
