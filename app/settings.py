@@ -63,6 +63,11 @@ class Settings:
     rate_limits: tuple[tuple[str, str, Rate], ...] = ()
     # Private signing keys given in the environment (PEM), used before key files.
     signing_key_pems: tuple[bytes, ...] = ()
+    # Status entries' hash buckets in Redis: 2**bits of them, the same in every process (cache/keys.py).
+    # About people / 64 buckets: 16 bits up to ~6 million people, 19 for 32 million.
+    cache_bucket_bits: int = 16
+    # During a rolling upgrade from the one-key-per-subject layout: write and read both (cache/status_writer.py).
+    cache_legacy_keys: bool = False
 
     def __repr__(self) -> str:
         # Settings end up in logs and tracebacks: secrets never do. Fields marked repr=False are left
@@ -117,6 +122,8 @@ class Settings:
             max_rejections_per_batch=_int(
                 env, "HEALTHCODE_MAX_REJECTIONS_PER_BATCH", 10_000, low=0, high=1_000_000_000
             ),
+            cache_bucket_bits=_int(env, "HEALTHCODE_CACHE_BUCKET_BITS", 16, low=1, high=24),
+            cache_legacy_keys=bool(_int(env, "HEALTHCODE_CACHE_LEGACY_KEYS", 0, low=0, high=1)),
         )
 
 

@@ -71,3 +71,13 @@ def test_rate_limits_per_kind_come_from_the_environment() -> None:
     ):
         with pytest.raises(SettingsError, match=f"HEALTHCODE_RATE_LIMITS: .*{message}"):
             Settings.from_env(env(HEALTHCODE_PEPPER=SECRET.hex(), HEALTHCODE_RATE_LIMITS=wrong))
+
+
+def test_cache_layout_settings() -> None:
+    pepper = {"HEALTHCODE_PEPPER": SECRET.hex()}
+    settings = Settings.from_env(env(HEALTHCODE_CACHE_BUCKET_BITS="19", HEALTHCODE_CACHE_LEGACY_KEYS="1", **pepper))
+    assert (settings.cache_bucket_bits, settings.cache_legacy_keys) == (19, True)
+    default = Settings.from_env(env(**pepper))
+    assert (default.cache_bucket_bits, default.cache_legacy_keys) == (16, False)
+    with pytest.raises(SettingsError, match="HEALTHCODE_CACHE_BUCKET_BITS must be between 1 and 24"):
+        Settings.from_env(env(HEALTHCODE_CACHE_BUCKET_BITS="25", **pepper))
