@@ -28,6 +28,9 @@ PSEUDONYM_BYTES = 16
 DEFAULT_BUCKET_BITS = 16
 MAX_BUCKET_BITS = 24
 
+# Every bucket's key matches this (and so do tombstones, which are strings).
+BUCKET_PATTERN = "hc:{s*}"
+
 # The value of a tombstone key: an unknown subject.
 TOMBSTONE = b"\x00"
 

@@ -27,7 +27,7 @@ from cache.breaker import Breaker
 from cache.bulk import pack_hget, pack_mget, round_trip
 from cache.connection import REDIS_ERRORS
 from cache.entry import EntryFormatError, StatusEntry, unpack
-from cache.keys import TOMBSTONE, legacy_status_key
+from cache.keys import BUCKET_PATTERN, TOMBSTONE, legacy_status_key
 from cache.rate_limit import Admission, RateLimiter
 from cache.status_writer import StatusWriter
 
@@ -311,6 +311,15 @@ class StatusCache:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+async def count_cached(redis: Redis) -> int:
+    """How many status entries Redis holds (fields of the buckets): for tools and benchmarks, not the
+    hot path (it scans every key)."""
+    total = 0
+    async for key in redis.scan_iter(match=BUCKET_PATTERN, count=10_000, _type="hash"):
+        total += await redis.hlen(key)
+    return total
 
 
 def _pick(field: bytes | None, tombstone: bytes | None, legacy: bytes | None) -> bytes | None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from redis.asyncio import Redis
 
+from cache.status_cache import count_cached
+
 
 def bearer(secret: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {secret}"}
@@ -17,8 +19,4 @@ PKCS8_PEM_HEADER = _PEM_OPENING + b"PRIVATE KEY-----"
 
 async def cached_statuses(redis: Redis) -> int:
     """How many status entries Redis holds: fields of the hash buckets (cache/keys.py)."""
-    total = 0
-    async for key in redis.scan_iter(count=1000):
-        if await redis.type(key) in (b"hash", "hash"):
-            total += await redis.hlen(key)
-    return total
+    return await count_cached(redis)

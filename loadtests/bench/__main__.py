@@ -14,7 +14,7 @@ from typing import Any
 from loadtests.bench import BenchError
 
 # In the order they run; a module that is not there is skipped.
-MODULES = ("status", "ingest")
+MODULES = ("status", "ingest", "memory")
 
 
 def duration(text: str) -> float:
