@@ -14,7 +14,7 @@ LOAD_ARGS = $(if $(DURATION),--duration '$(DURATION)') $(if $(OUT),--out '$(OUT)
 	$(if $(HOST),--host '$(HOST)') $(if $(WORKERS),--workers '$(WORKERS)')
 
 .DEFAULT_GOAL := help
-.PHONY: help install servers servers-stop run test test-fast test-redis-floor lint format wrk bench load chaos clean
+.PHONY: help install servers servers-stop run test test-fast test-redis-floor lint format wrk bench load chaos scale clean
 
 help:
 	@echo "make run               install, start Postgres and Redis, load the demo, serve the API"
@@ -26,6 +26,7 @@ help:
 	@echo "make bench             signing and hot-path micro-benchmarks (DURATION, OUT)"
 	@echo "make chaos             the fault suite: its own Postgres, Valkey and API, load, one fault at a time"
 	@echo "make load              Locust load test, 45 s by default, against a local service it starts or HOST (DURATION, OUT, HOST, WORKERS)"
+	@echo "make scale             a synthetic province loaded end to end on its own database and Redis (PEOPLE, OUT, DURATION)"
 	@echo "make servers-stop      stop the embedded Postgres and Valkey, if they were started"
 	@echo "make clean             stop embedded servers, remove $(VENV) and $(STATE)"
 
@@ -91,6 +92,13 @@ chaos: $(STAMP)
 
 load: servers
 	$(WITH_ENV) $(VENV)/bin/python -m loadtests.run $(LOAD_ARGS)
+
+# A synthetic province through the ingestion path, on a database and a Redis server of its own: load time per
+# kind, bytes per subject in Redis and Postgres, status p50/p99 (hits, misses), the capacity line.
+PEOPLE ?= 100000
+scale: servers
+	$(WITH_ENV) $(VENV)/bin/python -m loadtests.scale --people '$(PEOPLE)' $(if $(OUT),--out '$(OUT)') \
+		$(if $(DURATION),--duration '$(DURATION)')
 
 servers-stop:
 	@if [ -x $(VENV)/bin/python ] && [ -d $(STATE) ]; then $(VENV)/bin/python -m app.dev.servers down; \
