@@ -79,14 +79,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--redis", choices=("redis", "valkey"), default="redis", help="server to start (redis)")
     p.add_argument("--queries", type=int, default=20_000, help="status queries per phase (hits, misses)")
     p.add_argument("--duration", type=load_run._seconds, default=20, help="Locust run length (20s)")
-    p.add_argument("--keep-db", action="store_true", help=f"keep the {DATABASE} database afterwards")
+    p.add_argument("--database", default=DATABASE, help=f"database to create, use and drop ({DATABASE})")
+    p.add_argument("--keep-db", action="store_true", help="keep the database afterwards")
     return p
 
 
-def _database_url() -> str:
+def _database_url(name: str) -> str:
     server = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
     parts = urlsplit(server)
-    return urlunsplit((parts.scheme, parts.netloc, f"/{DATABASE}", parts.query, parts.fragment))
+    return urlunsplit((parts.scheme, parts.netloc, f"/{name}", parts.query, parts.fragment))
 
 
 def _say(text: str) -> None:
@@ -248,7 +249,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     people: int = args.people
     out: Path = args.out or Path("scale-results") / str(people)
     out.mkdir(parents=True, exist_ok=True)
-    url = _database_url()
+    url = _database_url(args.database)
     result: dict[str, Any] = {"people": people, "seed": args.seed}
     started = time.perf_counter()
     asyncio.run(recreate_database(url))
@@ -267,7 +268,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "HEALTHCODE_RATE_LIMITS": load_run.UNBOUNDED_LIMITS,
             }
             result["cache_bucket_bits"] = int(bits)
-            _say(f"{people:,} people; database {DATABASE}, Redis {redis_url}, {bits} bucket bits")
+            _say(f"{people:,} people; database {args.database}, Redis {redis_url}, {bits} bucket bits")
             _load_province(args, env, Path(tmp), result)
             result["redis"] = asyncio.run(_redis_figures(redis_url, baseline, people))
             result["postgres"] = asyncio.run(_postgres_figures(url))
