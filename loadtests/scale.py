@@ -297,6 +297,8 @@ def _load_province(args: argparse.Namespace, env: dict[str, str], tmp: Path, res
     began = time.perf_counter()
     result["load"] = _load(files, env)
     result["load_seconds"] = round(time.perf_counter() - began, 1)
+    # The machine may be shared: its load average says how much of it this run had.
+    result["load_average_after_load"] = [round(x, 1) for x in os.getloadavg()]
     for _, path in files:
         path.unlink()
 
@@ -359,7 +361,8 @@ def _report_queries(result: dict[str, Any]) -> None:
 
 def _report(result: dict[str, Any]) -> None:
     print(f"\nscale: {result['people']:,} people in {result['total_seconds']:,.0f} s"
-          f" (export {result['export_seconds']} s, load {result['load_seconds']} s)")  # fmt: skip
+          f" (export {result['export_seconds']} s, load {result['load_seconds']} s; load average"
+          f" {result['load_average_after_load']} on {os.cpu_count()} cores)")  # fmt: skip
     for kind, k in result["load"].items():
         print(f"  load {kind:<12} {k['rows']:>11,} rows {k['seconds']:>8,.1f} s {k['rows_per_second']:>9,} rows/s")
     r, pg = result["redis"], result["postgres"]
