@@ -6,7 +6,8 @@ For each figure of two runs at N1 < N2 people: the growth exponent k = log(f2 / 
 (1 is linear; above 1, each person costs more as the province grows; below 1, a fixed cost is still a
 large share) and two projections to the target size N: the power law f2 * (N / N2) ** k, and the
 straight line through both points, a + b * N (a fixed cost plus a cost per person: for totals, the
-usual model). Per-subject figures are projected the same ways (k near 0: constant). A projection from
+usual model, given for totals only). Per-subject figures and latencies get the power law alone (k near
+0: constant); a straight line through two noisy latencies means nothing. A projection from
 two points is a trend, not a measurement: it says where to look, and a run at the target size says
 what is true.
 """
@@ -61,7 +62,8 @@ def project(small: dict[str, Any], large: dict[str, Any], people: int) -> list[d
         k = math.log(f2 / f1) / math.log(n2 / n1) if f1 > 0 and f2 > 0 else 1.0
         slope = (f2 - f1) / (n2 - n1)
         rows.append({"figure": label, "unit": unit, "small": f1, "large": f2, "exponent": k,
-                     "projected": f2 * (people / n2) ** k, "linear": f2 + slope * (people - n2)})  # fmt: skip
+                     "projected": f2 * (people / n2) ** k,
+                     "linear": f2 + slope * (people - n2) if unit in ("s", "GiB") else None})  # fmt: skip
     return rows
 
 
@@ -76,7 +78,7 @@ def render(rows: list[dict[str, Any]], n1: int, n2: int, people: int) -> str:
         unit = r["unit"]
         lines.append(
             f"| {r['figure']} ({unit}) | {_fmt(r['small'])} | {_fmt(r['large'])} | {r['exponent']:.2f} "
-            f"| {_fmt(r['projected'])} | {_fmt(r['linear'])} |"
+            f"| {_fmt(r['projected'])} | {'' if r['linear'] is None else _fmt(r['linear'])} |"
         )
     return "\n".join(lines)
 

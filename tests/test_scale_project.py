@@ -37,6 +37,7 @@ def test_linear_figures_grow_with_exponent_one_and_per_subject_ones_stay() -> No
     assert load["linear"] == pytest.approx(1280.0)
     assert rows["Redis bytes/subject"]["exponent"] == pytest.approx(0.0)
     assert rows["Redis bytes/subject"]["projected"] == pytest.approx(60.0)
+    assert rows["Redis bytes/subject"]["linear"] is None  # per-subject figures: the power law only
     assert rows["Redis used_memory"]["projected"] == pytest.approx(60.0 * 32_000_000 / 2**30)
 
 
