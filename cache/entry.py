@@ -51,6 +51,7 @@ WORDS: Final = (
     "default-2022.1",
 )
 _WORD_CODE: Final = {word: code for code, word in enumerate(WORDS, start=1)}
+_N_WORDS: Final = len(WORDS)
 
 _HEADER = struct.Struct("<BBBIIII")
 # Byte offset of (version, computed_at): two little-endian unsigned 32-bit integers.
@@ -156,19 +157,41 @@ def unpack(data: bytes) -> StatusEntry:
         raise UnknownVersionError(data[0])
     try:
         _format, bits, doses, version, computed_at, valid_until, last_test_at = _HEADER.unpack_from(data)
+        # Inlined word and text reads: this runs on every cache hit (about 1.5 us here, 3 us through helpers).
         at = _HEADER.size
-        ruleset, at = _read_word(data, at)
-        id_type, at = _read_word(data, at)
-        reasons: list[str] = []
+        code = data[at]
+        if 0 < code <= _N_WORDS:
+            ruleset, at = WORDS[code - 1], at + 1
+        else:
+            ruleset, at = _read_word(data, at)
+        code = data[at]
+        if 0 < code <= _N_WORDS:
+            id_type, at = WORDS[code - 1], at + 1
+        else:
+            id_type, at = _read_word(data, at)
         count = data[at]
         at += 1
-        for _ in range(count):
-            reason, at = _read_word(data, at)
-            reasons.append(reason)
-        name, at = _read_masked(data, at)
-        number, at = _read_masked(data, at)
+        reasons: tuple[str, ...] = ()
+        if count:
+            found = []
+            for _ in range(count):
+                reason, at = _read_word(data, at)
+                found.append(reason)
+            reasons = tuple(found)
+        end = at + 1 + data[at]
+        name = data[at + 1 : end].decode()
+        if data[end]:
+            name += "*" * data[end]
+        at = end + 2 + data[end + 1]
+        name += data[end + 2 : at].decode()
+        end = at + 1 + data[at]
+        number = data[at + 1 : end].decode()
+        if data[end]:
+            number += "*" * data[end]
+        at = end + 2 + data[end + 1]
+        number += data[end + 2 : at].decode()
         if at != len(data):
-            raise EntryFormatError(f"status entry is {len(data)} bytes, {len(data) - at} more than it holds")
+            raise EntryFormatError(f"status entry is {len(data)} bytes, {at} by its own lengths")
         colour = COLOUR_BY_CODE[bits & _COLOUR_MASK]
         if colour is None:
             raise EntryFormatError("status entry has no colour")
@@ -176,7 +199,7 @@ def unpack(data: bytes) -> StatusEntry:
         # Positional: keyword arguments cost a measurable share of the whole unpack.
         return StatusEntry(
             colour,
-            tuple(reasons),
+            reasons,
             bool(flags & POPUP),
             doses,
             bool(flags & VACCINE_COMPLETE),
@@ -231,10 +254,3 @@ def _masked(text: str) -> bytes:
     while end < len(text) and end - start < 255 and text[end] == "*":
         end += 1
     return _text(text[:start]) + bytes((end - start,)) + _text(text[end:])
-
-
-def _read_masked(data: bytes, at: int) -> tuple[str, int]:
-    head, at = _read_text(data, at)
-    stars = data[at]
-    tail, at = _read_text(data, at + 1)
-    return head + "*" * stars + tail if stars else head + tail, at

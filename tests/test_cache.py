@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import random
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
@@ -218,6 +219,25 @@ def test_unpack_unknown_version_is_a_clear_error() -> None:
 def test_unpack_rejects_corrupt_bytes(data: bytes) -> None:
     with pytest.raises(EntryFormatError):
         unpack(data)
+
+
+def test_damaged_entries_raise_only_entry_format_errors() -> None:
+    # Whatever Redis hands back, the reader gets a value or EntryFormatError (read as a miss), never
+    # an IndexError or a UnicodeDecodeError from inside the decoder.
+    rng = random.Random(3)
+    data = pack(make_entry(reasons=("risk_area_arrival", "spelt.out"), id_type="passport"))
+    for _ in range(5000):
+        damaged = bytearray(data)
+        at = rng.randrange(1, len(data))
+        cut, flip = rng.random() < 0.3, rng.randrange(256)
+        if cut:
+            del damaged[at:]
+        else:
+            damaged[at] = flip
+        try:
+            unpack(bytes(damaged))
+        except EntryFormatError:
+            pass
 
 
 @pytest.mark.parametrize(
