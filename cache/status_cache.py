@@ -5,9 +5,8 @@ its tombstone key (cache/keys.py), and concurrent look-ups issued in the same lo
 trip (the HGETs and one MGET of the tombstones, in one buffer). An entry past its `valid_until` is a
 miss: bucket fields carry no expiry of their own. A miss goes to the loader (Postgres, owned by the app)
 once per subject however many callers are waiting for it, and the answer is written back through the
-version-guarded `StatusWriter`, which keeps the bucket until the latest `valid_until` (so a fill can never replace a
-newer status that a recompute published meanwhile); an unknown subject is written back as a short-lived
-tombstone. If Redis fails, answers come from the loader and a circuit breaker keeps Redis out of the
+version-guarded `StatusWriter` (so a fill can never replace a newer status that a recompute published
+meanwhile); an unknown subject is written back as a short-lived tombstone. If Redis fails, answers come from the loader and a circuit breaker keeps Redis out of the
 path for a while (no retry storm). This class only reads; bulk writes are `StatusWriter.put_many`.
 """
 
