@@ -97,7 +97,7 @@ load: servers
 # kind, bytes per subject in Redis and Postgres, status p50/p99 (hits, misses), the capacity line.
 PEOPLE ?= 100000
 scale: servers
-	$(WITH_ENV) $(VENV)/bin/python -m loadtests.scale --people '$(PEOPLE)' $(if $(OUT),--out '$(OUT)') \
+	$(WITH_ENV) $(VENV)/bin/python -m loadtests.bench.scale --people '$(PEOPLE)' $(if $(OUT),--out '$(OUT)') \
 		$(if $(DURATION),--duration '$(DURATION)')
 
 servers-stop:

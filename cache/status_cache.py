@@ -6,8 +6,9 @@ trip (the HGETs and one MGET of the tombstones, in one buffer). An entry past it
 miss: bucket fields carry no expiry of their own. A miss goes to the loader (Postgres, owned by the app)
 once per subject however many callers are waiting for it, and the answer is written back through the
 version-guarded `StatusWriter` (so a fill can never replace a newer status that a recompute published
-meanwhile); an unknown subject is written back as a short-lived tombstone. If Redis fails, answers come from the loader and a circuit breaker keeps Redis out of the
-path for a while (no retry storm). This class only reads; bulk writes are `StatusWriter.put_many`.
+meanwhile); an unknown subject is written back as a short-lived tombstone. If Redis fails, answers come
+from the loader and a circuit breaker keeps Redis out of the path for a while (no retry storm). This
+class only reads; bulk writes are `StatusWriter.put_many`.
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ pytestmark = pytest.mark.slow
 def test_a_small_province_end_to_end(tmp_path: Path) -> None:
     out = tmp_path / "scale"
     done = subprocess.run(
-        [sys.executable, "-m", "loadtests.scale", "--people", str(PEOPLE), "--queries", "300",
+        [sys.executable, "-m", "loadtests.bench.scale", "--people", str(PEOPLE), "--queries", "300",
          "--duration", "5s", "--database", DATABASE, "--out", str(out)],
         capture_output=True, text=True, check=False, timeout=600, env={**os.environ},
     )  # fmt: skip

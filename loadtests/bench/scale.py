@@ -17,7 +17,7 @@ must name an empty database), in one run:
 
 Everything lands in OUT (default scale-results/<N>): scale.json, the Locust report, the server's log.
 
-    python -m loadtests.scale --people 250000 [--out DIR] [--duration 20s] [--queries 20000]
+    python -m loadtests.bench.scale --people 250000 [--out DIR] [--duration 20s] [--queries 20000]
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ FROM tree GROUP BY top ORDER BY 2 + 3 DESC
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m loadtests.scale", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m loadtests.bench.scale", description=__doc__.split("\n\n")[0])
     p.add_argument("--people", type=int, default=100_000, help="population size (default 100000)")
     p.add_argument("--seed", type=int, default=2022)
     p.add_argument("--out", type=Path, help="result folder (default scale-results/<people>)")
