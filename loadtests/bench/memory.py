@@ -9,6 +9,9 @@ ENTRIES realistic status entries (HEALTHCODE_BENCH_MEMORY_ENTRIES, default 1,000
 - format 3 and format 2 together (the rolling-upgrade mode, which also writes format 2's string key per
   subject): format 2's cost is the difference from format 3 alone at the same bucket size.
 
+On a server with per-field expiry (Valkey 9, Redis 7.4), also format 3 with a TTL on every field
+(HPEXPIREAT), 200,000 entries: what the cache would cost if it used it.
+
 Also `MEMORY USAGE` over a sample (per key for format 2, per bucket divided by its fields for format 3),
 which leaves out the main dictionary's slots and the expiry entries that INFO counts. Prints
 `redis bytes/subject: format 2 N, format 3 M (…)` per server.
@@ -28,6 +31,7 @@ from collections.abc import Iterator
 from typing import Any, Final
 
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
 from app.dev.scratch_redis import scratch_redis, server_binary
 from app.dev.servers import DevServerError
@@ -40,6 +44,8 @@ from loadtests.bench import BenchError
 DEFAULT_ENTRIES: Final = 1_000_000
 CHUNK: Final = 10_000
 SAMPLE: Final = 2_000
+# Per-field TTLs go through redis-py's pipeline (~45 us a command): fewer entries keep it short.
+FIELD_EXPIRY_ENTRIES: Final = 200_000
 SURNAMES: Final = ("王", "李", "张", "刘", "陈", "杨", "黄", "赵", "吴", "周", "欧阳", "徐", "孙", "马", "朱")
 
 
@@ -131,6 +137,33 @@ async def _fill(url: str, count: int, bits: int, legacy: bool) -> dict[str, Any]
         await redis.aclose()
 
 
+async def _field_expiry(url: str, count: int, bits: int) -> tuple[float, float] | None:
+    """Bytes a subject in format 3's buckets, without and then with a TTL on every field (HPEXPIREAT),
+    on a server that has per-field expiry (Valkey 9, Redis 7.4); None elsewhere. Why the cache does not
+    use it."""
+    redis: Redis = open_redis(url, socket_timeout=60)
+    try:
+        try:
+            await redis.execute_command("HPEXPIREAT", "hc:probe", 1, "FIELDS", 1, "f")  # type: ignore[no-untyped-call]
+        except ResponseError:  # unknown command: no per-field expiry here
+            return None
+        layout = BucketLayout(bits)
+        writer = StatusWriter(redis, layout=layout)
+        before = await _used(redis)
+        for chunk in entries(count, int(time.time())):
+            await writer.put_many(chunk)
+        plain = await _used(redis)
+        for chunk in entries(count, int(time.time())):
+            async with redis.pipeline(transaction=False) as pipe:
+                for pseudonym, entry in chunk.items():
+                    where = layout.slot(pseudonym)
+                    pipe.execute_command("HPEXPIREAT", where.bucket, entry.valid_until * 1000, "FIELDS", 1, where.field)
+                await pipe.execute()
+        return round((plain - before) / count, 1), round((await _used(redis) - before) / count, 1)
+    finally:
+        await redis.aclose()
+
+
 async def _measure(kind: str, count: int) -> dict[str, Any]:
     runs: dict[str, Any] = {}
     for name, bits, legacy in (
@@ -146,9 +179,14 @@ async def _measure(kind: str, count: int) -> dict[str, Any]:
             await probe.aclose()
             print(f"memory: {kind} {version}: {name} ({count:,} entries)…", file=sys.stderr, flush=True)
             runs[name] = await _fill(url, count, bits, legacy)
+    with scratch_redis(kind) as url:
+        sample = min(count, FIELD_EXPIRY_ENTRIES)
+        expiring = await _field_expiry(url, sample, advised_bits(sample))
     v3 = runs["format_3_default_bits"]["info_bytes_per_subject"]
     both = runs["format_2_and_3"]["info_bytes_per_subject"]
     return {
+        # (without, with a TTL per field), FIELD_EXPIRY_ENTRIES entries at their advised bucket bits
+        "format_3_with_field_expiry_bytes_per_subject": expiring,
         "server": f"{kind} {version}",
         "format_2_bytes_per_subject": round(both - v3, 1),
         "format_3_bytes_per_subject": v3,
@@ -159,6 +197,12 @@ async def _measure(kind: str, count: int) -> dict[str, Any]:
 
 def _report(result: dict[str, Any]) -> None:
     runs = result["runs"]
+    if result["format_3_with_field_expiry_bytes_per_subject"] is not None:
+        without, with_ttl = result["format_3_with_field_expiry_bytes_per_subject"]
+        print(
+            f"redis bytes/subject ({result['server']}, {min(runs['format_2_and_3']['entries'], FIELD_EXPIRY_ENTRIES):,}"
+            f" entries): format 3 {without}, and with a TTL per field (HPEXPIREAT, not used) {with_ttl}"
+        )
     print(
         f"redis bytes/subject ({result['server']}, INFO used_memory over {runs['format_2_and_3']['entries']:,}"
         f" entries): format 2 {result['format_2_bytes_per_subject']}, format 3 {result['format_3_bytes_per_subject']}"
