@@ -4,8 +4,15 @@ A status entry replaces the one in its bucket (cache/keys.py) only if it is not 
 compares the (version, computed_at) pair that `cache.entry` packs at a fixed offset, atomically with
 the write. An entry from a newer format is never replaced (a newer release wrote it); an older format
 or unreadable bytes always are. An entry whose `valid_until` has passed deletes the field instead,
-under the same guard, so an older entry cannot outlive it. A written status removes the subject's
-tombstone.
+under the same guard, so an older entry cannot outlive it. A written (or deleted) status removes the
+subject's tombstone.
+
+Every command touches one key: the guard's script its bucket, a DEL the tombstone beside it (same hash
+tag, same slot). On a Redis Cluster a script over two keys cannot run while their slot is being
+migrated and one of them has moved and the other has not (the node answers TRYAGAIN until the slot is
+done), so writes to that slot would stop for the whole migration; single-key commands are redirected
+(ASK) and go on. The tombstone's DEL follows its subject's write in the same buffer, on the same
+connection, so it runs after it.
 
 Fields carry no expiry of their own: the reader treats an entry past its `valid_until` as a miss, the
 sweeper recomputes it, and a bucket's key expires with the latest `valid_until` written into it, so a
@@ -37,9 +44,9 @@ from cache.entry import FORMAT_VERSION, ORDER_OFFSET, StatusEntry, pack
 from cache.entry_v2 import FORMAT_V2, ORDER_OFFSET_V2, pack_v2
 from cache.keys import TOMBSTONE, BucketLayout, legacy_status_key
 
-# KEYS[1]: a bucket, KEYS[2]: the subject's tombstone. ARGV[1]: the subject's field. ARGV[2]: a packed
-# entry. ARGV[3]: when it expires, epoch ms; "0" when it already has, and the field is deleted rather
-# than set. Returns 1 if written, 0 if refused.
+# KEYS[1]: a bucket. ARGV[1]: the subject's field. ARGV[2]: a packed entry. ARGV[3]: when it expires,
+# epoch ms; "0" when it already has, and the field is deleted rather than set. Returns 1 if written, 0 if
+# refused.
 GUARDED_WRITE = f"""
 local current = redis.call('HGET', KEYS[1], ARGV[1])
 if current and #current >= {ORDER_OFFSET + 8} then
@@ -59,20 +66,10 @@ else
   redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
   local at = tonumber(ARGV[3])
   if redis.call('PEXPIRETIME', KEYS[1]) < at then redis.call('PEXPIREAT', KEYS[1], at) end
-  redis.call('DEL', KEYS[2])
 end
 return 1
 """
 _SHA = hashlib.sha1(GUARDED_WRITE.encode()).hexdigest().encode()
-
-# A tombstone only where the subject has no status (one written meanwhile wins).
-# KEYS[1]: bucket, KEYS[2]: tombstone; ARGV[1]: field, ARGV[2]: TTL in ms.
-TOMBSTONE_WRITE = f"""
-if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then
-  redis.call('SET', KEYS[2], '{TOMBSTONE.decode()}', 'PX', ARGV[2], 'NX')
-end
-return 1
-"""
 
 # Format 2's guard on format 2's string key, for rolling upgrades (see the module's docstring).
 # KEYS[1]: the legacy key. ARGV[1]: a format 2 entry. ARGV[2]: expiry in epoch ms, "0" to delete.
@@ -104,8 +101,9 @@ _SCRIPTS = {_SHA: GUARDED_WRITE, _LEGACY_SHA: LEGACY_GUARDED_WRITE}
 CHUNK = 10_000
 _TIMEOUT = 10.0
 
-# An EVALSHA: (script sha, keys, arguments).
+# An EVALSHA (script sha, keys, arguments), or a DEL of one key (`_DEL`, (key,), ()).
 _Call = tuple[bytes, tuple[bytes, ...], tuple[bytes, ...]]
+_DEL = b"DEL"
 
 
 class StatusWriter:
@@ -136,17 +134,19 @@ class StatusWriter:
             expire_ms = entry.valid_until * 1000
             at = b"%d" % expire_ms if expire_ms > now_ms else b"0"
             where = slot(pseudonym)
-            calls.append((_SHA, (where.bucket, where.tombstone), (where.field, pack(entry), at)))
+            calls.append((_SHA, (where.bucket,), (where.field, pack(entry), at)))
+            calls.append((_DEL, (where.tombstone,), ()))
             live.append(at != b"0")
             if self.legacy_keys:
                 calls.append((_LEGACY_SHA, (legacy_status_key(pseudonym),), (pack_v2(entry), at)))
-        step = 2 if self.legacy_keys else 1
+        step = 3 if self.legacy_keys else 2
         stored = 0
-        # A chunk never splits a subject's bucket write from its format 2 write.
+        # A chunk never splits a subject's calls.
         chunk = CHUNK * step
         for start in range(0, len(calls), chunk):
             replies = await self._write(calls[start : start + chunk])
-            # The bucket's reply decides; the legacy key's follows the same guard on the same data.
+            # The bucket's reply decides; the legacy key's follows the same guard on the same data, and
+            # the tombstone's DEL answers how many keys it deleted.
             for n, reply in enumerate(replies[::step], start=start // step):
                 if reply == 1:
                     stored += live[n]
@@ -159,9 +159,14 @@ class StatusWriter:
         return await self.put_many({pseudonym: entry}) == 1
 
     async def put_tombstone(self, pseudonym: bytes, ttl_ms: int) -> None:
-        """Mark an unknown subject, unless it has a status (a status written meanwhile wins)."""
+        """Mark an unknown subject, unless it has a status (a status written meanwhile wins).
+
+        Two single-key commands, not one script over both keys (see the module's docstring). A status
+        written between the two is still what a look-up answers (`StatusCache` reads a field before a
+        tombstone), and the subject's next write deletes the tombstone."""
         where = self.layout.slot(pseudonym)
-        await self._redis.eval(TOMBSTONE_WRITE, 2, where.bucket, where.tombstone, where.field, ttl_ms)
+        if not await self._redis.hexists(where.bucket, where.field):
+            await self._redis.set(where.tombstone, TOMBSTONE, px=ttl_ms, nx=True)
 
     async def _write(self, calls: Sequence[_Call]) -> list[int]:
         replies = await self._send(calls)
@@ -180,16 +185,19 @@ class StatusWriter:
     async def _send(self, calls: Sequence[_Call]) -> list[Any]:
         if isinstance(self._redis, Redis):
             return await round_trip(self._redis, b"".join(_pack(calls)), len(calls), _TIMEOUT)
-        # A call's keys share one hash tag (a bucket and its tombstones), so its first key routes it.
+        # Each call has one key, which routes it.
         commands = [(keys[0], packed) for (_, keys, _), packed in zip(calls, _pack(calls), strict=True)]
         return await cluster_round_trip(self._redis, commands, _TIMEOUT)
 
 
 def _pack(calls: Sequence[_Call]) -> list[bytes]:
-    """RESP for `EVALSHA sha nkeys key… arg…`, one per call: one format operation each."""
+    """RESP for `EVALSHA sha nkeys key… arg…` or `DEL key`, one per call."""
     out: list[bytes] = []
     append = out.append
     for sha, keys, args in calls:
+        if sha == _DEL:
+            append(b"*2\r\n$3\r\nDEL\r\n$%d\r\n%b\r\n" % (len(keys[0]), keys[0]))
+            continue
         parts = (*keys, *args)
         template = _templates.get((sha, len(keys), len(parts)))
         if template is None:
