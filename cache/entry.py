@@ -49,6 +49,7 @@ WORDS: Final = (
     "evaluation_error",
     # rule sets
     "default-2022.1",
+    "default-2022.2",
 )
 _WORD_CODE: Final = {word: code for code, word in enumerate(WORDS, start=1)}
 _N_WORDS: Final = len(WORDS)
