@@ -9,11 +9,11 @@ under 128 subjects on average (Redis's `hash-max-listpack-entries`; past it a bu
 table and costs more than string keys): 16 bits (65,536 buckets) serve up to about 6 million people,
 19 bits a province of 32 million. Every process of a deployment must use the same value.
 
-Each subject's keys share the bucket's hash tag, so they land in one Redis Cluster slot: the status
-field, the tombstone of an unknown subject (`hc:{s<hex>}:nx:<field>`, a string key with a TTL, so
-that look-ups of people who do not exist never grow the buckets), and the guarded write's multi-key
-script. A look-up is an HGET of the field and a GET of the tombstone, sent with the other look-ups of
-the same loop turn in one round trip.
+Each subject's keys share the bucket's hash tag, so they land in one Redis Cluster slot, on one node:
+the status field and the tombstone of an unknown subject (`hc:{s<hex>}:nx:<field>`, a string key with
+a TTL, so that look-ups of people who do not exist never grow the buckets). A look-up is an HGET of the
+field and a GET of the tombstone, sent with the other look-ups of the same loop turn in one round trip
+(on a cluster, one buffer per node). Commands stay single-key all the same (cache/status_writer.py).
 
 The key of format 2 (`hc:{<pseudonym hex>}:st`, one string per subject) is kept for rolling upgrades
 (see `StatusWriter(legacy_keys=True)`).

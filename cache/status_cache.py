@@ -2,13 +2,14 @@
 
 The hot path (a hit or a negative hit) is one HGET of the subject's field in its bucket and one GET of
 its tombstone key (cache/keys.py), and concurrent look-ups issued in the same loop turn share one round
-trip (the HGETs and one MGET of the tombstones, in one buffer). An entry past its `valid_until` is a
-miss: bucket fields carry no expiry of their own. A miss goes to the loader (Postgres, owned by the app)
-once per subject however many callers are waiting for it, and the answer is written back through the
-version-guarded `StatusWriter` (so a fill can never replace a newer status that a recompute published
-meanwhile); an unknown subject is written back as a short-lived tombstone. If Redis fails, answers come
-from the loader and a circuit breaker keeps Redis out of the path for a while (no retry storm). This
-class only reads; bulk writes are `StatusWriter.put_many`.
+trip (the HGETs and one MGET of the tombstones, in one buffer; on a Redis Cluster, each subject's HGET
+and GET in the buffer of the node that holds its bucket, the nodes at once). An entry past its
+`valid_until` is a miss: bucket fields carry no expiry of their own. A miss goes to the loader (Postgres,
+owned by the app) once per subject however many callers are waiting for it, and the answer is written
+back through the version-guarded `StatusWriter` (so a fill can never replace a newer status that a
+recompute published meanwhile); an unknown subject is written back as a short-lived tombstone. If Redis
+fails, answers come from the loader and a circuit breaker keeps Redis out of the path for a while (no
+retry storm). This class only reads; bulk writes are `StatusWriter.put_many`.
 """
 
 from __future__ import annotations
@@ -91,7 +92,7 @@ class StatusCache:
         self.negative_hits = 0
         self.loads = 0
         self.redis_errors = 0
-        self.reads = 0  # round trips of the read path (one MGET each on plain Redis)
+        self.reads = 0  # round trips of the read path (one buffer each on plain Redis, one per node on a cluster)
         self.redis_up = True  # as the last round trip found it; logged when it changes
         # Called with the seconds of each read round trip (metrics); None: not timed.
         self.on_read: Callable[[float], None] | None = None
