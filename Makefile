@@ -14,7 +14,7 @@ LOAD_ARGS = $(if $(DURATION),--duration '$(DURATION)') $(if $(OUT),--out '$(OUT)
 	$(if $(HOST),--host '$(HOST)') $(if $(WORKERS),--workers '$(WORKERS)')
 
 .DEFAULT_GOAL := help
-.PHONY: help install servers servers-stop run test test-fast test-redis-floor test-cluster cluster lint format wrk bench load chaos clean screens
+.PHONY: help install servers servers-stop run test test-fast test-redis-floor test-cluster cluster lint format wrk bench load chaos clean screens scale
 
 help:
 	@echo "make run               install, start Postgres and Redis, load the demo, serve the API"
@@ -29,6 +29,7 @@ help:
 	@echo "make chaos             the fault suite: its own Postgres, Valkey and API, load, one fault at a time"
 	@echo "make load              Locust load test, 45 s by default, against a local service it starts or HOST (DURATION, OUT, HOST, WORKERS)"
 	@echo "make screens           the browser tests (Debian's Chromium), writing screenshots and page figures to docs/screens/"
+	@echo "make scale             a synthetic province loaded end to end on its own database and Redis (PEOPLE, OUT, DURATION)"
 	@echo "make servers-stop      stop the embedded Postgres and Valkey, if they were started"
 	@echo "make clean             stop embedded servers, remove $(VENV) and $(STATE)"
 
@@ -118,6 +119,13 @@ BROWSER_TESTS := tests/test_pages_code.py tests/test_pages_scan.py tests/test_pa
 screens: servers
 	rm -f docs/screens/figures.json
 	$(WITH_ENV) HEALTHCODE_SCREENSHOTS=docs/screens $(VENV)/bin/pytest $(BROWSER_TESTS)
+
+# A synthetic province through the ingestion path, on a database and a Redis server of its own: load time per
+# kind, bytes per subject in Redis and Postgres, status p50/p99 (hits, misses), the capacity line.
+PEOPLE ?= 100000
+scale: servers
+	$(WITH_ENV) $(VENV)/bin/python -m loadtests.bench.scale --people '$(PEOPLE)' $(if $(OUT),--out '$(OUT)') \
+		$(if $(DURATION),--duration '$(DURATION)')
 
 servers-stop:
 	@if [ -x $(VENV)/bin/python ] && [ -d $(STATE) ]; then $(VENV)/bin/python -m app.dev.servers down; \

@@ -87,6 +87,11 @@ class Settings:
     embedded_worker: bool = True
     # Scan events and place-code visits older than this are deleted by `healthcode sweep`.
     retention_days: int = 28
+    # Status entries' hash buckets in Redis: 2**bits of them, the same in every process (cache/keys.py).
+    # About people / 64 buckets: 16 bits up to ~6 million people, 19 for 32 million.
+    cache_bucket_bits: int = 16
+    # During a rolling upgrade from the one-key-per-subject layout: write and read both (cache/status_writer.py).
+    cache_legacy_keys: bool = False
 
     def __repr__(self) -> str:
         # Settings end up in logs and tracebacks: secrets never do. Fields marked repr=False are left
@@ -155,6 +160,8 @@ class Settings:
             pg_replica_timeout_seconds=_ms(env, "HEALTHCODE_PG_REPLICA_TIMEOUT_MS", 200, low=10, high=60_000),
             embedded_worker=_flag(env, "HEALTHCODE_EMBEDDED_WORKER", True),
             retention_days=_int(env, "HEALTHCODE_RETENTION_DAYS", 28, low=1, high=3650),
+            cache_bucket_bits=_int(env, "HEALTHCODE_CACHE_BUCKET_BITS", 16, low=1, high=24),
+            cache_legacy_keys=bool(_int(env, "HEALTHCODE_CACHE_LEGACY_KEYS", 0, low=0, high=1)),
         )
 
 

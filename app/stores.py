@@ -11,7 +11,10 @@ from contextlib import asynccontextmanager
 import asyncpg
 
 from app.db import connection
+from app.settings import Settings
 from cache.connection import AnyRedis, open_redis
+from cache.keys import BucketLayout
+from cache.status_writer import StatusWriter
 
 
 @asynccontextmanager
@@ -26,3 +29,8 @@ async def open_stores(database_url: str, redis_url: str) -> AsyncIterator[tuple[
             yield conn, redis
         finally:
             await redis.aclose()
+
+
+def status_writer(redis: AnyRedis, settings: Settings) -> StatusWriter:
+    """The status writer with this deployment's key layout; every process must build it the same way."""
+    return StatusWriter(redis, layout=BucketLayout(settings.cache_bucket_bits), legacy_keys=settings.cache_legacy_keys)

@@ -28,6 +28,10 @@ def pack_mget(keys: Sequence[bytes]) -> bytes:
     return b"*%d\r\n$4\r\nMGET\r\n" % (len(keys) + 1) + b"".join(b"$%d\r\n%b\r\n" % (len(k), k) for k in keys)
 
 
+def pack_hget(key: bytes, field: bytes) -> bytes:
+    return b"*3\r\n$4\r\nHGET\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n" % (len(key), key, len(field), field)
+
+
 async def read_many(redis: Redis, keys: Sequence[bytes], limit_seconds: float) -> list[bytes | None]:
     """One MGET, packed by hand and parsed by hiredis: the hot path's read.
 

@@ -3,7 +3,7 @@
 A bucket holds up to `burst` tokens and refills at `per_second`; a request takes one. Takes of one event-
 loop turn are coalesced: all requests of one bucket in the turn cost one script call asking for n tokens
 (the first `granted` of them pass), and the calls of every bucket go in one write. On the hot path they
-ride along with the status cache's MGET (`claim`, used by StatusCache), so a status or verify look-up
+ride along with the status cache's read (`claim`, used by StatusCache), so a status or verify look-up
 still costs one Redis round trip, limit included.
 
 Fails open: if Redis is down, requests pass (load shedding still protects the service) and Redis is

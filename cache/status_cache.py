@@ -1,9 +1,12 @@
-"""Read-through status cache: one Redis round trip per event-loop turn, one loader call per missing subject.
+"""Read-through status cache: one Redis round trip per loop turn, one loader call per missing subject.
 
-The hot path (a hit or a negative hit) is one GET of one key, and concurrent look-ups issued in the same
-loop turn share one round trip. A miss goes to the loader (Postgres, owned by the app) once per subject
-however many callers are waiting for it, and the answer is written back through the version-guarded
-`StatusWriter` with a TTL that ends at `valid_until` (so a fill can never replace a newer status that a
+The hot path (a hit or a negative hit) is one HGET of the subject's field in its bucket and one GET of
+its tombstone key (cache/keys.py), and concurrent look-ups issued in the same loop turn share one round
+trip (the HGETs and one MGET of the tombstones, in one buffer; on a Redis Cluster, each subject's HGET
+and GET in the buffer of the node that holds its bucket, the nodes at once). An entry past its
+`valid_until` is a miss: bucket fields carry no expiry of their own. A miss goes to the loader (Postgres,
+owned by the app) once per subject however many callers are waiting for it, and the answer is written
+back through the version-guarded `StatusWriter` (so a fill can never replace a newer status that a
 recompute published meanwhile); an unknown subject is written back as a short-lived tombstone. If Redis
 fails, answers come from the loader and a circuit breaker keeps Redis out of the path for a while (no
 retry storm). This class only reads; bulk writes are `StatusWriter.put_many`.
@@ -22,11 +25,11 @@ from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ResponseError
 
 from cache.breaker import Breaker
-from cache.bulk import pack_mget, round_trip
-from cache.cluster import cluster_round_trip, pack_get
+from cache.bulk import pack_hget, pack_mget, round_trip
+from cache.cluster import Command, cluster_round_trip, pack_get
 from cache.connection import REDIS_ERRORS
 from cache.entry import EntryFormatError, StatusEntry, unpack
-from cache.keys import TOMBSTONE, status_key
+from cache.keys import BUCKET_PATTERN, TOMBSTONE, legacy_status_key
 from cache.rate_limit import Admission, RateLimiter
 from cache.status_writer import StatusWriter
 
@@ -64,6 +67,9 @@ class StatusCache:
         self._redis = redis
         self._loader = loader
         self._writer = writer or StatusWriter(redis, clock=clock)
+        self._slot = self._writer.layout.slot
+        # During a rolling upgrade from format 2, its string keys are read too and the newer entry wins.
+        self._legacy = self._writer.legacy_keys
         self._negative_ttl_ms = round(negative_ttl_seconds * 1000)
         self._clock = clock  # wall clock, epoch seconds: compared with valid_until
         self._breaker = Breaker(breaker_seconds, clock=monotonic)  # monotonic: a clock step cannot stick it open
@@ -86,7 +92,7 @@ class StatusCache:
         self.negative_hits = 0
         self.loads = 0
         self.redis_errors = 0
-        self.reads = 0  # round trips of the read path (one MGET each on plain Redis)
+        self.reads = 0  # round trips of the read path (one buffer each on plain Redis, one per node on a cluster)
         self.redis_up = True  # as the last round trip found it; logged when it changes
         # Called with the seconds of each read round trip (metrics); None: not timed.
         self.on_read: Callable[[float], None] | None = None
@@ -109,7 +115,7 @@ class StatusCache:
         learns nothing and costs Postgres nothing.
         """
         if self._breaker.closed:
-            raw = await self._read(status_key(pseudonym))
+            raw = await self._read(pseudonym)
             if admission is not None and (refused := await admission) is not None:
                 raise refused
             if raw is not None:
@@ -123,8 +129,9 @@ class StatusCache:
                     # guard replaces an older format and leaves a newer one alone.
                     log.info("status entry in Redis not readable here, loading: %s", exc)
                 else:
-                    self.hits += 1
-                    return entry
+                    if entry.valid_until > self._clock():
+                        self.hits += 1
+                        return entry
         elif admission is not None and (refused := await admission) is not None:
             raise refused
         self.misses += 1
@@ -137,7 +144,8 @@ class StatusCache:
 
     # -- coalesced reads --------------------------------------------------------------------------
 
-    def _read(self, key: bytes) -> asyncio.Future[bytes | None]:
+    def _read(self, pseudonym: bytes) -> asyncio.Future[bytes | None]:
+        """The subject's entry, TOMBSTONE if it is known not to exist, None if Redis has nothing."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[bytes | None] = loop.create_future()
         if not self._pumping:
@@ -146,7 +154,7 @@ class StatusCache:
             self._pumping = True
             self._spawn(self._pump())
         # One future per caller, not per key: a cancelled caller must not cancel the others.
-        self._batch.setdefault(key, []).append(future)
+        self._batch.setdefault(pseudonym, []).append(future)
         return future
 
     async def _pump(self) -> None:
@@ -173,7 +181,7 @@ class StatusCache:
                 limiter.kick()  # anything still waiting goes by itself
 
     async def _fetch(self, batch: dict[bytes, list[asyncio.Future[bytes | None]]]) -> None:
-        keys = list(batch)
+        keys = list(batch)  # pseudonyms
         values: list[bytes | None]
         try:
             self.reads += bool(keys)  # a round trip of limiter takes alone is not a read
@@ -200,22 +208,36 @@ class StatusCache:
                     future.set_result(value)
 
     async def _mget(self, keys: list[bytes]) -> list[bytes | None]:
-        """One MGET, with the rate-limit takes of the same turn written ahead of it in one buffer.
+        """An HGET per subject and one MGET of their tombstones (and one of their format 2 keys during
+        an upgrade), with the rate-limit takes of the same turn written ahead of them in one buffer.
 
-        A plain Redis answers one MGET far faster than a pipeline of GETs; a cluster cannot MGET keys of
-        different slots, so there a GET per key goes, grouped with the takes by node, one buffer per node
-        and the nodes at once (cache/cluster.py)."""
+        A cluster cannot MGET keys of different slots: there each subject's HGET and tombstone GET (and
+        format 2 GET) go as single-key commands, grouped with the takes by node, one buffer per node and
+        the nodes at once (cache/cluster.py). A bucket and its tombstones share a hash tag, so a
+        subject's two commands go to one node."""
         claim = self._limiter.claim() if self._limiter is not None else None
         taken = claim.count if claim is not None else 0
+        slots = [self._slot(k) for k in keys]
         try:
             if isinstance(self._redis, RedisCluster):
-                commands = (claim.commands if claim is not None else []) + [(k, pack_get(k)) for k in keys]
+                commands: list[Command] = list(claim.commands) if claim is not None else []
+                for key, where in zip(keys, slots, strict=True):
+                    commands.append((where.bucket, pack_hget(where.bucket, where.field)))
+                    commands.append((where.tombstone, pack_get(where.tombstone)))
+                    if self._legacy:
+                        legacy_key = legacy_status_key(key)
+                        commands.append((legacy_key, pack_get(legacy_key)))
                 replies = await cluster_round_trip(self._redis, commands, self._read_timeout)
             else:
-                payload, count = (pack_mget(keys), 1) if keys else (b"", 0)
+                parts = [pack_hget(s.bucket, s.field) for s in slots]
+                if keys:
+                    parts.append(pack_mget([s.tombstone for s in slots]))
+                    if self._legacy:
+                        parts.append(pack_mget([legacy_status_key(k) for k in keys]))
+                payload = b"".join(parts)
                 if claim is not None:
-                    payload, count = claim.payload + payload, taken + count
-                replies = await round_trip(self._redis, payload, count, self._read_timeout)
+                    payload = claim.payload + payload
+                replies = await round_trip(self._redis, payload, taken + len(parts), self._read_timeout)
         except BaseException as exc:
             if claim is not None:
                 claim.fail(exc)
@@ -224,16 +246,20 @@ class StatusCache:
             claim.resolve(replies[:taken])
         if not keys:
             return []
-        # A refused command comes back as an exception object: a GET's each on a cluster, the MGET's here.
+        # A refused command comes back as an exception object.
+        mine = replies[taken:]
+        for reply in mine:
+            if isinstance(reply, Exception):
+                raise ResponseError(str(reply))
+        n = len(keys)
         if isinstance(self._redis, RedisCluster):
-            answers = replies[taken:]
-            failed = next((a for a in answers if isinstance(a, Exception)), None)
-        else:
-            answers = replies[-1]
-            failed = answers if isinstance(answers, Exception) else None
-        if failed is not None:
-            raise ResponseError(str(failed))
-        return cast("list[bytes | None]", answers)
+            step = 3 if self._legacy else 2
+            return [
+                _pick(mine[i], mine[i + 1], mine[i + 2] if self._legacy else None) for i in range(0, len(mine), step)
+            ]
+        tombstones = cast("list[bytes | None]", mine[n])
+        legacy = cast("list[bytes | None]", mine[n + 1]) if self._legacy else [None] * n
+        return [_pick(mine[i], tombstones[i], legacy[i]) for i in range(n)]
 
     # -- single-flight loads ----------------------------------------------------------------------
 
@@ -294,6 +320,31 @@ class StatusCache:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+async def count_cached(redis: Redis | RedisCluster) -> int:
+    """How many status entries Redis holds (fields of the buckets): for tools and benchmarks, not the
+    hot path (it scans every key, on every primary of a cluster)."""
+    total = 0
+    async for key in redis.scan_iter(match=BUCKET_PATTERN, count=10_000, _type="hash"):
+        total += await redis.hlen(key)
+    return total
+
+
+def _pick(field: bytes | None, tombstone: bytes | None, legacy: bytes | None) -> bytes | None:
+    """What a look-up found: the entry (the newer of the bucket's and format 2's key's), else the
+    tombstone, else nothing."""
+    if legacy is not None and legacy != TOMBSTONE:
+        if field is None:
+            return legacy
+        try:
+            a, b = unpack(field), unpack(legacy)
+        except EntryFormatError:
+            return field
+        return legacy if (b.version, b.computed_at) > (a.version, a.computed_at) else field
+    if field is not None:
+        return field
+    return TOMBSTONE if tombstone is not None or legacy == TOMBSTONE else None
 
 
 def _cancel(batch: dict[bytes, list[asyncio.Future[bytes | None]]]) -> None:

@@ -20,7 +20,7 @@ from app.http.appkeys import CLIENTS, PUBLISHER, REDIS
 from app.identity import Identity, mask_number, pseudonym
 from app.settings import Settings
 from cache.entry import unpack
-from cache.keys import status_key
+from cache.keys import status_field
 from tests.support import bearer
 
 Api = TestClient[web.Request, web.Application]
@@ -60,7 +60,7 @@ class World:
     async def colours(self, subject: bytes, number: str = NUMBER) -> tuple[str, str, str]:
         """The colour stored in Postgres, the one in Redis, and the one in the next token."""
         stored = await self.db.fetchval("SELECT colour FROM statuses WHERE pseudonym = $1", subject)
-        raw = await self.api.app[REDIS].get(status_key(subject))
+        raw = await self.api.app[REDIS].hget(*status_field(subject))
         assert isinstance(raw, bytes)
         r = await self.api.post("/v1/status", json={"id_number": number}, headers=self.citizen)
         assert r.status == 200, await r.text()

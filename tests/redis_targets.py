@@ -36,8 +36,8 @@ SINGLE_URL = _single_url()
 class CountingRedis(Redis):
     """A real client that records the round trips it starts through redis-py: commands and pipelines.
 
-    The hot read is a hand-packed MGET on a pooled connection (cache/bulk.py), which `StatusCache.reads`
-    counts instead."""
+    The hot read is hand-packed (HGETs and an MGET) on a pooled connection (cache/bulk.py), which
+    `StatusCache.reads` counts instead."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import random
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
@@ -22,10 +24,12 @@ from cache.entry import (
     pack,
     unpack,
 )
-from cache.keys import TOMBSTONE, status_key
+from cache.entry_v2 import pack_v2
+from cache.keys import TOMBSTONE, BucketLayout, legacy_status_key, status_field, status_slot
 from cache.status_cache import StatusCache
 from cache.status_writer import StatusWriter
 from tests.redis_targets import SINGLE_URL, Counting, CountingRedis, counting_client, key_count
+from tests.support import cached_statuses
 
 REDIS_URL = SINGLE_URL
 DEAD_REDIS_URL = "redis://127.0.0.1:1/0"  # nothing listens on port 1
@@ -165,15 +169,24 @@ def test_pack_round_trip(entry: StatusEntry) -> None:
 
 
 def test_pack_is_compact() -> None:
-    # Header 48 bytes plus the strings' UTF-8 bytes; no field names, no JSON.
-    entry = make_entry()
-    strings = "\x1f".join(entry.reasons) + entry.ruleset + entry.id_type + entry.masked_name + entry.masked_number
-    assert len(pack(entry)) == 48 + len(strings.encode())
+    # A typical person: 19 bytes of numbers, one byte per known word (rule set, document type, reason)
+    # and a count, the masked name (张 + one asterisk) and number (two characters, 14 asterisks, two).
+    entry = make_entry(ruleset="default-2022.1", reasons=("risk_area_arrival",), masked_name="张*")
+    entry = replace(entry, masked_number="50**************1X")
+    assert len(pack(entry)) == 19 + 4 + (1 + 3 + 1 + 1) + (1 + 2 + 1 + 1 + 2) == 36
+    assert len(pack_v2(entry)) == 48 + len("risk_area_arrivaldefault-2022.1resident张*50**************1X".encode())
+    # A word the table does not know is spelt out: 0, its length, its bytes.
+    assert len(pack(replace(entry, ruleset="cq-2022.03"))) == 36 - 1 + 2 + len("cq-2022.03")
+
+
+def test_format_2_entries_are_still_read() -> None:
+    # Written by the previous release; read during a rolling upgrade.
+    assert unpack(pack_v2(make_entry())) == make_entry()
 
 
 def test_unpack_unknown_version_is_a_clear_error() -> None:
     data = bytes([FORMAT_VERSION + 1]) + pack(make_entry())[1:]
-    with pytest.raises(UnknownVersionError, match=r"format version 3 is not supported \(this code reads 2\)"):
+    with pytest.raises(UnknownVersionError, match=r"format version 4 is not supported \(this code reads 2 and 3\)"):
         unpack(data)
 
 
@@ -183,12 +196,32 @@ def test_unpack_rejects_corrupt_bytes(data: bytes) -> None:
         unpack(data)
 
 
+def test_damaged_entries_raise_only_entry_format_errors() -> None:
+    # Whatever Redis hands back, the reader gets a value or EntryFormatError (read as a miss), never
+    # an IndexError or a UnicodeDecodeError from inside the decoder.
+    rng = random.Random(3)
+    data = pack(make_entry(reasons=("risk_area_arrival", "spelt.out"), id_type="passport"))
+    for _ in range(5000):
+        damaged = bytearray(data)
+        at = rng.randrange(1, len(data))
+        cut, flip = rng.random() < 0.3, rng.randrange(256)
+        if cut:
+            del damaged[at:]
+        else:
+            damaged[at] = flip
+        with contextlib.suppress(EntryFormatError):
+            unpack(bytes(damaged))
+
+
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
         ({"colour": "blue"}, "colour"),
         ({"last_test_result": "maybe"}, "last_test_result"),
-        ({"reasons": ("a\x1fb",)}, "separator"),
+        ({"reasons": ("x" * 256,)}, "over 255 bytes"),
+        ({"masked_name": "é" * 128}, "over 255 bytes"),
+        ({"version": 2**32}, "out of range"),
+        ({"valid_until": -1}, "out of range"),
         ({"reasons": ("",)}, "empty"),
         ({"vaccine_doses": -1}, "out of range"),
     ],
@@ -203,7 +236,7 @@ def test_pack_rejects_what_it_cannot_carry(changes: dict[str, Any], message: str
 
 async def test_hit_is_one_mget_and_does_not_call_loader(cache: StatusCache, redis: Counting, loader: Loader) -> None:
     entry = make_entry()
-    await redis.set(status_key(pseudonym(1)), pack(entry))
+    await redis.hset(*status_field(pseudonym(1)), pack(entry))
     redis.reset_counts()
 
     assert await cache.get(pseudonym(1)) == entry
@@ -222,10 +255,11 @@ async def test_miss_loads_once_and_fills_redis_until_valid_until(
     assert await cache.get(pseudonym(2)) == entry
     await cache.drain()
 
-    key = status_key(pseudonym(2))
-    assert await redis.get(key) == pack(entry)
+    bucket, field = status_field(pseudonym(2))
+    assert await redis.hget(bucket, field) == pack(entry)
+    # The bucket lives as long as its latest entry; this one is its only entry.
     expected_pttl = entry.valid_until * 1000 - await server_ms(redis)
-    assert expected_pttl - 50 <= await redis.pttl(key) <= expected_pttl
+    assert expected_pttl - 50 <= await redis.pttl(bucket) <= expected_pttl
     assert await cache.get(pseudonym(2)) == entry
     assert loader.calls == [pseudonym(2)]
     assert (cache.hits, cache.misses, cache.loads) == (1, 1, 1)
@@ -240,7 +274,23 @@ async def test_entry_already_past_valid_until_is_not_cached(
     assert await cache.get(pseudonym(3)) == stale
     await cache.drain()
 
-    assert await redis.exists(status_key(pseudonym(3))) == 0
+    assert await redis.hget(*status_field(pseudonym(3))) is None
+
+
+async def test_an_entry_past_valid_until_in_redis_is_a_miss(
+    cache: StatusCache, redis: Counting, loader: Loader, writer: StatusWriter
+) -> None:
+    # Fields have no TTL of their own: the reader checks valid_until, and the fill replaces the entry.
+    await writer.put_many({pseudonym(3): make_entry(valid_until=int(time.time()) + 60)})
+    later = StatusCache(redis, loader, clock=lambda: time.time() + 61)
+    fresh = make_entry(version=2, valid_until=int(time.time()) + 3600)
+    loader.known[pseudonym(3)] = fresh
+
+    assert await later.get(pseudonym(3)) == fresh
+    await later.drain()
+
+    assert (later.hits, later.misses) == (0, 1)
+    assert await redis.hget(*status_field(pseudonym(3))) == pack(fresh)
 
 
 async def test_concurrent_misses_of_one_subject_call_loader_once(cache: StatusCache, loader: Loader) -> None:
@@ -265,7 +315,7 @@ async def test_unknown_subject_is_negatively_cached(cache: StatusCache, redis: C
     assert await cache.get(pseudonym(5)) is None
     await cache.drain()
 
-    key = status_key(pseudonym(5))
+    key = status_slot(pseudonym(5)).tombstone
     assert await redis.get(key) == TOMBSTONE
     assert 29_000 <= await redis.pttl(key) <= 30_000
 
@@ -280,7 +330,7 @@ async def test_negative_ttl_is_configurable(redis: Counting, loader: Loader) -> 
     cache = StatusCache(redis, loader, negative_ttl_seconds=2.5)
     assert await cache.get(pseudonym(6)) is None
     await cache.drain()
-    assert 2_400 <= await redis.pttl(status_key(pseudonym(6))) <= 2_500
+    assert 2_400 <= await redis.pttl(status_slot(pseudonym(6)).tombstone) <= 2_500
 
 
 async def test_concurrent_gets_share_one_round_trip(
@@ -337,26 +387,26 @@ async def test_cancelled_waiter_does_not_cancel_the_others(cache: StatusCache, l
 
 
 async def test_unreadable_bytes_are_reloaded_and_replaced(cache: StatusCache, redis: Counting, loader: Loader) -> None:
-    key = status_key(pseudonym(9))
-    await redis.set(key, b"\x01garbage")
+    key = status_field(pseudonym(9))
+    await redis.hset(*key, b"\x01garbage")
     loader.known[pseudonym(9)] = make_entry()
 
     assert await cache.get(pseudonym(9)) == make_entry()
     await cache.drain()
-    assert await redis.get(key) == pack(make_entry())
+    assert await redis.hget(*key) == pack(make_entry())
 
 
 async def test_newer_format_is_read_as_miss_but_left_in_place(
     cache: StatusCache, redis: Counting, loader: Loader
 ) -> None:
-    key = status_key(pseudonym(10))
+    key = status_field(pseudonym(10))
     newer = bytes([FORMAT_VERSION + 1]) + b"written by the next release"
-    await redis.set(key, newer)
+    await redis.hset(*key, newer)
     loader.known[pseudonym(10)] = make_entry()
 
     assert await cache.get(pseudonym(10)) == make_entry()
     await cache.drain()
-    assert await redis.get(key) == newer
+    assert await redis.hget(*key) == newer
     assert cache.misses == 1
 
 
@@ -385,12 +435,12 @@ async def test_fill_does_not_overwrite_a_concurrent_writer(cache: StatusCache, r
     reader = asyncio.create_task(cache.get(pseudonym(12)))
     await until(lambda: len(loader.calls) == 1)
     fresh = pack(make_entry(colour="red", reasons=("case.confirmed",), version=2))
-    await redis.set(status_key(pseudonym(12)), fresh)
+    await redis.hset(*status_field(pseudonym(12)), fresh)
     loader.gate.set()
     await reader
     await cache.drain()
 
-    assert await redis.get(status_key(pseudonym(12))) == fresh
+    assert await redis.hget(*status_field(pseudonym(12))) == fresh
 
 
 # -- Redis unavailable ----------------------------------------------------------------------------
@@ -470,18 +520,21 @@ async def test_put_many_stores_every_entry_with_ttl_in_bulk(
 ) -> None:
     now = int(time.time())
     entries = {pseudonym(n): make_entry(valid_until=now + 600 + n) for n in range(2500)}
-    await redis.set(status_key(pseudonym(0)), TOMBSTONE, px=30_000)  # a real entry replaces a tombstone
+    tombstone = status_slot(pseudonym(0)).tombstone
+    await redis.set(tombstone, TOMBSTONE, px=30_000)  # a real entry replaces a tombstone
     redis.reset_counts()
 
     assert await writer.put_many(entries) == 2500
 
     assert redis.pipelines == 0  # plain Redis: hand-packed bulk writes (cache/bulk.py), no redis-py pipeline
-    assert await key_count(redis) == 2500
-    stored = await redis.get(status_key(pseudonym(0)))
+    assert await cached_statuses(redis) == 2500
+    assert await redis.exists(tombstone) == 0
+    stored = await redis.hget(*status_field(pseudonym(0)))
     assert isinstance(stored, bytes)
     assert unpack(stored) == entries[pseudonym(0)]
+    # A bucket expires with the latest valid_until written into it; 2499's is the latest of all.
     expected = entries[pseudonym(2499)].valid_until * 1000 - await server_ms(redis)
-    assert expected - 50 <= await redis.pttl(status_key(pseudonym(2499))) <= expected
+    assert expected - 50 <= await redis.pttl(status_field(pseudonym(2499))[0]) <= expected
 
 
 async def test_put_many_deletes_entries_already_expired(
@@ -492,15 +545,67 @@ async def test_put_many_deletes_entries_already_expired(
 
     assert await writer.put_many({pseudonym(1): expired, pseudonym(2): make_entry()}) == 1
 
-    assert await redis.exists(status_key(pseudonym(1))) == 0
-    assert await redis.exists(status_key(pseudonym(2))) == 1
+    assert await redis.hget(*status_field(pseudonym(1))) is None
+    assert await redis.hget(*status_field(pseudonym(2))) is not None
 
 
 def test_status_key_layout() -> None:
-    key = status_key(bytes.fromhex("00112233445566778899aabbccddeeff"))
-    assert key == b"hc:{00112233445566778899aabbccddeeff}:st"
+    p = bytes.fromhex("00112233445566778899aabbccddeeff")
+    where = status_slot(p)
+    assert (where.bucket, where.field) == (b"hc:{s0011}", p[2:])
+    assert where.tombstone == b"hc:{s0011}:nx:" + p[2:]  # the bucket's hash tag: one cluster slot
+    # 19 bits: 0x00112233 >> 13 = 0x89, in five hex digits; the field keeps the bytes the bits share.
+    assert (status_slot(p, 19).bucket, status_slot(p, 19).field) == (b"hc:{s00089}", p[2:])
+    assert legacy_status_key(p) == b"hc:{00112233445566778899aabbccddeeff}:st"
     with pytest.raises(ValueError, match="16 bytes"):
-        status_key(b"short")
+        status_slot(b"short")
+    with pytest.raises(ValueError, match="between 1 and 24"):
+        BucketLayout(25)
+
+
+async def test_subjects_share_few_buckets(redis: Counting, loader: Loader) -> None:
+    writer = StatusWriter(redis, layout=BucketLayout(4))
+    entries = {pseudonym(n): make_entry(vaccine_doses=n % 4) for n in range(300)}
+    assert await writer.put_many(entries) == 300
+
+    assert await key_count(redis) == 16
+    cache = StatusCache(redis, loader, writer=writer)
+    assert await asyncio.gather(*(cache.get(p) for p in entries)) == list(entries.values())
+    assert loader.calls == []
+
+
+async def test_a_status_written_after_a_tombstone_removes_it(
+    cache: StatusCache, redis: Counting, loader: Loader, writer: StatusWriter
+) -> None:
+    assert await cache.get(pseudonym(20)) is None
+    await cache.drain()
+    assert await writer.put_many({pseudonym(20): make_entry()}) == 1
+
+    assert await redis.exists(status_slot(pseudonym(20)).tombstone) == 0
+    assert await cache.get(pseudonym(20)) == make_entry()
+
+
+async def test_rolling_upgrade_reads_and_writes_format_2_keys_too(redis: Counting, loader: Loader) -> None:
+    # While processes of the previous release run, they read and write one string key per subject in
+    # format 2. The new release writes both places and reads both, and the newer entry wins.
+    writer = StatusWriter(redis, legacy_keys=True)
+    cache = StatusCache(redis, loader, writer=writer)
+    assert await writer.put_many({pseudonym(21): make_entry(version=3)}) == 1
+    assert await redis.get(legacy_status_key(pseudonym(21))) == pack_v2(make_entry(version=3))
+
+    # An old process publishes a newer status only to its key: the new release still sees it.
+    newer = make_entry(colour="red", reasons=("confirmed",), version=4)
+    await redis.set(legacy_status_key(pseudonym(21)), pack_v2(newer))
+    assert await cache.get(pseudonym(21)) == newer
+    # And an older one there loses to the bucket's.
+    await redis.set(legacy_status_key(pseudonym(21)), pack_v2(make_entry(version=2)))
+    assert await cache.get(pseudonym(21)) == make_entry(version=3)
+
+    # The new release never puts an older status back into the old release's key either.
+    await redis.set(legacy_status_key(pseudonym(21)), pack_v2(newer))
+    assert await writer.put_many({pseudonym(21): make_entry(version=3)}) == 1  # the bucket holds the same
+    assert await redis.get(legacy_status_key(pseudonym(21))) == pack_v2(newer)
+    assert loader.calls == []
 
 
 async def test_refuses_a_decoding_client() -> None:

@@ -27,11 +27,10 @@ from app.scopes import CLIENT_KINDS
 from app.settings import Settings, SettingsError
 from app.statuses.stored import STATUS_QUERY, entry_from_row
 from cache.entry import unpack
-from cache.keys import status_key
+from cache.keys import status_field
 from signing.keyring import NoSigningKey
 from tests.conftest import AppFactory
-from tests.redis_targets import get_many, key_count
-from tests.support import bearer
+from tests.support import bearer, cached_statuses
 
 Run = Callable[..., Coroutine[Any, Any, tuple[int, str, str]]]
 
@@ -327,7 +326,7 @@ async def test_demo_then_cache_warm_rebuilds_redis_from_postgres(
     assert sum(r["n"] for r in colours) == 200
     assert await db.fetchval("SELECT count(*) FROM signing_keys WHERE state = 'active'") == 1
     assert await db.fetchval("SELECT count(*) FROM api_clients") == len(CLIENT_KINDS)  # one of each kind
-    assert await key_count(redis) == 200
+    assert await cached_statuses(redis) == 200
 
     # Flushed, Redis is rebuilt from Postgres, entry for entry.
     await redis.flushdb()
@@ -335,13 +334,13 @@ async def test_demo_then_cache_warm_rebuilds_redis_from_postgres(
     assert (code, out) == (0, "warmed 200 status entries\n")
     pseudonyms = [bytes(r["pseudonym"]) for r in await db.fetch("SELECT pseudonym FROM subjects")]
     assert len(pseudonyms) == 200
-    stored = await get_many(redis, [status_key(p) for p in pseudonyms])
+    stored = [await redis.hget(*status_field(p)) for p in pseudonyms]
     for p, raw in zip(pseudonyms, stored, strict=True):
         assert isinstance(raw, bytes)
         row = await db.fetchrow(STATUS_QUERY, p)
         assert row is not None
         assert unpack(raw) == entry_from_row(row)
-    ttl = await redis.ttl(status_key(pseudonyms[0]))
+    ttl = await redis.ttl(status_field(pseudonyms[0])[0])
     assert 0 < ttl <= 86400
 
     # A second run reuses the demo clients and key instead of adding more.
@@ -365,7 +364,7 @@ async def test_cache_warm_recomputes_statuses_past_valid_until(run: Run, db: asy
     )
     code, out, _ = await run("cache", "warm")
     assert (code, out) == (0, "warmed 1 status entries\n")
-    raw = await redis.get(status_key(subject))
+    raw = await redis.hget(*status_field(subject))
     assert isinstance(raw, bytes)
     assert unpack(raw).colour == "green"  # no records keep the person red any more
     assert await db.fetchval("SELECT colour FROM statuses WHERE pseudonym = $1", subject) == "green"

@@ -16,7 +16,7 @@ from app.ingest.load import load_file
 from app.scopes import RECORD_KINDS
 from app.settings import Settings
 from cache.entry import unpack
-from cache.keys import status_key
+from cache.keys import status_field
 from tests.conftest import Api, AppFactory
 from tests.support import bearer
 from tests.test_ingest_helpers import ago, csv_body, ndjson_body, number, rejections, upload
@@ -29,7 +29,7 @@ async def colours(api: Api, db: asyncpg.Connection, settings: Settings, citizen:
     """The colour stored in Postgres, the one in Redis, and the one in the next token."""
     subject = pseudonym(Identity("resident", number(i)), settings.pepper)
     stored = await db.fetchval("SELECT colour FROM statuses WHERE pseudonym = $1", subject)
-    raw = await api.app[REDIS].get(status_key(subject))
+    raw = await api.app[REDIS].hget(*status_field(subject))
     assert isinstance(raw, bytes)
     r = await api.post("/v1/status", json={"id_number": number(i)}, headers=bearer(citizen))
     assert r.status == 200, await r.text()

@@ -22,7 +22,7 @@ from app.rules.records import Arrival
 from app.settings import Settings
 from app.statuses.compute import declared_not_held
 from cache.entry import unpack
-from cache.keys import status_key
+from cache.keys import status_field
 from cache.rate_limit import Rate
 from tests.conftest import AppFactory
 from tests.redis_targets import all_keys
@@ -78,7 +78,7 @@ async def colours(api: Api, db: asyncpg.Connection, redis: Redis, citizen: dict[
     """(colour, popup) in Postgres, in Redis, and in the next /v1/status token."""
     row = await db.fetchrow("SELECT colour, popup FROM statuses WHERE pseudonym = $1", subject)
     assert row is not None
-    raw = await redis.get(status_key(subject))
+    raw = await redis.hget(*status_field(subject))
     assert isinstance(raw, bytes)
     entry = unpack(raw)
     r = await api.post("/v1/status", json={"id_number": NUMBER}, headers=citizen)

@@ -29,7 +29,7 @@ from app.settings import Settings
 from app.statuses.overrides import OverrideError, override_status
 from app.statuses.publish import StatusPublisher
 from cache.status_writer import StatusWriter
-from tests.redis_targets import all_keys
+from tests.support import cached_statuses
 from tests.test_ingest_helpers import ago, csv_body, number
 
 RULESET = load_ruleset()
@@ -135,7 +135,7 @@ async def test_restart_mid_batch_completes_it(
     assert await db.fetchval("SELECT count(*) FROM nucleic_tests") == 2
     assert await db.fetchval("SELECT count(*) FROM staging_test") == 0
     assert await db.fetchval("SELECT count(*) FROM statuses WHERE colour = 'red'") == 1
-    assert len(await all_keys(redis)) == 2
+    assert await cached_statuses(redis) == 2
     # Running recovery again finds nothing to do and changes nothing.
     assert await processor.recover() == []
     assert await db.fetchval("SELECT count(*) FROM nucleic_tests") == 2
@@ -199,7 +199,7 @@ async def test_sweeper_recomputes_expired_statuses(
     await redis.flushdb()
     assert await processor.sweep() == 2
     assert await db.fetchval("SELECT count(*) FROM statuses WHERE colour = 'green' AND valid_until > now()") == 2
-    assert len(await all_keys(redis)) == 2
+    assert await cached_statuses(redis) == 2
     assert await processor.sweep() == 0
 
 
@@ -226,7 +226,7 @@ async def test_load_file(settings: Settings, db: asyncpg.Connection, redis: Redi
     assert "row 51: id_number: wrong_length" in report
     assert "rejections by code: wrong_length 1" in report
     assert await db.fetchval("SELECT count(*) FROM subjects") == 50
-    assert len(await all_keys(redis)) == 50
+    assert await cached_statuses(redis) == 50
     out = io.StringIO()
     assert await load_file(settings, "population", people, out=out) == batch_id
     assert "loaded before" in out.getvalue()

@@ -19,7 +19,7 @@ from app.rules.ruleset import load_ruleset
 from app.settings import Settings
 from app.statuses.publish import StatusPublisher
 from cache.status_writer import StatusWriter
-from tests.redis_targets import all_keys
+from tests.support import cached_statuses
 from tests.test_ingest_helpers import ago, csv_body, number
 
 RULESET = load_ruleset()
@@ -124,7 +124,7 @@ async def test_a_batch_is_merged_and_recomputed_in_bounded_chunks(
     assert await statement_rows("nucleic_tests") == [100, 100, 50]
     assert max(await statement_rows("statuses")) <= 120
     assert sum(await statement_rows("statuses")) == await db.fetchval("SELECT count(*) FROM statuses") == 250
-    assert len(await all_keys(redis)) == 250
+    assert await cached_statuses(redis) == 250
     # One natural key in two chunks: the first row is kept, the later one counted a duplicate, as one
     # statement over the whole batch would have it.
     at = ago(hours=2)

@@ -25,7 +25,7 @@ from app.dev import servers
 from app.settings import Settings
 from app.statuses.loader import StatusLoader
 from cache.entry import unpack
-from cache.keys import status_key
+from cache.keys import status_field
 from cache.status_cache import StatusCache
 from cache.status_writer import StatusWriter
 from tests.test_status_races import Gate, load, publisher, subject_of
@@ -107,7 +107,7 @@ async def replicated(pair: Pair, primary: asyncpg.Connection) -> None:
 
 
 async def in_redis(redis: Redis, subject: bytes) -> tuple[str, int]:
-    raw = await redis.get(status_key(subject))
+    raw = await redis.hget(*status_field(subject))
     assert isinstance(raw, bytes)
     entry = unpack(raw)
     return entry.colour, entry.version
@@ -119,7 +119,7 @@ async def test_a_miss_reads_the_replica(
     subject = subject_of(settings)
     await load(primary, settings, redis, "negative", hours_ago=2)
     await replicated(pair, primary)
-    await redis.delete(status_key(subject))
+    await redis.hdel(*status_field(subject))
 
     loader = StatusLoader(pools[0], publisher(redis), replica=pools[1], replica_timeout=SLOW_MACHINE)
     entry = await StatusCache(redis, loader.load, writer=StatusWriter(redis)).get(subject)
@@ -141,7 +141,7 @@ async def test_a_replica_lagging_in_replay_is_passed_by_and_cannot_publish_an_ol
         assert newest[0] == "red"
 
         # The replay check sees the lag: the miss goes to the primary.
-        await redis.delete(status_key(subject))
+        await redis.hdel(*status_field(subject))
         loader = StatusLoader(pools[0], publisher(redis), replica=pools[1], replica_timeout=SLOW_MACHINE)
         entry = await StatusCache(redis, loader.load, writer=StatusWriter(redis)).get(subject)
         assert entry is not None and (entry.colour, entry.version) == newest
@@ -150,7 +150,7 @@ async def test_a_replica_lagging_in_replay_is_passed_by_and_cannot_publish_an_ol
         # Lag the check cannot see (WAL not yet received) is the version guard's: with the check off, a
         # miss reads the old green status on the replica while the red one is published to Redis, and
         # its fill is refused.
-        await redis.delete(status_key(subject))
+        await redis.hdel(*status_field(subject))
         gate = Gate("loaded")
         blind = StatusLoader(
             pools[0], publisher(redis, gate), replica=pools[1], max_replay_lag_bytes=None, replica_timeout=SLOW_MACHINE
@@ -176,7 +176,7 @@ async def test_a_stopped_replica_sends_misses_to_the_primary(
 ) -> None:
     subject = subject_of(settings)
     await load(primary, settings, redis, "negative", hours_ago=2)
-    await redis.delete(status_key(subject))
+    await redis.hdel(*status_field(subject))
     servers.stop_replica(pair.state, "immediate")
     try:
         loader = StatusLoader(pools[0], publisher(redis), replica=pools[1], replica_timeout=0.5)
@@ -185,7 +185,7 @@ async def test_a_stopped_replica_sends_misses_to_the_primary(
         assert (loader.replica_reads, loader.reads) == (0, 1)
         assert not loader.replica_state.up and not loader.replica_state.should_try
         # While it is down, misses do not try it again (a pause), and answer from the primary.
-        await redis.delete(status_key(subject))
+        await redis.hdel(*status_field(subject))
         assert await loader.load(subject) is not None
         assert loader.replica_state.failures == 1 and loader.reads == 2
     finally:
@@ -202,7 +202,7 @@ async def test_a_replica_that_does_not_answer_costs_a_miss_no_more_than_its_budg
 ) -> None:
     subject = subject_of(settings)
     await load(primary, settings, redis, "negative", hours_ago=2)
-    await redis.delete(status_key(subject))
+    await redis.hdel(*status_field(subject))
     # The replica's postmaster stopped (not ended): the kernel still takes connections, nothing answers.
     postmaster = int((servers.replica_data(pair.state) / "postmaster.pid").read_text().split()[0])
     os.kill(postmaster, signal.SIGSTOP)

@@ -90,3 +90,13 @@ def test_a_cluster_url_is_taken_with_its_seeds_and_its_password_hidden() -> None
 def test_a_wrong_cluster_url_is_named(url: str, message: str) -> None:
     with pytest.raises(SettingsError, match=f"REDIS_URL: .*{message}"):
         Settings.from_env(env(HEALTHCODE_PEPPER=SECRET.hex(), REDIS_URL=url))
+
+
+def test_cache_layout_settings() -> None:
+    pepper = {"HEALTHCODE_PEPPER": SECRET.hex()}
+    settings = Settings.from_env(env(HEALTHCODE_CACHE_BUCKET_BITS="19", HEALTHCODE_CACHE_LEGACY_KEYS="1", **pepper))
+    assert (settings.cache_bucket_bits, settings.cache_legacy_keys) == (19, True)
+    default = Settings.from_env(env(**pepper))
+    assert (default.cache_bucket_bits, default.cache_legacy_keys) == (16, False)
+    with pytest.raises(SettingsError, match="HEALTHCODE_CACHE_BUCKET_BITS must be between 1 and 24"):
+        Settings.from_env(env(HEALTHCODE_CACHE_BUCKET_BITS="25", **pepper))

@@ -17,7 +17,7 @@ from app.settings import Settings
 from app.statuses.publish import StatusPublisher
 from cache.connection import open_redis
 from cache.entry import unpack
-from cache.keys import status_key
+from cache.keys import status_field
 from cache.status_writer import StatusWriter
 
 RULESET = load_ruleset()
@@ -54,7 +54,7 @@ async def test_statuses_are_stored_and_owed_while_redis_is_down_then_repaid(
     assert await up.repay(db) == 150
     assert await owed(db) == set()
     for p in people[:5]:
-        raw = await redis.get(status_key(p))
+        raw = await redis.hget(*status_field(p))
         assert isinstance(raw, bytes)
         stored = await db.fetchrow("SELECT colour, version FROM statuses WHERE pseudonym = $1", p)
         assert stored is not None

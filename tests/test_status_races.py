@@ -32,7 +32,7 @@ from app.statuses.publish import Pause, StatusPublisher
 from app.statuses.sweep import sweep_expired
 from app.statuses.warm import warm_cache
 from cache.entry import StatusEntry, unpack
-from cache.keys import status_key
+from cache.keys import status_field
 from cache.status_cache import StatusCache
 from cache.status_writer import StatusWriter
 from tests.test_ingest_helpers import ago, csv_body, number
@@ -110,7 +110,7 @@ async def in_postgres(conn: asyncpg.Connection, subject: bytes) -> tuple[str, in
 
 
 async def in_redis(redis: Redis, subject: bytes) -> StatusEntry:
-    raw = await redis.get(status_key(subject))
+    raw = await redis.hget(*status_field(subject))
     assert isinstance(raw, bytes)
     return unpack(raw)
 

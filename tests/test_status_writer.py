@@ -16,9 +16,10 @@ from cache.bulk import round_trip
 from cache.cluster import cluster_round_trip
 from cache.connection import AnyRedis, open_redis
 from cache.entry import FORMAT_VERSION, StatusEntry, unpack
-from cache.keys import TOMBSTONE, status_key
+from cache.keys import TOMBSTONE, status_field, status_slot
 from cache.status_writer import StatusWriter
 from tests.redis_targets import key_count
+from tests.support import cached_statuses
 
 
 def subject(n: int) -> bytes:
@@ -47,7 +48,7 @@ def entry(**changes: Any) -> StatusEntry:
 
 
 async def stored(redis: AnyRedis, n: int) -> StatusEntry:
-    raw = await redis.get(status_key(subject(n)))
+    raw = await redis.hget(*status_field(subject(n)))
     assert isinstance(raw, bytes)
     return unpack(raw)
 
@@ -74,9 +75,10 @@ async def test_stores_entries_with_their_expiry(redis: AnyRedis, writer: StatusW
 
     assert await writer.put_many(entries) == 2500
 
-    assert await key_count(redis) == 2500
+    assert await cached_statuses(redis) == 2500
     assert await stored(redis, 7) == entries[subject(7)]
-    assert await redis.pexpiretime(status_key(subject(2499)).decode()) == (now + 600 + 2499) * 1000
+    # A bucket expires with the latest valid_until written into it.
+    assert await redis.pexpiretime(status_field(subject(2499))[0].decode()) == (now + 600 + 2499) * 1000
 
 
 async def test_an_older_version_never_replaces_a_newer_one(redis: AnyRedis, writer: StatusWriter) -> None:
@@ -107,26 +109,27 @@ async def test_an_expired_entry_deletes_an_older_one_only(redis: AnyRedis, write
 
     assert await writer.put_many({subject(1): expired, subject(2): expired}) == 0
 
-    assert await redis.exists(status_key(subject(1))) == 0
+    assert await redis.hget(*status_field(subject(1))) is None
     assert (await stored(redis, 2)).version == 7
 
 
 async def test_tombstones_older_formats_and_junk_are_replaced(redis: AnyRedis, writer: StatusWriter) -> None:
-    await redis.set(status_key(subject(1)), TOMBSTONE)
-    await redis.set(status_key(subject(2)), bytes([FORMAT_VERSION - 1]) + b"\x00" * 60)
-    await redis.set(status_key(subject(3)), b"junk")
+    await redis.set(status_slot(subject(1)).tombstone, TOMBSTONE)
+    await redis.hset(*status_field(subject(2)), bytes([FORMAT_VERSION - 1]) + b"\x00" * 60)
+    await redis.hset(*status_field(subject(3)), b"junk")
 
     assert await writer.put_many({subject(n): entry() for n in (1, 2, 3)}) == 3
 
     assert [await stored(redis, n) for n in (1, 2, 3)] == [entry()] * 3
+    assert await redis.exists(status_slot(subject(1)).tombstone) == 0
 
 
 async def test_an_entry_of_a_newer_format_is_left_alone(redis: AnyRedis, writer: StatusWriter) -> None:
     newer = bytes([FORMAT_VERSION + 1]) + b"\x00" * 60
-    await redis.set(status_key(subject(1)), newer)
+    await redis.hset(*status_field(subject(1)), newer)
 
     assert await writer.put_many({subject(1): entry(version=10**9)}) == 0
-    assert await redis.get(status_key(subject(1))) == newer
+    assert await redis.hget(*status_field(subject(1))) == newer
 
 
 async def test_a_tombstone_never_replaces_a_status(redis: AnyRedis, writer: StatusWriter) -> None:
@@ -135,7 +138,8 @@ async def test_a_tombstone_never_replaces_a_status(redis: AnyRedis, writer: Stat
     await writer.put_tombstone(subject(2), 30_000)
 
     assert await stored(redis, 1) == entry()
-    assert await redis.get(status_key(subject(2))) == TOMBSTONE
+    assert await redis.exists(status_slot(subject(1)).tombstone) == 0
+    assert await redis.get(status_slot(subject(2)).tombstone) == TOMBSTONE
 
 
 async def test_the_script_is_loaded_again_after_a_flush(redis: AnyRedis, writer: StatusWriter) -> None:
@@ -147,7 +151,7 @@ async def test_the_script_is_loaded_again_after_a_flush(redis: AnyRedis, writer:
 
 
 async def test_every_reply_is_read_before_raising(redis: AnyRedis, writer: StatusWriter) -> None:
-    await redis.hset(status_key(subject(2)), "field", "a hash where a status belongs")
+    await redis.set(status_field(subject(2))[0], "a string where a bucket belongs")
 
     with pytest.raises(ResponseError, match="WRONGTYPE"):
         await writer.put_many({subject(n): entry() for n in (1, 2, 3)})
@@ -156,7 +160,7 @@ async def test_every_reply_is_read_before_raising(redis: AnyRedis, writer: Statu
     assert [await stored(redis, n) for n in (1, 3)] == [entry()] * 2
     ping = b"*1\r\n$4\r\nPING\r\n"
     if isinstance(redis, RedisCluster):
-        assert await cluster_round_trip(redis, [(status_key(subject(2)), ping)], 1.0) == [b"PONG"]
+        assert await cluster_round_trip(redis, [(status_field(subject(2))[0], ping)], 1.0) == [b"PONG"]
     else:
         assert await round_trip(redis, ping, 1, 1.0) == [b"PONG"]
     assert await writer.put_many({subject(4): entry()}) == 1

@@ -21,7 +21,7 @@ from app.cli import main
 from app.ingest.parts import _PART_LOCKS, MAX_PARTS, split
 from app.ingest.worker import open_worker
 from app.settings import Settings
-from cache.keys import status_key
+from cache.keys import status_field
 from tests.conftest import AppFactory
 from tests.support import bearer
 from tests.test_ingest_helpers import number, upload
@@ -87,8 +87,11 @@ async def batch_state(db: asyncpg.Connection, batch_id: int) -> str:
 async def all_in_redis(redis: Redis, settings: Settings) -> None:
     from app.identity import Identity, pseudonym
 
-    keys = [status_key(pseudonym(Identity("resident", number(i)), settings.pepper)) for i in range(PEOPLE)]
-    assert all(v is not None for v in await redis.mget(keys))
+    where = [status_field(pseudonym(Identity("resident", number(i)), settings.pepper)) for i in range(PEOPLE)]
+    async with redis.pipeline(transaction=False) as pipe:
+        for bucket, field in where:
+            pipe.hget(bucket, field)
+        assert all(v is not None for v in await pipe.execute())
 
 
 def test_parts_cover_every_pseudonym_once() -> None:

@@ -39,12 +39,14 @@ def test_only_the_write_path_writes_the_statuses_table() -> None:
 def test_only_the_write_path_and_the_cache_fill_write_status_keys() -> None:
     # publish.py for every computed status; status_cache.py for a miss's fill, through the same guard;
     # status_writer.py's one-entry `put` is its own bulk write; the cluster benchmark times the guarded
-    # writer itself, on servers of its own that it starts and stops.
+    # writer itself, on servers of its own that it starts and stops, and the memory benchmark writes
+    # synthetic entries through the same guarded writer, into a scratch server it started and stops itself.
     assert where(REDIS_STATUS_WRITE) == {
         "app/statuses/publish.py",
         "cache/status_cache.py",
         "cache/status_writer.py",
         "loadtests/bench/cluster.py",
+        "loadtests/bench/memory.py",
     }
 
 
@@ -58,6 +60,8 @@ def test_the_guards_are_where_the_write_path_says() -> None:
         "WHERE (statuses.version, statuses.computed_at) <= (excluded.version, excluded.computed_at)"
         in text["app/statuses/publish.py"]
     )
+    assert "redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])" in text["cache/status_writer.py"]
+    # Format 2's guarded write, kept for rolling upgrades.
     assert "redis.call('SET', KEYS[1], ARGV[1], 'PXAT', ARGV[2])" in text["cache/status_writer.py"]
-    # No plain SET of a status key anywhere else: the bulk protocol packs EVALSHA, never SET.
-    assert not [name for name, body in text.items() if "$3\\r\\nSET\\r\\n" in body]
+    # No plain SET or HSET of a status key anywhere else: the bulk protocol packs EVALSHA, never those.
+    assert not [name for name, body in text.items() if "$3\\r\\nSET\\r\\n" in body or "$4\\r\\nHSET\\r\\n" in body]

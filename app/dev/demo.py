@@ -189,6 +189,8 @@ async def run_demo(settings: Settings, *, people: int, seed: int, list_people: b
     print("  a person per situation (synthetic numbers; `healthcode demo --list` prints more):")
     for situation, number in sorted(examples.items()):
         print(f"    {situation:20} {number}")
+    if not population:  # --people 0: schema, key and clients only (make scale loads its people itself)
+        return 0
     example = examples.get("arrival_pending") or population[0].number
     code_person = "arrival_pending" if "arrival_pending" in examples else next(iter(examples))
     print("\nscreens (served by `healthcode serve`):")

@@ -71,13 +71,13 @@ from app.scans import ScanRecorder, ScanWriter, ensure_scan_partitions
 from app.settings import Settings
 from app.statuses.loader import StatusLoader
 from app.statuses.publish import StatusPublisher
+from app.stores import status_writer
 from app.web import backend as demo_backend
 from app.web import operator, pages
 from cache.connection import REDIS_ERRORS, open_redis
 from cache.rate_limit import Rate, RateLimiter
 from cache.scan_stream import ScanStream
 from cache.status_cache import StatusCache
-from cache.status_writer import StatusWriter
 from signing.handles import HandleCipher
 from signing.jws import TokenSigner
 
@@ -169,7 +169,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     # A process that cannot sign still starts: it verifies, publishes keys and takes uploads, while
     # /readyz and /metrics say why it cannot sign and status answers are 503.
     await app[SIGNER].refresh(pool)
-    writer = StatusWriter(redis)
+    writer = status_writer(redis, settings)
     publisher = app[PUBLISHER] = StatusPublisher(writer, load_ruleset(settings.ruleset))
     loader = app[STATUS_LOADER] = StatusLoader(
         pool,

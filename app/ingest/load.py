@@ -25,8 +25,7 @@ from app.rules.ruleset import load_ruleset
 from app.scopes import OPERATOR_CLIENT_ID
 from app.settings import Settings
 from app.statuses.publish import StatusPublisher
-from app.stores import open_stores
-from cache.status_writer import StatusWriter
+from app.stores import open_stores, status_writer
 
 READ_CHUNK: Final = 1 << 20
 SHOWN_REJECTIONS: Final = 20
@@ -110,7 +109,7 @@ async def load_file(
                     federation_key=settings.federation_key,
                 )
             if received.created:
-                publisher = StatusPublisher(StatusWriter(redis), ruleset)
+                publisher = StatusPublisher(status_writer(redis, settings), ruleset)
                 # Statuses are stored on a second connection while the first reads records.
                 async with connection(settings.database_url) as store_conn:
                     await process_batch(conn, received.batch_id, publisher, int(time.time()), store_conn=store_conn)

@@ -28,8 +28,8 @@ from app.ingest.process import RETRY_FIRST_SECONDS, RETRY_MAX_SECONDS, BatchProc
 from app.rules.ruleset import load_ruleset
 from app.settings import Settings
 from app.statuses.publish import StatusPublisher
+from app.stores import status_writer
 from cache.connection import open_redis
-from cache.status_writer import StatusWriter
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ async def open_worker(settings: Settings, *, part_rows: int = PART_ROWS) -> Asyn
     pool = await create_pool(settings.database_url, min_size=1, max_size=POOL_SIZE)
     redis = open_redis(settings.redis_url)
     try:
-        publisher = StatusPublisher(StatusWriter(redis), load_ruleset(settings.ruleset))
+        publisher = StatusPublisher(status_writer(redis, settings), load_ruleset(settings.ruleset))
         processor = BatchProcessor(pool, publisher, part_rows=part_rows)
         try:
             yield Worker(processor)

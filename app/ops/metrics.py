@@ -217,7 +217,7 @@ class Metrics:
         }
         self.redis_seconds = Histogram(
             "healthcode_redis_call_duration_seconds",
-            "Redis round trips, by call (status_read: one MGET shared by the look-ups of a loop turn).",
+            "Redis round trips, by call (status_read: one read shared by the look-ups of a loop turn).",
             ["call"],
             buckets=CALL_BUCKETS,
             registry=r,

@@ -10,12 +10,11 @@ import asyncpg
 from app.rules.ruleset import load_ruleset
 from app.settings import Settings
 from app.statuses.publish import StatusPublisher
-from app.stores import open_stores
-from cache.status_writer import StatusWriter
+from app.stores import open_stores, status_writer
 
 
 @asynccontextmanager
 async def open_publisher(settings: Settings) -> AsyncIterator[tuple[asyncpg.Connection, StatusPublisher]]:
     """A Postgres connection and a publisher on the configured rule set; both stores closed at the end."""
     async with open_stores(settings.database_url, settings.redis_url) as (conn, redis):
-        yield conn, StatusPublisher(StatusWriter(redis), load_ruleset(settings.ruleset))
+        yield conn, StatusPublisher(status_writer(redis, settings), load_ruleset(settings.ruleset))

@@ -5,7 +5,7 @@ Valkey), with no persistence, and stopped at the end. For each, in rounds that a
 two (so drift on the machine falls on both):
 
 - hot read: `StatusCache.get` of random cached subjects, READERS at once per loop turn (the coalescing a
-  busy API process sees: one MGET on one server, one buffer of GETs per node on the cluster), for the
+  busy API process sees: HGETs and one MGET on one server, one buffer per node on the cluster), for the
   measured duration; look-ups a second and this process's CPU time per look-up;
 - hot read latency: one look-up at a time, p50 and p99 of the whole `get`;
 - bulk refresh: `StatusWriter.put_many` of REFRESH entries (the guarded Lua write), entries a second.

@@ -27,7 +27,7 @@ from app.dev.population import synthetic_people
 from app.identity import Identity, pseudonym
 from app.limits import as_spec, unbounded
 from app.settings import Settings, SettingsError
-from cache.keys import status_key
+from cache.keys import status_field
 from loadtests.bench import BenchError
 
 BENCH_DATABASE: Final = "healthcode_bench"
@@ -43,7 +43,7 @@ class BenchData:
     settings: Settings
     bearer: str  # a citizen-backend client key
     bodies: list[bytes]  # one POST /v1/status body per identity
-    status_keys: list[bytes]  # the Redis key of each identity's entry
+    status_keys: list[tuple[bytes, bytes]]  # the Redis bucket and field of each identity's entry
 
 
 def _with_path(url: str, path: str) -> str:
@@ -104,7 +104,7 @@ def prepare(base: Mapping[str, str] | None = None) -> BenchData:
     bodies, keys = [], []
     for person in people:
         bodies.append(orjson.dumps({"id_type": "resident", "id_number": person.number}))
-        keys.append(status_key(pseudonym(Identity("resident", person.number), settings.pepper)))
+        keys.append(status_field(pseudonym(Identity("resident", person.number), settings.pepper)))
     return BenchData(env, settings, secrets["citizen-backend"], bodies, keys)
 
 
@@ -112,5 +112,5 @@ def cached_count(data: BenchData) -> int:
     """How many of the identities have their entry in Redis (all of them, after a warm-up)."""
     with Redis.from_url(data.settings.redis_url) as redis, redis.pipeline(transaction=False) as pipe:
         for key in data.status_keys:
-            pipe.exists(key)
+            pipe.hexists(*key)
         return sum(pipe.execute())

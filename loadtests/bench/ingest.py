@@ -39,6 +39,7 @@ from app.rules.ruleset import RuleSet, load_ruleset
 from app.statuses.publish import StatusPublisher
 from app.stores import open_stores
 from cache.connection import AnyRedis
+from cache.status_cache import count_cached
 from cache.status_writer import StatusWriter
 from loadtests.bench import BenchError
 
@@ -155,7 +156,7 @@ async def _run(rows_count: int) -> dict[str, Any]:
                        FROM batches WHERE id = $1""",
                     batch_id,
                 )
-                cached = await redis.dbsize()
+                cached = await count_cached(redis)
             finally:
                 await redis.flushdb(asynchronous=True)  # a million keys take longer than the socket timeout
     assert batch is not None
