@@ -17,6 +17,7 @@ from operator import mul
 from types import MappingProxyType
 from typing import Final
 
+from app.field_errors import FieldError
 from cache.keys import PSEUDONYM_BYTES
 
 ID_TYPES: Final = ("resident", "passport", "hk_macao_permit", "taiwan_permit", "foreign_permanent")
@@ -44,14 +45,8 @@ _OTHER_SHAPES: Final = {
 DOCUMENT_SHAPES: Final[Mapping[str, re.Pattern[str]]] = MappingProxyType(_OTHER_SHAPES)
 
 
-class InvalidIdentity(ValueError):
+class InvalidIdentity(FieldError):
     """The document is malformed; `field` and `code` say which rule it broke."""
-
-    def __init__(self, field: str, code: str, message: str) -> None:
-        super().__init__(message)
-        self.field = field
-        self.code = code
-        self.message = message
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,6 +9,7 @@ from datetime import date, datetime, timedelta
 from hashlib import sha256
 from typing import Final
 
+from app.field_errors import FieldError
 from app.identity import mask_name
 from app.ingest.fields import CHINA_STANDARD_TIME, RowError, area_code
 
@@ -24,14 +25,8 @@ _MOBILE = re.compile(r"(?:\+?86)?(1[3-9]\d{9})")
 _DAY = 86_400
 
 
-class DeclarationInvalid(ValueError):
+class DeclarationInvalid(FieldError):
     """One field cannot be accepted: its name (`travel[2].arrived_on`), a stable code and what to fix."""
-
-    def __init__(self, field: str, code: str, message: str) -> None:
-        super().__init__(message)
-        self.field = field
-        self.code = code
-        self.message = message
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from datetime import UTC, date, datetime, timedelta, timezone
 from typing import Final
 
+from app.field_errors import FieldError
 from app.identity import InvalidIdentity, mask_number, parse_identity
 from cache.keys import PSEUDONYM_BYTES
 
@@ -33,14 +34,8 @@ _PROVINCES: Final = frozenset(
 )
 
 
-class RowError(ValueError):
+class RowError(FieldError):
     """One row cannot be accepted: which field, a stable code, and a message that says how to fix it."""
-
-    def __init__(self, field: str, code: str, message: str) -> None:
-        super().__init__(message)
-        self.field = field
-        self.code = code
-        self.message = message
 
 
 def unstorable(values: Iterable[tuple[str, str | None]]) -> RowError | None:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from app.appeals.free_text import identity_number_in
+from app.field_errors import FieldError
 from app.ingest.fields import RowError, area_code
 from app.rules.records import DESIGNATION_KINDS
 
@@ -28,14 +29,8 @@ MAX_DESIGNATION_DAYS: Final = 28
 assert set(EXPOSURE_KINDS) <= set(DESIGNATION_KINDS)
 
 
-class VenueFieldError(ValueError):
+class VenueFieldError(FieldError):
     """A field of a venue request is wrong: `field` and `code` as in every invalid-field problem."""
-
-    def __init__(self, field: str, code: str, message: str) -> None:
-        super().__init__(message)
-        self.field = field
-        self.code = code
-        self.message = message
 
 
 @dataclass(frozen=True, slots=True)
