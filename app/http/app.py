@@ -9,6 +9,7 @@ import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
+from typing import Final
 
 import aiohttp
 import asyncpg
@@ -106,18 +107,22 @@ def create_app(settings: Settings, *, background: bool = True) -> web.Applicatio
     app[FRONT_DOOR] = front_door
     app[POSTGRES_STATE] = postgres
     app[HANDLES] = HandleCipher(settings.handle_key)
-    kept = app[METRICS] = Metrics()
-    front_door.observe = kept.observe_request
+    process_metrics = app[METRICS] = Metrics()
+    front_door.observe = process_metrics.observe_request
     app.cleanup_ctx.extend([_admission, _postgres, _redis, _services, _federation])
     if background:
         app.cleanup_ctx.extend([_background, _federation_background])
-    for module in (meta, status, verify, qr, batches, samples, appeals, declarations, relations, venues, metrics):
-        app.add_routes(module.routes)
-    for module in (peers, credentials):
-        app.add_routes(module.routes)
-    for module in (status_alert, pages, demo_backend, operator):  # the screens (app/web/) and what they read
+    for module in _ROUTE_MODULES:
         app.add_routes(module.routes)
     return app
+
+
+# Every module with routes: the API, then federation, then the screens (app/web/) and what they read.
+_ROUTE_MODULES: Final = (
+    *(meta, status, verify, qr, batches, samples, appeals, declarations, relations, venues, metrics),
+    *(peers, credentials),
+    *(status_alert, pages, demo_backend, operator),
+)
 
 
 async def _admission(app: web.Application) -> AsyncIterator[None]:
