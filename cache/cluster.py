@@ -9,8 +9,12 @@ sends every command for a node in one buffer and parses the replies with hiredis
 A slot being moved answers `ASK` for keys already gone to the new owner: those commands go again, each
 after `ASKING`, in one buffer per new owner. A slot moved for good (or a failover) answers `MOVED`: the
 slot map is read again (once, however many round trips saw it) and the commands go again to the new
-owners. A node that fails (connection refused, timeout) fails the round trip, and the next one reads the
-slot map first, so a promoted replica is found. Only primaries are read: a replica may lag.
+owners. While a failover or a migration settles, a node may answer `READONLY` (a primary just demoted),
+`TRYAGAIN` or `CLUSTERDOWN`, and a slot map read from a node that has not heard yet sends `MOVED` back
+to where it came from: those commands go again too, after a pause that doubles each time (from 10 ms),
+within the round trip's time limit. None of them ran, so sending them again cannot apply one twice. A node
+that fails (connection refused, timeout) fails the round trip, and the next one reads the slot map first,
+so a promoted replica is found. Only primaries are read: a replica may lag.
 """
 
 from __future__ import annotations
@@ -32,8 +36,13 @@ from cache.bulk import exchange
 Command = tuple[bytes, bytes]
 
 _ASKING = b"*1\r\n$6\r\nASKING\r\n"
-# Redirects followed before giving up; a slot moves at most once per round of them.
-MAX_REDIRECTS = 5
+# Rounds of redirects and retries before giving up (the time limit usually ends it first): a manual
+# failover took a CI run past five immediate ones.
+MAX_REDIRECTS = 12
+# Replies of a node whose cluster is changing under it: the command did not run; send it again later.
+_SETTLING = ("READONLY ", "TRYAGAIN ", "CLUSTERDOWN ")
+_FIRST_PAUSE = 0.01
+_LONGEST_PAUSE = 0.5
 
 
 @dataclass
@@ -80,7 +89,7 @@ async def cluster_round_trip(cluster: RedisCluster, commands: Sequence[Command],
     todo = list(range(len(commands)))
     asked: dict[int, ClusterNode] = {}
     async with asyncio.timeout(limit_seconds):
-        for _ in range(MAX_REDIRECTS + 1):
+        for attempt in range(MAX_REDIRECTS + 1):
             epoch = topology.epoch
             groups: dict[str, tuple[ClusterNode, list[int]]] = {}
             manager = cluster.nodes_manager
@@ -95,7 +104,7 @@ async def cluster_round_trip(cluster: RedisCluster, commands: Sequence[Command],
                 if isinstance(result, BaseException):
                     topology.stale = True
                     raise result
-            asked, todo, moved = {}, [], False
+            asked, todo, moved, settling = {}, [], False, False
             for (_, group), node_replies in zip(groups.values(), results, strict=True):
                 assert not isinstance(node_replies, BaseException)
                 for index, reply in zip(group, node_replies, strict=True):
@@ -104,6 +113,10 @@ async def cluster_round_trip(cluster: RedisCluster, commands: Sequence[Command],
                         if text.startswith("MOVED "):
                             topology.moved += 1
                             moved = True
+                            todo.append(index)
+                            continue
+                        if text.startswith(_SETTLING):
+                            settling = True
                             todo.append(index)
                             continue
                         if text.startswith("ASK "):
@@ -118,7 +131,9 @@ async def cluster_round_trip(cluster: RedisCluster, commands: Sequence[Command],
                     replies[index] = reply
             if not todo:
                 return replies
-            if moved:
+            if settling or (moved and attempt > 0):  # MOVED again: the slot map read last time was stale
+                await asyncio.sleep(min(_FIRST_PAUSE * 2**attempt, _LONGEST_PAUSE))
+            if moved or settling:
                 await _refresh(cluster, topology, epoch)
     raise ClusterError(f"commands still redirected after {MAX_REDIRECTS} redirects")
 
