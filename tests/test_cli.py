@@ -267,6 +267,13 @@ def test_a_key_id_beginning_with_a_dash_is_read_as_the_key() -> None:
     assert key_refs_as_operands(["keys", "revoke", "-x3Fq9ab"]) == ["keys", "revoke", "--", "-x3Fq9ab"]
     assert key_refs_as_operands(["keys", "revoke", "--help"]) == ["keys", "revoke", "--help"]
     assert key_refs_as_operands(["keys", "new", "--activate"]) == ["keys", "new", "--activate"]
+    # A key id beginning with `-` followed by an option: the option is still read as one.
+    assert key_refs_as_operands(["keys", "activate", "-x3Fq9ab", "--after", "0s"]) == [
+        "keys", "activate", "--after", "0s", "--", "-x3Fq9ab"
+    ]  # fmt: skip
+    assert key_refs_as_operands(["keys", "activate", "--after=0s", "-x3Fq9ab"]) == [
+        "keys", "activate", "--after=0s", "--", "-x3Fq9ab"
+    ]  # fmt: skip
 
 
 async def test_keys_new_activate_list_retire_revoke(run: Run, db: asyncpg.Connection, settings: Settings) -> None:

@@ -21,6 +21,9 @@ _KEY_ACTIONS: Final = (
     ("revoke", "withdraw this key at once: unpublished, its tokens refused"),
 )
 _KEY_ACTION_NAMES: Final = tuple(action for action, _ in _KEY_ACTIONS)
+# What may follow `keys ACTION` and is not a key id beginning with `-`.
+_VALUED_OPTIONS: Final = frozenset({"--at", "--after"})
+_FLAGS: Final = frozenset({"-h", "--help"})
 
 
 def add_parser(sub: Any) -> None:
@@ -82,12 +85,25 @@ def moment(text: str) -> datetime:
 
 def key_refs_as_operands(argv: list[str]) -> list[str]:
     """Key ids are base64url and may begin with `-`, which argparse would read as an option:
-    `keys activate -x3Fq…` becomes `keys activate -- -x3Fq…`."""
-    for i in range(len(argv) - 2):
-        ref = argv[i + 2]
-        is_ref = ref.startswith("-") and ref not in ("-h", "--help", "--")
-        if argv[i] == "keys" and argv[i + 1] in _KEY_ACTION_NAMES and is_ref:
-            return [*argv[: i + 2], "--", *argv[i + 2 :]]
+    `keys activate -x3Fq… --after 0s` becomes `keys activate --after 0s -- -x3Fq…` (the key last, after
+    `--`, so the options around it are still read as options)."""
+    for i in range(len(argv) - 1):
+        if argv[i] != "keys" or argv[i + 1] not in _KEY_ACTION_NAMES:
+            continue
+        j = i + 2
+        while j < len(argv):
+            token = argv[j]
+            if token == "--":
+                return argv
+            if token in _VALUED_OPTIONS:
+                j += 2  # the option and its value
+            elif token in _FLAGS or token.split("=", 1)[0] in _VALUED_OPTIONS:
+                j += 1
+            elif token.startswith("-"):
+                return [*argv[:j], *argv[j + 1 :], "--", token]
+            else:
+                j += 1
+        return argv
     return argv
 
 
