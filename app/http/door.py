@@ -102,7 +102,10 @@ class Door:
 
 
 class DoorRequestHandler(RequestHandler):
-    """aiohttp's connection protocol, with the door in front of its parser."""
+    """aiohttp's connection protocol, with the door in front of its parser.
+
+    It reads aiohttp's private `_messages` and keep-alive fields and wraps `_handle_request` (aiohttp
+    3.x); tests/test_door.py exercises each on the aiohttp installed."""
 
     def __init__(self, manager: web.Server, *, door: Door, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
