@@ -50,6 +50,12 @@ async def ensure_daily_partitions(conn: Conn | asyncpg.Pool, table: str, today: 
             log.warning("partition %s not created: %s", name, exc)
 
 
+async def ensure_partitions_of_every_table(conn: Conn | asyncpg.Pool, today: date) -> None:
+    """Daily partitions, from today on, of every table whose rows expire (`PARTITIONED`)."""
+    for table, _ in PARTITIONED:
+        await ensure_daily_partitions(conn, table, today)
+
+
 async def _day_partitions(conn: Conn, table: str) -> list[tuple[str, date]]:
     rows = await conn.fetch(
         """SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid

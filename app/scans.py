@@ -15,7 +15,6 @@ import time
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
 
 import asyncpg
 
@@ -188,22 +187,6 @@ class ScanRecorder:
                         failing[job] = what
                 else:
                     failing.pop(job, None)
-
-
-async def ensure_scan_partitions(conn: asyncpg.Connection | asyncpg.Pool, today: date, days_ahead: int = 3) -> None:
-    """Daily partitions from today on; created ahead so rows rarely land in the default partition."""
-    for offset in range(days_ahead + 1):
-        day = today + timedelta(days=offset)
-        start = datetime(day.year, day.month, day.day, tzinfo=UTC)
-        name = f"scan_events_{day:%Y%m%d}"
-        try:
-            await conn.execute(
-                f"CREATE TABLE IF NOT EXISTS {name} PARTITION OF scan_events "
-                f"FOR VALUES FROM ('{start.isoformat()}') TO ('{(start + timedelta(days=1)).isoformat()}')"
-            )
-        except asyncpg.PostgresError as exc:
-            # Rows of that day already sit in the default partition; they stay there, still queryable.
-            log.warning("scan partition %s not created: %s", name, exc)
 
 
 def _is_row_error(exc: asyncpg.PostgresError) -> bool:

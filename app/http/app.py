@@ -66,9 +66,9 @@ from app.ingest.process import BatchProcessor
 from app.keys.signer import SignerState
 from app.limits import UPLOADS, Limits
 from app.ops.metrics import Metrics
-from app.retention import ensure_daily_partitions
+from app.retention import ensure_partitions_of_every_table
 from app.rules.ruleset import load_ruleset
-from app.scans import ScanRecorder, ScanWriter, ensure_scan_partitions
+from app.scans import ScanRecorder, ScanWriter
 from app.settings import Settings
 from app.statuses.loader import StatusLoader
 from app.statuses.publish import StatusPublisher
@@ -197,8 +197,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     )
     app[STATUS_CACHE].on_read = app[METRICS].observe_redis_read
     app[SCANS] = ScanRecorder(ScanStream(redis), pool)
-    await ensure_scan_partitions(pool, datetime.now(UTC).date())
-    await ensure_daily_partitions(pool, "venue_visits", datetime.now(UTC).date())
+    await ensure_partitions_of_every_table(pool, datetime.now(UTC).date())
     app[INGEST] = BatchProcessor(pool, publisher)
     yield
     await app[INGEST].close()
@@ -284,8 +283,7 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
     async def refresh() -> None:
         await app[CLIENTS].refresh(pool)
         await app[SIGNER].refresh(pool)
-        await ensure_scan_partitions(pool, datetime.now(UTC).date())
-        await ensure_daily_partitions(pool, "venue_visits", datetime.now(UTC).date())
+        await ensure_partitions_of_every_table(pool, datetime.now(UTC).date())
 
     async def repay() -> None:
         async with pool.acquire() as conn:
