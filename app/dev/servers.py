@@ -315,13 +315,20 @@ def start_postgres(state: StateDir) -> int:
 
     recorded = state.read_servers().get("postgres", {}).get("port")
     port = recorded if isinstance(recorded, int) and not port_open(recorded) else free_port()
+    _pg_ctl_start(state, state.pg_data, "postgres.log", port, "postgres")
+    say(f"postgres: started embedded server on {LOCAL_HOST}:{port} (data in {state.pg_data})")
+    return port
+
+
+def _pg_ctl_start(state: StateDir, data: Path, log_name: str, port: int, what: str) -> None:
+    """Start the server in `data` on `port` (logging under the state folder) and wait until it listens."""
     run_pg(
         [
             str(pg_bin("pg_ctl")),
             "-D",
-            str(state.pg_data),
+            str(data),
             "-l",
-            str(state.pg_home / "postgres.log"),
+            str(state.pg_home / log_name),
             "-o",
             f"-p {port}",
             "-w",
@@ -331,9 +338,7 @@ def start_postgres(state: StateDir) -> int:
         ],
         state,
     )
-    wait_until(lambda: port_open(port), START_TIMEOUT, f"postgres on port {port}")
-    say(f"postgres: started embedded server on {LOCAL_HOST}:{port} (data in {state.pg_data})")
-    return port
+    wait_until(lambda: port_open(port), START_TIMEOUT, f"{what} on port {port}")
 
 
 def stop_postgres(state: StateDir, mode: str = "fast") -> bool:
@@ -410,23 +415,7 @@ def start_replica(state: StateDir, primary_port: int, port: int | None = None) -
             state,
         )
     port = port or free_port()
-    run_pg(
-        [
-            str(pg_bin("pg_ctl")),
-            "-D",
-            str(data),
-            "-l",
-            str(state.pg_home / "replica.log"),
-            "-o",
-            f"-p {port}",
-            "-w",
-            "-t",
-            str(int(START_TIMEOUT)),
-            "start",
-        ],
-        state,
-    )
-    wait_until(lambda: port_open(port), START_TIMEOUT, f"postgres replica on port {port}")
+    _pg_ctl_start(state, data, "replica.log", port, "postgres replica")
     say(f"postgres replica: streaming from port {primary_port}, serving on {LOCAL_HOST}:{port}")
     return port
 
