@@ -13,6 +13,7 @@ import pytest
 from aiohttp import web
 
 from app.dev.servers import free_port
+from app.http import door
 from app.http.app import create_app
 from app.http.appkeys import FRONT_DOOR
 from app.http.door import Door, DoorRunner, simple_route
@@ -52,6 +53,20 @@ def request(path: bytes = b"/v1/status", *, body: bytes = BODY, extra: bytes = b
 )
 def test_only_exactly_one_simple_request_to_a_quick_route_is_the_doors(data: bytes, route: bytes | None) -> None:
     assert simple_route(data) == route
+
+
+def test_a_remembered_head_is_still_checked_against_the_bytes_that_follow_it() -> None:
+    whole = request()
+    assert simple_route(whole) == b"POST /v1/status"  # the head is remembered now
+    assert simple_route(whole[:-1]) is None  # the same head, the body not all here yet
+    assert simple_route(whole + b"x") is None  # the same head, more than its body behind it
+    assert simple_route(whole) == b"POST /v1/status"
+
+
+def test_heads_remembered_are_bounded() -> None:
+    for number in range(3 * door._HEADS_KEPT):
+        assert simple_route(request(extra=f"X-Request-ID: {number}\r\n".encode())) == b"POST /v1/status"
+        assert len(door._heads) <= door._HEADS_KEPT
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from typing import Any
 from loadtests.bench import BenchError
 
 # In the order they run; a module that is not there is skipped.
-MODULES = ("status", "overload", "processes", "ingest", "memory", "workers", "peers", "cluster")
+MODULES = ("status", "overload", "refusals", "processes", "ingest", "memory", "workers", "peers", "cluster")
 
 
 def duration(text: str) -> float:
