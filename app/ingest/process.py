@@ -263,12 +263,18 @@ async def _attempt(
         areas = await load_risk_areas(conn)
 
         async def recompute(lo: bytes, hi: bytes | None) -> int:
-            subjects = 0
+            listed = 0
             window = publisher.ruleset.arrival_window
-            async for page in affected_subjects(conn, batch_id, kind, window, page_rows=page_rows, lo=lo, hi=hi):
-                await publisher.refresh(conn, page, now, areas, store_conn=store_conn)
-                subjects += len(page)
-            return subjects
+
+            async def pages() -> AsyncIterator[list[bytes]]:
+                nonlocal listed
+                async for page in affected_subjects(conn, batch_id, kind, window, page_rows=page_rows, lo=lo, hi=hi):
+                    listed += len(page)
+                    yield page
+
+            # One pipeline over every page: the next page is read while the last chunks are stored.
+            await publisher.refresh(conn, pages(), now, areas, store_conn=store_conn)
+            return listed
 
         subjects = await recompute_parts(conn, batch_id, recompute)
         async with conn.transaction():
