@@ -11,6 +11,7 @@ import asyncpg
 import pytest
 from redis.asyncio import Redis
 
+from app.ingest import process
 from app.ingest.kinds import KINDS
 from app.ingest.merge import affected_subjects
 from app.ingest.process import _MERGE_LOCK, _WORKER_LOCKS, BatchProcessor
@@ -251,3 +252,23 @@ async def test_a_failed_batch_is_tried_again_without_waiting_for_recovery(
     await processor.wait(batch_id)
     row = await db.fetchrow("SELECT state, attempts, accepted FROM batches WHERE id = $1", batch_id)
     assert row is not None and tuple(row) == ("done", 2, 4)
+
+
+async def test_a_large_merge_has_its_tables_analysed_before_the_recompute(
+    settings: Settings, db: asyncpg.Connection, make_processor: Processor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Statistics from before a merge of many rows make the planner read whole tables for each chunk."""
+    monkeypatch.setattr(process, "ANALYZE_FROM", 200)
+    processor = await make_processor()
+    query = "SELECT relname, analyze_count FROM pg_stat_user_tables WHERE relname IN ('subjects', 'nucleic_tests')"
+
+    async def analysed() -> dict[str, int]:  # manual ANALYZE only: autovacuum's are counted apart
+        return {r["relname"]: r["analyze_count"] for r in await db.fetch(query)}
+
+    before = await analysed()
+    await processor.process(await stage(db, settings, "test", results_for(range(150))))
+    assert await analysed() == before  # below the threshold: left to autovacuum
+
+    await processor.process(await stage(db, settings, "test", results_for(range(150, 400))))
+    after = await analysed()
+    assert {table: after[table] - before.get(table, 0) for table in after} == {"subjects": 1, "nucleic_tests": 1}
