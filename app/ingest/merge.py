@@ -118,14 +118,24 @@ def row_ranges(last: int, size: int) -> list[tuple[int, int]]:
     return [(after, min(after + size, last)) for after in range(0, last, size)]
 
 
-async def merge_batch(conn: Conn, batch_id: int, kind: str, *, chunk_rows: int = MERGE_CHUNK) -> Merged:
-    """Run inside the caller's transaction; bumps the revision of every subject the batch names."""
+async def merge_batch(
+    conn: Conn, batch_id: int, kind: str, *, chunk_rows: int = MERGE_CHUNK, analyze_from: int | None = None
+) -> Merged:
+    """Run inside the caller's transaction; bumps the revision of every subject the batch names.
+
+    `analyze_from`: staged rows from which the staging table is analysed first. Its statistics are
+    those of before the upload until autovacuum comes: for 1M staged test rows the merge took 20-22 s
+    with them and 15.8-16.6 s analysed (ANALYZE 0.18 s).
+    """
+    last = await last_row(conn, batch_id, kind)
+    if analyze_from is not None and last >= analyze_from:
+        await conn.execute(f"ANALYZE staging_{kind}")
     # Rows go in in key order (and, within a key, in row order, so the first of two rows with one
     # natural key is the one stored): index insertions then walk each index once a chunk instead of
     # touching pages all over it. The sort needs memory of its own, or it spills to disk.
     await conn.execute(f"SET LOCAL work_mem = '{_SORT_MEMORY}'")
     staged = rejected = accepted = corrected = retracted = 0
-    for after, upto in row_ranges(await last_row(conn, batch_id, kind), chunk_rows):
+    for after, upto in row_ranges(last, chunk_rows):
         staged += await conn.fetchval(f"SELECT count(*) FROM staging_{kind} WHERE {_ROWS}", batch_id, after, upto)
         if kind == "test":
             rejected += _count(await conn.execute(_TEST_REJECTIONS, batch_id, after, upto))

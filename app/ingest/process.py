@@ -48,7 +48,8 @@ log = logging.getLogger(__name__)
 _POOL_FOR_WRITER: Final = 4
 # Any constant works; it only has to be the same in every process.
 _MERGE_LOCK: Final = 0x4843_0003
-# Records a merge must add or change before the tables it grew are analysed (`_analyze`).
+# Staged rows from which a merge analyses its staging table first, and records it must add or change
+# before the tables it grew are analysed (`_analyze`).
 ANALYZE_FROM: Final = 50_000
 # Attempts at a batch before it is marked failed: enough to ride out a restart or a short outage.
 MAX_ATTEMPTS: Final = 5
@@ -335,7 +336,7 @@ async def _merge_once(conn: Conn, batch_id: int, kind: str, pause: Pause, chunk_
                WHERE id = $1""",
             batch_id,
         )
-        merged = await merge_batch(conn, batch_id, kind, chunk_rows=chunk_rows)
+        merged = await merge_batch(conn, batch_id, kind, chunk_rows=chunk_rows, analyze_from=ANALYZE_FROM)
         await conn.execute(
             """UPDATE batches SET accepted = $2, rejected = rejected + $3, duplicates = $4, corrected = $5,
                    retracted = $6, merged_at = clock_timestamp()
