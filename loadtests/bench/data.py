@@ -23,6 +23,7 @@ import asyncpg
 import orjson
 from redis import Redis
 
+from app.db import recreate_database
 from app.dev.population import synthetic_people
 from app.identity import Identity, pseudonym
 from app.limits import as_spec, unbounded
@@ -46,9 +47,23 @@ class BenchData:
     status_keys: list[tuple[bytes, bytes]]  # the Redis bucket and field of each identity's entry
 
 
-def _with_path(url: str, path: str) -> str:
+def with_path(url: str, path: str) -> str:
+    """`url` with its path replaced: another database on the same server, another Redis db."""
     parts = urlsplit(url)
     return urlunsplit((parts.scheme, parts.netloc, path, parts.query, parts.fragment))
+
+
+async def scratch_stores(database: str, redis_db: int) -> tuple[str, str]:
+    """(database URL, Redis URL): `database` made new on the configured Postgres server, and db `redis_db`
+    of the configured Redis, for a benchmark that loads data of its own."""
+    server = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+    url = with_path(server, f"/{database}")
+    redis_url = with_path(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"), f"/{redis_db}")
+    try:
+        await recreate_database(url)
+    except (OSError, asyncpg.PostgresError) as exc:
+        raise BenchError(f"cannot create database {database} ({exc}); start the servers with `make servers`") from exc
+    return url, redis_url
 
 
 def bench_env(base: Mapping[str, str]) -> dict[str, str]:
@@ -59,8 +74,8 @@ def bench_env(base: Mapping[str, str]) -> dict[str, str]:
     keys_dir = Path(base["HEALTHCODE_KEYS_DIR"])
     return {
         **base,
-        "DATABASE_URL": _with_path(base["DATABASE_URL"], f"/{BENCH_DATABASE}"),
-        "REDIS_URL": _with_path(base["REDIS_URL"], f"/{BENCH_REDIS_DB}"),
+        "DATABASE_URL": with_path(base["DATABASE_URL"], f"/{BENCH_DATABASE}"),
+        "REDIS_URL": with_path(base["REDIS_URL"], f"/{BENCH_REDIS_DB}"),
         "HEALTHCODE_KEYS_DIR": str(keys_dir.parent / f"{keys_dir.name}-bench"),
         # One demo key stands in for a province's clients: the limiter runs on every request, as in
         # production, with buckets no run can empty.
@@ -69,7 +84,7 @@ def bench_env(base: Mapping[str, str]) -> dict[str, str]:
 
 
 async def _ensure_database(url: str) -> None:
-    admin = await asyncpg.connect(_with_path(url, "/postgres"))
+    admin = await asyncpg.connect(with_path(url, "/postgres"))
     try:
         if not await admin.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", BENCH_DATABASE):
             await admin.execute(f"CREATE DATABASE {BENCH_DATABASE}")

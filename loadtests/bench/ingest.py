@@ -25,11 +25,10 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
-from app.db import connection, recreate_database
+from app.db import connection
 from app.identity import Identity, pseudonym, resident_check_char
 from app.ingest.kinds import KINDS
 from app.ingest.load import file_chunks, paused_gc
@@ -42,16 +41,12 @@ from cache.connection import AnyRedis
 from cache.status_cache import count_cached
 from cache.status_writer import StatusWriter
 from loadtests.bench import BenchError
+from loadtests.bench.data import scratch_stores
 
 DATABASE: Final = "healthcode_bench_ingest"
 REDIS_DB: Final = 15
 DEFAULT_ROWS: Final = 1_000_000
 LABS: Final = ("lab-a", "lab-b", "lab-c")
-
-
-def _url(url: str, path: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit((parts.scheme, parts.netloc, path, parts.query, parts.fragment))
 
 
 def _numbers(count: int) -> list[str]:
@@ -109,14 +104,8 @@ async def _end_to_end(
 
 
 async def _run(rows_count: int) -> dict[str, Any]:
-    server = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-    url = _url(server, f"/{DATABASE}")
-    redis_url = _url(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"), f"/{REDIS_DB}")
+    url, redis_url = await scratch_stores(DATABASE, REDIS_DB)
     pepper = secrets.token_bytes(32)
-    try:
-        await recreate_database(url)
-    except (OSError, asyncpg.PostgresError) as exc:
-        raise BenchError(f"cannot create database {DATABASE} ({exc}); start the servers with `make servers`") from exc
     now = datetime.now(UTC)
     ruleset = load_ruleset()
     with tempfile.TemporaryDirectory() as tmp:

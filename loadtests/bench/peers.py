@@ -35,7 +35,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Final
-from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 import asyncpg
@@ -55,16 +54,12 @@ from app.scopes import RECORD_KINDS
 from app.settings import Settings
 from cache.federation import peer_lookup_key
 from loadtests.bench import BenchError
+from loadtests.bench.data import with_path
 
 PEOPLE: Final = 200
 REQUESTS: Final = 2000
 SILENT_REQUESTS: Final = 20
 CPU_PER_REQUEST: dict[int, float] = {}
-
-
-def _url(url: str, path: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit((parts.scheme, parts.netloc, path, parts.query, parts.fragment))
 
 
 def _number(i: int) -> str:
@@ -181,8 +176,8 @@ async def _run(requests: int) -> dict[str, Any]:
         a = Deployment(
             replace(
                 common,
-                database_url=_url(base_db, "/healthcode_bench_peer_a"),
-                redis_url=_url(base_redis, "/10"),
+                database_url=with_path(base_db, "/healthcode_bench_peer_a"),
+                redis_url=with_path(base_redis, "/10"),
                 pepper=secrets.token_bytes(32),
                 keys_dir=Path(tmp) / "a",
                 issuer="bench-a",
@@ -192,8 +187,8 @@ async def _run(requests: int) -> dict[str, Any]:
         b = Deployment(
             replace(
                 common,
-                database_url=_url(base_db, "/healthcode_bench_peer_b"),
-                redis_url=_url(base_redis, "/11"),
+                database_url=with_path(base_db, "/healthcode_bench_peer_b"),
+                redis_url=with_path(base_redis, "/11"),
                 pepper=secrets.token_bytes(32),
                 keys_dir=Path(tmp) / "b",
                 issuer="bench-b",

@@ -37,13 +37,14 @@ from typing import Any, Final
 import asyncpg
 from redis.asyncio import Redis
 
-from app.db import connection, recreate_database
+from app.db import connection
 from app.ingest.kinds import KINDS
 from app.ingest.load import file_chunks
 from app.ingest.upload import receive_batch
 from app.rules.ruleset import load_ruleset
 from loadtests.bench import BenchError
-from loadtests.bench.ingest import _numbers, _url, _write_csv
+from loadtests.bench.data import scratch_stores
+from loadtests.bench.ingest import _numbers, _write_csv
 from loadtests.bench.processes import tree_cpu_seconds
 
 DATABASE: Final = "healthcode_bench_workers"
@@ -177,14 +178,8 @@ async def _round(
 
 
 async def _run(rows: int) -> dict[str, Any]:
-    server = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-    url = _url(server, f"/{DATABASE}")
-    redis_url = _url(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"), f"/{REDIS_DB}")
+    url, redis_url = await scratch_stores(DATABASE, REDIS_DB)
     pepper = secrets.token_bytes(32)
-    try:
-        await recreate_database(url)
-    except (OSError, asyncpg.PostgresError) as exc:
-        raise BenchError(f"cannot create database {DATABASE} ({exc}); start the servers with `make servers`") from exc
     env = {
         **os.environ,
         "DATABASE_URL": url,
