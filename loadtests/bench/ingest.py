@@ -84,23 +84,29 @@ async def _end_to_end(
     """
     with paused_gc():
         started = time.perf_counter()
-        received = await receive_batch(
-            conn,
-            client_id=0,
-            kind=KINDS["test"],
-            fmt="csv",
-            body=file_chunks(path),
-            key=None,
-            pepper=pepper,
-            ruleset=ruleset,
-            now=datetime.now(UTC),
-            max_bytes=size * 2,
-        )
+        batch_id = await upload_tests(conn, path, size, pepper, ruleset)
         staged_seconds = time.perf_counter() - started
         async with connection(url) as writer:
             publisher = StatusPublisher(StatusWriter(redis), ruleset)
-            await process_batch(conn, received.batch_id, publisher, int(time.time()), store_conn=writer)
-        return received.batch_id, staged_seconds, time.perf_counter() - started
+            await process_batch(conn, batch_id, publisher, int(time.time()), store_conn=writer)
+        return batch_id, staged_seconds, time.perf_counter() - started
+
+
+async def upload_tests(conn: asyncpg.Connection, path: Path, size: int, pepper: bytes, ruleset: RuleSet) -> int:
+    """The CSV of test rows at `path` (`size` bytes) received as an agency's batch; returns its id."""
+    received = await receive_batch(
+        conn,
+        client_id=0,
+        kind=KINDS["test"],
+        fmt="csv",
+        body=file_chunks(path),
+        key=None,
+        pepper=pepper,
+        ruleset=ruleset,
+        now=datetime.now(UTC),
+        max_bytes=size * 2,
+    )
+    return received.batch_id
 
 
 async def _run(rows_count: int) -> dict[str, Any]:

@@ -38,13 +38,10 @@ import asyncpg
 from redis.asyncio import Redis
 
 from app.db import connection
-from app.ingest.kinds import KINDS
-from app.ingest.load import file_chunks
-from app.ingest.upload import receive_batch
 from app.rules.ruleset import load_ruleset
 from loadtests.bench import BenchError
 from loadtests.bench.data import scratch_stores
-from loadtests.bench.ingest import _numbers, _write_csv
+from loadtests.bench.ingest import _numbers, _write_csv, upload_tests
 from loadtests.bench.processes import tree_cpu_seconds
 
 DATABASE: Final = "healthcode_bench_workers"
@@ -128,19 +125,7 @@ async def _round(
 ) -> dict[str, Any]:
     size = csv.stat().st_size  # noqa: ASYNC240 (one stat)
     async with Workers(workers, env, max(1, rows // PARTS)) as worker_pids:
-        received = await receive_batch(
-            conn,
-            client_id=0,
-            kind=KINDS["test"],
-            fmt="csv",
-            body=file_chunks(csv),
-            key=None,
-            pepper=pepper,
-            ruleset=load_ruleset(),
-            now=datetime.now(UTC),
-            max_bytes=size * 2,
-        )
-        batch_id = received.batch_id
+        batch_id = await upload_tests(conn, csv, size, pepper, load_ruleset())
         # The window opens when the merge has committed: the CPU of the recompute alone is counted.
         await _until(conn, "SELECT merged_at IS NOT NULL FROM batches WHERE id = $1", batch_id)
         pg_pids, redis_pids = await _backends(conn), await _redis_pid(redis)
